@@ -1,0 +1,69 @@
+"""Tally's Lambda handlers. Each one parses its input, calls the engine, and reports; nothing else lives here."""
+from functools import wraps
+
+from chalice import Chalice, Rate, Response
+
+from chalicelib.api import error_body, to_json
+from chalicelib.engine.mapper import outcomes_as_dicts
+from chalicelib.engine.results import ResultsQuery
+from chalicelib.errors import TallyError
+from chalicelib.runtime import get_runtime
+from chalicelib.settings import Settings
+
+# Decorator arguments are evaluated at import, so the bucket name comes from the stage's environment here.
+SETTINGS = Settings.from_env()
+app = Chalice(app_name="tally")
+
+
+def json_api(view):
+    @wraps(view)
+    def respond(*args, **kwargs):
+        try:
+            status, body = 200, view(*args, **kwargs)
+        except TallyError as error:
+            status, body = error_body(error)
+        return Response(body=to_json(body), status_code=status, headers={"Content-Type": "application/json"})
+
+    return respond
+
+
+@app.on_s3_event(bucket=SETTINGS.input_bucket, events=["s3:ObjectCreated:*"], name="map_object")
+def map_object(event):
+    # event.to_dict(), not event.key: Chalice's S3Event reads only Records[0].
+    return outcomes_as_dicts(get_runtime().mapper.handle(event.to_dict()))
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES), name="reduce_results")
+def reduce_results(event):
+    return [report.__dict__ for report in get_runtime().reducer.reduce_all()]
+
+
+@app.route("/jobs", methods=["GET"])
+@json_api
+def list_jobs():
+    return {"jobs": [job.describe() for job in get_runtime().jobs]}
+
+
+@app.route("/jobs/{job}/results", methods=["GET"])
+@json_api
+def job_results(job):
+    runtime = get_runtime()
+    definition = runtime.jobs.get(job)
+    query = ResultsQuery.from_params(definition, app.current_request.query_params)
+    page = runtime.results.page(definition, query)
+    return {"job": job, "generation": page.generation, "total_rows": page.total_rows, "rows": page.rows,
+            "next_cursor": page.next_cursor}
+
+
+@app.route("/jobs/{job}/results/{key}", methods=["GET"])
+@json_api
+def job_group(job, key):
+    runtime = get_runtime()
+    return runtime.results.group(runtime.jobs.get(job), key)
+
+
+@app.route("/jobs/{job}/status", methods=["GET"])
+@json_api
+def job_status(job):
+    runtime = get_runtime()
+    return runtime.status.status(runtime.jobs.get(job))

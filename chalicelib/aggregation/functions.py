@@ -1,0 +1,157 @@
+"""The built-in exact aggregates. Each says how a batch of values becomes state (lift), how two states
+combine (merge) and what a state means (finalize), all as Arrow hash-aggregate calls so they vectorize."""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import JobDefinitionError
+from ..expressions import Expression, compile_expression
+
+# (state column, Arrow hash function, options): one step of a group-by aggregation.
+Step = tuple[str, str, pc.FunctionOptions | None]
+
+_SKIP_NULLS = pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)  # SQL: SUM of no values is NULL
+_ZERO_IF_EMPTY = pc.ScalarAggregateOptions(skip_nulls=True, min_count=0)
+
+
+@dataclass(frozen=True)
+class AggregateFunction:
+    """A mergeable aggregate. `states` names the state columns an output `out` needs."""
+
+    name: str
+    takes_argument: bool = True
+
+    def states(self, out: str) -> list[str]:
+        return [out]
+
+    def state_types(self, value_type: pa.DataType | None) -> list[pa.DataType]:
+        raise NotImplementedError
+
+    def lift(self, out: str, value: str) -> list[Step]:
+        """Steps that turn the input column `value` into this aggregate's state columns."""
+        raise NotImplementedError
+
+    def merge(self, out: str) -> list[Step]:
+        """Steps that combine state columns of several partials into one."""
+        raise NotImplementedError
+
+    def finalize(self, out: str, table: pa.Table) -> pa.Array | pa.ChunkedArray:
+        return table.column(out)
+
+
+class Count(AggregateFunction):
+    def state_types(self, value_type):
+        return [pa.int64()]
+
+    def lift(self, out, value):
+        mode = "only_valid" if self.takes_argument else "all"
+        return [(value, "count", pc.CountOptions(mode=mode))]
+
+    def merge(self, out):
+        return [(out, "sum", _ZERO_IF_EMPTY)]
+
+
+def _sum_type(value_type: pa.DataType) -> pa.DataType:
+    if pa.types.is_decimal(value_type):
+        # Exact: money columns declared decimal(p, s) are summed without rounding, as SQL does.
+        return pa.decimal128(38, value_type.scale)
+    if pa.types.is_integer(value_type) or pa.types.is_boolean(value_type):
+        return pa.int64()
+    if pa.types.is_floating(value_type):
+        return pa.float64()
+    raise JobDefinitionError(f"cannot sum values of type {value_type}")
+
+
+class Sum(AggregateFunction):
+    def state_types(self, value_type):
+        return [_sum_type(value_type)]
+
+    def lift(self, out, value):
+        return [(value, "sum", _SKIP_NULLS)]
+
+    def merge(self, out):
+        return [(out, "sum", _SKIP_NULLS)]
+
+
+class Extreme(AggregateFunction):
+    def state_types(self, value_type):
+        if pa.types.is_nested(value_type) or pa.types.is_null(value_type):
+            raise JobDefinitionError(f"{self.name} needs ordered values, not {value_type}")
+        return [value_type]
+
+    def lift(self, out, value):
+        return [(value, self.name, _SKIP_NULLS)]
+
+    def merge(self, out):
+        return [(out, self.name, _SKIP_NULLS)]
+
+
+class Mean(AggregateFunction):
+    def states(self, out):
+        return [f"{out}.sum", f"{out}.count"]
+
+    def state_types(self, value_type):
+        return [_sum_type(value_type), pa.int64()]
+
+    def lift(self, out, value):
+        return [(value, "sum", _SKIP_NULLS), (value, "count", pc.CountOptions(mode="only_valid"))]
+
+    def merge(self, out):
+        return [(f"{out}.sum", "sum", _SKIP_NULLS), (f"{out}.count", "sum", _ZERO_IF_EMPTY)]
+
+    def finalize(self, out, table):
+        total = pc.cast(table.column(f"{out}.sum"), pa.float64())
+        count = pc.cast(table.column(f"{out}.count"), pa.float64())
+        return pc.if_else(pc.equal(count, 0), pa.scalar(None, pa.float64()), pc.divide(total, count))
+
+
+FUNCTIONS: dict[str, AggregateFunction] = {
+    "count": Count("count"),
+    "sum": Sum("sum"),
+    "min": Extreme("min"),
+    "max": Extreme("max"),
+    "mean": Mean("mean"),
+    "avg": Mean("mean"),
+}
+_COUNT_ROWS = Count("count", takes_argument=False)
+
+
+@dataclass(frozen=True)
+class AggregateSpec:
+    """One named output of a job: `revenue = sum(adRevenue)`."""
+
+    out: str
+    source: str
+    function: AggregateFunction
+    argument: Expression | None
+
+    @property
+    def states(self) -> list[str]:
+        return self.function.states(self.out)
+
+
+def parse_aggregate(out: str, source: str, columns: Iterable[str]) -> AggregateSpec:
+    """Parse `sum(adRevenue)`, `count()`, `mean(duration * 2)` into an AggregateSpec."""
+    columns = list(columns)
+    try:
+        node = ast.parse(source.strip(), mode="eval").body
+    except SyntaxError as exc:
+        raise JobDefinitionError(f"aggregate {out!r}: cannot parse {source!r}: {exc.msg}") from exc
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords):
+        raise JobDefinitionError(f"aggregate {out!r}: expected function(expression), got {source!r}")
+    name = node.func.id.lower()
+    if name not in FUNCTIONS:
+        raise JobDefinitionError(
+            f"aggregate {out!r}: unknown aggregate {name!r} (known: {', '.join(sorted(FUNCTIONS))})"
+        )
+    if name == "count" and not node.args:
+        return AggregateSpec(out, source, _COUNT_ROWS, None)
+    if len(node.args) != 1:
+        raise JobDefinitionError(f"aggregate {out!r}: {name}() takes exactly one expression")
+    argument = compile_expression(ast.unparse(node.args[0]), columns)
+    return AggregateSpec(out, source, FUNCTIONS[name], argument)

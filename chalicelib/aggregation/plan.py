@@ -1,0 +1,116 @@
+"""A job's aggregation as data: filter, group keys and aggregates, with the Arrow kernels that apply them."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import JobDefinitionError, PartialMismatch
+from ..expressions import Expression
+from .functions import AggregateSpec
+
+# Bump when the meaning of state columns changes: old partials then refuse to merge instead of lying.
+STATE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class AggregationPlan:
+    input_schema: pa.Schema
+    keys: tuple[tuple[str, Expression], ...]
+    aggregates: tuple[AggregateSpec, ...]
+    filter: Expression | None = None
+    state_schema: pa.Schema = field(init=False, compare=False)
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        names = [name for name, _ in self.keys] + [spec.out for spec in self.aggregates]
+        if len(set(names)) != len(names):
+            raise JobDefinitionError(f"key and aggregate names must be distinct: {names}")
+        if not self.keys:
+            raise JobDefinitionError("a job needs at least one group key")
+        empty = self.input_schema.empty_table()
+        try:
+            if self.filter is not None:
+                mask = self.filter.evaluate_array(empty)
+                if not pa.types.is_boolean(mask.type):
+                    raise JobDefinitionError(f"filter {self.filter.source!r} is not a condition")
+            fields = [pa.field(name, expr.evaluate_array(empty).type) for name, expr in self.keys]
+            for spec in self.aggregates:
+                value_type = spec.argument.evaluate_array(empty).type if spec.argument else None
+                types = spec.function.state_types(value_type)
+                fields += [pa.field(state, t) for state, t in zip(spec.states, types)]
+        except (pa.ArrowException, TypeError, ValueError) as exc:
+            raise JobDefinitionError(f"expressions do not type-check against the columns: {exc}") from exc
+        object.__setattr__(self, "state_schema", pa.schema(fields))
+        identity = {
+            "state_format": STATE_FORMAT,
+            "input": [f"{f.name}:{f.type}" for f in self.input_schema],
+            "filter": self.filter.source if self.filter else None,
+            "keys": [[name, expr.source] for name, expr in self.keys],
+            "aggregates": [[spec.out, spec.source] for spec in self.aggregates],
+        }
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        object.__setattr__(self, "fingerprint", digest[:16])
+
+    @property
+    def key_names(self) -> list[str]:
+        return [name for name, _ in self.keys]
+
+    def empty(self) -> pa.Table:
+        return self.state_schema.empty_table()
+
+    def lift(self, batch: pa.RecordBatch | pa.Table) -> pa.Table:
+        """One batch of input rows to a partial: filter, compute keys, aggregate per group."""
+        if self.filter is not None:
+            batch = batch.filter(self.filter.evaluate_array(batch))
+        if batch.num_rows == 0:
+            return self.empty()
+        columns = {name: expr.evaluate_array(batch) for name, expr in self.keys}
+        steps, targets = [], []
+        for index, spec in enumerate(self.aggregates):
+            value = f"__value{index}"
+            expr = spec.argument if spec.argument is not None else self.keys[0][1]
+            columns[value] = expr.evaluate_array(batch)
+            for (column, function, options), state in zip(spec.function.lift(spec.out, value), spec.states):
+                steps.append((column, function, options))
+                targets.append((state, f"{column}_{function}"))
+        grouped = pa.table(columns).group_by(self.key_names, use_threads=False).aggregate(steps)
+        return self._conform(grouped, targets)
+
+    def merge(self, partials: Sequence[pa.Table]) -> pa.Table:
+        """Combine partials into one with a row per group. Inputs are never modified."""
+        partials = [p for p in partials if p.num_rows]
+        for partial in partials:
+            if not partial.schema.equals(self.state_schema):
+                raise PartialMismatch(f"partial schema {partial.schema} is not {self.state_schema}")
+        if not partials:
+            return self.empty()
+        if len(partials) == 1:
+            return partials[0]
+        steps, targets = [], []
+        for spec in self.aggregates:
+            for column, function, options in spec.function.merge(spec.out):
+                steps.append((column, function, options))
+                targets.append((column, f"{column}_{function}"))
+        combined = pa.concat_tables(partials)
+        grouped = combined.group_by(self.key_names, use_threads=False).aggregate(steps)
+        return self._conform(grouped, targets)
+
+    def finalize(self, partial: pa.Table) -> pa.Table:
+        """State columns to the values a user asked for, one column per aggregate."""
+        columns = {name: partial.column(name) for name in self.key_names}
+        for spec in self.aggregates:
+            columns[spec.out] = spec.function.finalize(spec.out, partial)
+        return pa.table(columns)
+
+    def _conform(self, grouped: pa.Table, targets: list[tuple[str, str]]) -> pa.Table:
+        produced = dict(targets)
+        arrays = []
+        for f in self.state_schema:
+            column = grouped.column(produced.get(f.name, f.name))
+            arrays.append(column if column.type == f.type else pc.cast(column, f.type))
+        return pa.Table.from_arrays(arrays, schema=self.state_schema).combine_chunks()

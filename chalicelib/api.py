@@ -1,0 +1,30 @@
+"""HTTP responses as data: JSON bodies with exact decimals, and the mapping from Tally's errors to status codes.
+Kept apart from app.py so the handlers stay one call each; imports nothing from chalice."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import simplejson
+
+from .errors import GroupNotFound, InvalidQuery, JobNotFound, TallyError
+
+_STATUS = {JobNotFound: 404, GroupNotFound: 404, InvalidQuery: 400}
+
+
+def to_json(body: Any) -> str:
+    # simplejson writes Decimal as a JSON number with every digit: exact sums stay exact on the wire.
+    return simplejson.dumps(body, use_decimal=True, default=_default, ignore_nan=True)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def error_body(error: TallyError) -> tuple[int, dict[str, str]]:
+    for kind, status in _STATUS.items():
+        if isinstance(error, kind):
+            return status, {"error": type(error).__name__, "message": str(error)}
+    return 500, {"error": type(error).__name__, "message": str(error)}

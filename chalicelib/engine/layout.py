@@ -1,0 +1,66 @@
+"""Where Tally keeps state in the state bucket. One function per kind of object, so the scheme is in one place.
+
+    jobs/<job>/inbox/<contribution>.arrow      partial of one input object version, written by a mapper
+    jobs/<job>/quarantine/<key-hash>.json      why an input object could not be mapped
+    jobs/<job>/manifest.json                   the commit point: which result and ledger are current
+    jobs/<job>/results/<generation>-<token>.arrow   merged state (immutable; the manifest names the live one)
+    jobs/<job>/ledger/<generation>-<token>.arrow    input object versions merged into that result
+
+A contribution id is derived from (input key, version or ETag): a duplicated event rewrites the same partial,
+and the ledger says whether it has been merged already.
+"""
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+
+def contribution_id(key: str, version: str) -> str:
+    return hashlib.sha256(f"{key}\0{version}".encode()).hexdigest()[:32]
+
+
+def job_root(job: str) -> str:
+    return f"jobs/{job}/"
+
+
+def inbox_prefix(job: str) -> str:
+    return f"jobs/{job}/inbox/"
+
+
+def inbox_key(job: str, contribution: str) -> str:
+    return f"{inbox_prefix(job)}{contribution}.arrow"
+
+
+def contribution_of(inbox_object_key: str) -> str:
+    return inbox_object_key.rsplit("/", 1)[-1].removesuffix(".arrow")
+
+
+def quarantine_prefix(job: str) -> str:
+    return f"jobs/{job}/quarantine/"
+
+
+def quarantine_key(job: str, input_key: str) -> str:
+    return f"{quarantine_prefix(job)}{hashlib.sha256(input_key.encode()).hexdigest()[:32]}.json"
+
+
+def manifest_key(job: str) -> str:
+    return f"jobs/{job}/manifest.json"
+
+
+def results_prefix(job: str) -> str:
+    return f"jobs/{job}/results/"
+
+
+def ledger_prefix(job: str) -> str:
+    return f"jobs/{job}/ledger/"
+
+
+def generation_keys(job: str, generation: int) -> tuple[str, str]:
+    """Fresh keys for a result and its ledger: unique per attempt, so racing reducers never share one."""
+    token = uuid.uuid4().hex[:12]
+    name = f"{generation:012d}-{token}.arrow"
+    return results_prefix(job) + name, ledger_prefix(job) + name
+
+
+def generation_of(key: str) -> int:
+    return int(key.rsplit("/", 1)[-1].split("-", 1)[0])

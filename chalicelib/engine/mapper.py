@@ -1,0 +1,145 @@
+"""Map one input object version into one partial per matching job.
+
+The object is streamed once per distinct input format (jobs over the same prefix and format share the parse),
+each batch is lifted to per-group state, and the per-batch partials are merged as they accumulate so memory
+follows the number of groups, not the object's size. The partial is written under a key derived from
+(job, input key, version/ETag): a duplicated event rewrites the same object instead of counting twice.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Callable, Iterable
+
+import pyarrow as pa
+
+from ..aggregation import AggregationPlan
+from ..aggregation.codec import encode
+from ..errors import BadInput, CommitConflict, ObjectMissing
+from ..formats import ReadStats, compression_of, read_batches
+from ..jobs import Job, JobCatalog
+from ..storage import ObjectStore
+from . import layout
+from .events import ObjectEvent, parse_records
+
+log = logging.getLogger("tally.mapper")
+
+
+@dataclass(frozen=True)
+class MapOutcome:
+    job: str
+    key: str
+    etag: str
+    outcome: str  # mapped | quarantined | superseded
+    rows: int = 0
+    bytes_read: int = 0
+    groups: int = 0
+    reason: str | None = None
+
+
+class _Accumulator:
+    """Folds batch partials into one, merging when the unmerged part outgrows the merged one (amortized)."""
+
+    def __init__(self, plan: AggregationPlan):
+        self.plan = plan
+        self.merged = plan.empty()
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        partial = self.plan.lift(batch)
+        if partial.num_rows:
+            self.pending.append(partial)
+            self.pending_rows += partial.num_rows
+            if self.pending_rows > max(self.merged.num_rows, 1 << 16):
+                self._compact()
+
+    def result(self) -> pa.Table:
+        self._compact()
+        return self.merged
+
+    def _compact(self) -> None:
+        if self.pending:
+            self.merged = self.plan.merge([self.merged, *self.pending])
+            self.pending, self.pending_rows = [], 0
+
+
+class Mapper:
+    def __init__(self, jobs: JobCatalog, input_store: ObjectStore, state_store: ObjectStore,
+                 clock: Callable[[], datetime]):
+        self.jobs, self.input, self.state, self.clock = jobs, input_store, state_store, clock
+
+    def handle(self, event: dict) -> list[MapOutcome]:
+        """Every record of an S3 (or SQS-wrapped S3) event; the handler's whole job."""
+        outcomes = []
+        for record in parse_records(event):
+            if record.bucket != self.input.bucket or not record.created:
+                continue
+            outcomes += self.map_object(record)
+        return outcomes
+
+    def map_object(self, event: ObjectEvent) -> list[MapOutcome]:
+        jobs = self.jobs.for_key(event.key)
+        by_format: dict[str, list[Job]] = {}
+        for job in jobs:
+            by_format.setdefault(job.format.model_dump_json(), []).append(job)
+        outcomes = []
+        for group in by_format.values():
+            outcomes += self._map_group(event, group)
+        return outcomes
+
+    def _map_group(self, event: ObjectEvent, jobs: list[Job]) -> list[MapOutcome]:
+        try:
+            opened = self.input.open(event.key, if_match=None if event.version_id else event.etag or None,
+                                     version_id=event.version_id)
+        except (ObjectMissing, CommitConflict):
+            # Deleted or overwritten since the event: the newer object's own event maps it.
+            log.info("object superseded before mapping", extra={"key": event.key, "etag": event.etag})
+            return [MapOutcome(job.name, event.key, event.etag, "superseded") for job in jobs]
+        etag = event.etag or opened.etag
+        version = event.version_id or etag
+        stats = ReadStats()
+        accumulators = {job.name: _Accumulator(job.plan) for job in jobs}
+        try:
+            with opened.body as body:
+                for batch in read_batches(body, jobs[0].format.reader(), compression_of(event.key), stats):
+                    for accumulator in accumulators.values():
+                        accumulator.add(batch)
+            if stats.rows == 0 and stats.bad_rows:
+                raise BadInput(f"no row could be parsed ({stats.bad_rows} malformed rows): "
+                               + "; ".join(stats.bad_row_examples))
+        except BadInput as error:
+            for job in jobs:
+                self._quarantine(job, event, etag, error)
+            return [MapOutcome(job.name, event.key, etag, "quarantined", reason=str(error)) for job in jobs]
+
+        outcomes = []
+        for job in jobs:
+            partial = accumulators[job.name].result()
+            meta = {
+                "key": event.key, "etag": etag, "version_id": event.version_id, "sequencer": event.sequencer,
+                "size": opened.size, "bytes_read": stats.bytes_read, "rows": stats.rows,
+                "bad_rows": stats.bad_rows, "groups": partial.num_rows, "mapped_at": self.clock().isoformat(),
+            }
+            contribution = layout.contribution_id(event.key, version)
+            self.state.put(layout.inbox_key(job.name, contribution), encode(partial, job.plan.fingerprint, meta))
+            # A good version clears the quarantine left by a bad one under the same key.
+            self.state.delete([layout.quarantine_key(job.name, event.key)])
+            outcomes.append(MapOutcome(job.name, event.key, etag, "mapped", stats.rows, stats.bytes_read,
+                                       partial.num_rows))
+        return outcomes
+
+    def _quarantine(self, job: Job, event: ObjectEvent, etag: str, error: BadInput) -> None:
+        record = {
+            "key": event.key, "etag": etag, "version_id": event.version_id, "reason": error.reason,
+            "line": error.line, "offset": error.offset, "at": self.clock().isoformat(),
+        }
+        log.warning("input quarantined", extra={"job": job.name, **record})
+        self.state.put(layout.quarantine_key(job.name, event.key), json.dumps(record).encode(),
+                       content_type="application/json")
+
+
+def outcomes_as_dicts(outcomes: Iterable[MapOutcome]) -> list[dict]:
+    return [asdict(o) for o in outcomes]

@@ -1,0 +1,253 @@
+"""Serving the current result: pages ordered by a key or an aggregate, a prefix filter, single groups.
+
+Results are immutable objects named by the manifest, so a decoded, finalized and sorted copy is cached per
+result key and reused until the manifest names a newer one. Paging is keyset-based: the cursor holds the
+sort position of the last row served, so a page boundary stays put while the reducer keeps committing.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import GroupNotFound, InvalidQuery, ObjectMissing
+from ..jobs import Job
+from .reducer import Manifest, Reducer
+
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[dict[str, Any]]
+    next_cursor: str | None
+    generation: int | None
+    total_rows: int
+
+
+@dataclass(frozen=True)
+class ResultsQuery:
+    limit: int = DEFAULT_LIMIT
+    order_by: str | None = None
+    desc: bool = False
+    prefix: str | None = None
+    cursor: str | None = None
+
+    @classmethod
+    def from_params(cls, job: Job, params: dict[str, str] | None) -> "ResultsQuery":
+        params = dict(params or {})
+        unknown = set(params) - {"limit", "order_by", "desc", "prefix", "cursor"}
+        if unknown:
+            raise InvalidQuery(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+        try:
+            limit = int(params.get("limit", DEFAULT_LIMIT))
+        except ValueError:
+            raise InvalidQuery(f"limit must be an integer, got {params['limit']!r}") from None
+        if limit < 1:
+            raise InvalidQuery("limit must be at least 1")
+        order_by = params.get("order_by")
+        names = job.plan.key_names + list(job.aggregates)
+        if order_by is not None and order_by not in names:
+            raise InvalidQuery(f"order_by must be one of {names}, got {order_by!r}")
+        desc = params.get("desc", "false").lower()
+        if desc not in {"true", "false", "1", "0"}:
+            raise InvalidQuery(f"desc must be true or false, got {params['desc']!r}")
+        prefix = params.get("prefix")
+        if prefix is not None and _prefix_column(job) is None:
+            raise InvalidQuery("prefix= needs a job whose first key is a string")
+        return cls(min(limit, MAX_LIMIT), order_by, desc in {"true", "1"}, prefix, params.get("cursor"))
+
+
+def _prefix_column(job: Job) -> str | None:
+    first = job.plan.state_schema.field(0)
+    return first.name if pa.types.is_string(first.type) or pa.types.is_large_string(first.type) else None
+
+
+class ResultReader:
+    def __init__(self, reducer: Reducer, cache_size: int = 8):
+        self.reducer = reducer
+        self._finalized: OrderedDict[str, pa.Table] = OrderedDict()
+        self._sorted: OrderedDict[tuple, pa.Table] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()  # the local HTTP server is threaded
+
+    def current(self, job: Job) -> tuple[Manifest | None, pa.Table]:
+        """The served result, finalized. Retries once if a commit replaced it between our two reads."""
+        for attempt in range(3):
+            manifest, _ = self.reducer.read_manifest(job)
+            if manifest is None or not manifest.result_key:
+                return manifest, job.plan.finalize(job.plan.empty())
+            with self._lock:
+                cached = self._finalized.get(manifest.result_key)
+            if cached is not None:
+                return manifest, cached
+            try:
+                table = job.plan.finalize(self.reducer.read_result(job, manifest))
+            except ObjectMissing:
+                if attempt == 2:
+                    raise
+                continue
+            self._remember(self._finalized, manifest.result_key, table)
+            return manifest, table
+        raise AssertionError("unreachable")
+
+    def page(self, job: Job, query: ResultsQuery) -> Page:
+        manifest, table = self.current(job)
+        generation = manifest.generation if manifest else None
+        sort_keys = _sort_keys(job, query)
+        cache_key = (manifest.result_key if manifest else job.name, tuple(sort_keys))
+        with self._lock:
+            ordered = self._sorted.get(cache_key)
+        if ordered is None:
+            ordered = table.take(pc.sort_indices(table, sort_keys=sort_keys))
+            self._remember(self._sorted, cache_key, ordered)
+        if query.prefix is not None:
+            ordered = ordered.filter(pc.starts_with(ordered.column(_prefix_column(job)), pattern=query.prefix))
+        start = 0
+        if query.cursor:
+            start = _position_after(ordered, sort_keys, _decode_cursor(query.cursor, sort_keys, query))
+        rows = ordered.slice(start, query.limit).to_pylist()
+        end = start + len(rows)
+        next_cursor = None
+        if end < ordered.num_rows and rows:
+            next_cursor = _encode_cursor([rows[-1][name] for name, _ in sort_keys], query)
+        return Page([_row(job, r) for r in rows], next_cursor, generation, ordered.num_rows)
+
+    def group(self, job: Job, key_text: str) -> dict[str, Any]:
+        _, table = self.current(job)
+        values = _parse_group_key(job, key_text)
+        mask = None
+        for name, value in zip(job.plan.key_names, values):
+            column = table.column(name)
+            test = pc.is_null(column) if value is None else pc.equal(column, pa.scalar(value, column.type))
+            mask = test if mask is None else pc.and_(mask, test)
+        found = table.filter(mask).to_pylist()
+        if not found:
+            raise GroupNotFound(job.name, key_text)
+        return _row(job, found[0])
+
+    def _remember(self, cache: OrderedDict, key, value) -> None:
+        with self._lock:
+            cache[key] = value
+            while len(cache) > self._cache_size:
+                cache.popitem(last=False)
+
+
+def _row(job: Job, row: dict[str, Any]) -> dict[str, Any]:
+    return {"key": {k: row[k] for k in job.plan.key_names}, "values": {a: row[a] for a in job.aggregates}}
+
+
+def _sort_keys(job: Job, query: ResultsQuery) -> list[tuple[str, str]]:
+    keys = [(name, "ascending") for name in job.plan.key_names]
+    if query.order_by is None:
+        return [(name, "descending" if query.desc else "ascending") for name, _ in keys]
+    direction = "descending" if query.desc else "ascending"
+    return [(query.order_by, direction)] + [k for k in keys if k[0] != query.order_by]
+
+
+# -- cursors ----------------------------------------------------------------------------------------------
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return {"$dec": str(value)}
+    if isinstance(value, dt.datetime):
+        return {"$ts": value.isoformat()}
+    if isinstance(value, dt.date):
+        return {"$date": value.isoformat()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"$float": repr(value)}
+    return value
+
+
+def _typed(value: Any) -> Any:
+    if isinstance(value, dict):
+        (tag, text), = value.items()
+        return {"$dec": Decimal, "$ts": dt.datetime.fromisoformat, "$date": dt.date.fromisoformat,
+                "$float": float}[tag](text)
+    return value
+
+
+def _encode_cursor(after: list[Any], query: ResultsQuery) -> str:
+    body = {"after": [_plain(v) for v in after], "order_by": query.order_by, "desc": query.desc,
+            "prefix": query.prefix}
+    return base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, sort_keys, query: ResultsQuery) -> list[Any]:
+    try:
+        body = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        after = [_typed(v) for v in body["after"]]
+    except (ValueError, KeyError, TypeError, binascii.Error, InvalidOperation):
+        raise InvalidQuery("cursor is not one this API issued") from None
+    if (body.get("order_by"), body.get("desc"), body.get("prefix")) != (query.order_by, query.desc, query.prefix):
+        raise InvalidQuery("cursor belongs to a query with other order_by/desc/prefix parameters")
+    if len(after) != len(sort_keys):
+        raise InvalidQuery("cursor is not one this API issued")
+    return after
+
+
+def _compare(a: Any, b: Any, direction: str) -> int:
+    """Arrow's order: nulls last in either direction, NaN after every number."""
+    if a is None or b is None:
+        return 0 if a is b else (1 if a is None else -1)
+    a_nan, b_nan = isinstance(a, float) and math.isnan(a), isinstance(b, float) and math.isnan(b)
+    if a_nan or b_nan:
+        return 0 if a_nan and b_nan else (1 if a_nan else -1)
+    result = (a > b) - (a < b)
+    return -result if direction == "descending" else result
+
+
+def _position_after(table: pa.Table, sort_keys, after: list[Any]) -> int:
+    """Index of the first row strictly after `after` in sort order (binary search: log n row reads)."""
+    low, high = 0, table.num_rows
+    while low < high:
+        middle = (low + high) // 2
+        row = table.slice(middle, 1).to_pylist()[0]
+        comparison = 0
+        for (name, direction), value in zip(sort_keys, after):
+            try:
+                comparison = _compare(row[name], value, direction)
+            except TypeError:
+                raise InvalidQuery("cursor is not one this API issued") from None
+            if comparison:
+                break
+        if comparison <= 0:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+def _parse_group_key(job: Job, text: str) -> list[Any]:
+    fields = [job.plan.state_schema.field(name) for name in job.plan.key_names]
+    if len(fields) == 1:
+        raw = [text]
+    else:
+        try:
+            raw = json.loads(text)
+        except ValueError:
+            raw = None
+        if not isinstance(raw, list) or len(raw) != len(fields):
+            raise InvalidQuery(f"job {job.name!r} has {len(fields)} keys: give them as a JSON array, "
+                               f"e.g. {json.dumps(['...'] * len(fields))}")
+    values = []
+    for f, value in zip(fields, raw):
+        if value is None or pa.types.is_string(f.type):
+            values.append(value)
+            continue
+        try:
+            values.append(pa.scalar(str(value)).cast(f.type).as_py())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise InvalidQuery(f"key {f.name!r} is {f.type}; {value!r} is not") from None
+    return values

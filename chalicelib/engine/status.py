@@ -1,0 +1,73 @@
+"""A job's progress, computed from what is in the buckets (not from counters that could drift):
+objects landed in the input prefix, mapped, merged, quarantined, partials pending, and `idle`, true exactly
+when every object version that has landed is reflected in the served result (merged, or quarantined and
+reported)."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow.compute as pc
+
+from ..errors import ObjectMissing
+from ..jobs import Job
+from ..storage import ObjectStore
+from . import layout
+from .reducer import Reducer
+
+MAX_LISTED_QUARANTINE = 100
+
+
+class StatusReader:
+    def __init__(self, reducer: Reducer, input_store: ObjectStore, state_store: ObjectStore):
+        self.reducer, self.input, self.state = reducer, input_store, state_store
+
+    def status(self, job: Job) -> dict[str, Any]:
+        manifest, _ = self.reducer.read_manifest(job)
+        ledger = self.reducer.read_ledger(manifest)
+        merged = set(zip(ledger.column("key").to_pylist(), ledger.column("etag").to_pylist()))
+        merged_ids = set(ledger.column("contribution").to_pylist())
+        landed = {(o.key, o.etag) for o in self.input.list(job.prefix) if job.matches(o.key)}
+        landed_keys = {key for key, _ in landed}
+        pending = [o for o in self.state.list(layout.inbox_prefix(job.name))
+                   if layout.contribution_of(o.key) not in merged_ids]
+        quarantined = self._quarantined(job, landed)
+        quarantined_versions = {(q["key"], q["etag"]) for q in quarantined}
+        reflected = merged | quarantined_versions
+        waiting = landed - reflected
+        return {
+            "job": job.name,
+            "objects": {
+                "landed": len(landed),
+                "seen": len(merged & landed) + len(pending) + len(quarantined),
+                "mapped": len(merged & landed) + len(pending),
+                "merged": len({k for k, _ in merged} & landed_keys),
+                "quarantined": len(quarantined),
+                "waiting": len(waiting),
+            },
+            "quarantined": quarantined[:MAX_LISTED_QUARANTINE],
+            "partials_pending": len(pending),
+            "rows_read": _total(ledger, "rows"),
+            "bad_rows_skipped": _total(ledger, "bad_rows"),
+            "bytes_merged": _total(ledger, "size"),
+            "rows": manifest.rows if manifest else 0,
+            "generation": manifest.generation if manifest else None,
+            "last_reduce_at": manifest.committed_at if manifest else None,
+            "idle": not waiting and not pending,
+        }
+
+    def _quarantined(self, job: Job, landed: set[tuple[str, str]]) -> list[dict[str, Any]]:
+        records = []
+        for obj in self.state.list(layout.quarantine_prefix(job.name)):
+            try:
+                record = json.loads(self.state.get(obj.key)[0])
+            except ObjectMissing:
+                continue  # cleared by a good version meanwhile
+            if (record["key"], record["etag"]) in landed:  # only the version still in the bucket counts
+                records.append(record)
+        return sorted(records, key=lambda r: r["key"])
+
+
+def _total(ledger, column: str) -> int:
+    value = pc.sum(ledger.column(column)).as_py() if ledger.num_rows else 0
+    return int(value or 0)

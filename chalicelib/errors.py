@@ -1,0 +1,56 @@
+"""One error tree. Each error says what went wrong and carries its cause; the HTTP layer maps classes to
+status codes, the mapper maps BadInput to quarantine, and everything else propagates so Lambda retries."""
+from __future__ import annotations
+
+
+class TallyError(Exception):
+    """Base of every error Tally raises on purpose."""
+
+
+class JobDefinitionError(TallyError):
+    """A job in reducers/ does not validate; raised at load time, never at run time."""
+
+
+class JobNotFound(TallyError):
+    def __init__(self, job: str):
+        super().__init__(f"no job named {job!r}")
+        self.job = job
+
+
+class GroupNotFound(TallyError):
+    def __init__(self, job: str, key: object):
+        super().__init__(f"job {job!r} has no group {key!r}")
+
+
+class InvalidQuery(TallyError):
+    """A request parameter that cannot be honoured (HTTP 400)."""
+
+
+class BadInput(TallyError):
+    """An input object that cannot be mapped: it is quarantined, not retried."""
+
+    def __init__(self, reason: str, *, line: int | None = None, offset: int | None = None):
+        where = []
+        if line is not None:
+            where.append(f"line {line}")
+        if offset is not None:
+            where.append(f"byte {offset}")
+        super().__init__(reason + (f" (at {', '.join(where)})" if where else ""))
+        self.reason = reason
+        self.line = line
+        self.offset = offset
+
+
+class PartialMismatch(TallyError):
+    """Encoded state written for another job definition or format version: merging it would be wrong."""
+
+
+class CommitConflict(TallyError):
+    """A conditional write lost a race (S3 412): another writer committed first."""
+
+
+class ObjectMissing(TallyError):
+    def __init__(self, bucket: str, key: str):
+        super().__init__(f"s3://{bucket}/{key} does not exist")
+        self.bucket = bucket
+        self.key = key

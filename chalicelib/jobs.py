@@ -1,0 +1,161 @@
+"""Job definitions: pydantic models validated once when `reducers/` is loaded.
+
+A job names the input objects it reads (prefix, optional suffix), how to parse them, and the aggregation to
+run. Loading compiles every expression against the declared columns, so a typo fails at load time with the
+job's name, never inside a running mapper.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from functools import cached_property
+from typing import Annotated, Any, Literal, Union
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .aggregation import AggregationPlan, parse_aggregate
+from .errors import JobDefinitionError, JobNotFound
+from .expressions import compile_expression
+from .formats import TextFormat, strip_compression
+
+_SIMPLE_TYPES = {
+    "string": pa.string(), "str": pa.string(), "int64": pa.int64(), "int": pa.int64(),
+    "int32": pa.int32(), "float64": pa.float64(), "float": pa.float64(), "double": pa.float64(),
+    "bool": pa.bool_(), "date": pa.date32(), "timestamp": pa.timestamp("us"),
+}
+_DECIMAL = re.compile(r"^decimal\((\d+),\s*(\d+)\)$")
+
+
+def arrow_type(name: str) -> pa.DataType:
+    """Column type names used in job definitions: string, int64, float64, bool, date, timestamp,
+    decimal(p,s). Declare money as decimal: its sums are exact."""
+    text = name.strip().lower()
+    if text in _SIMPLE_TYPES:
+        return _SIMPLE_TYPES[text]
+    match = _DECIMAL.match(text)
+    if match and 1 <= int(match[1]) <= 38 and int(match[2]) <= int(match[1]):
+        return pa.decimal128(int(match[1]), int(match[2]))
+    raise ValueError(f"unknown column type {name!r}; use one of {sorted(_SIMPLE_TYPES)} or decimal(p,s)")
+
+
+class _Format(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    columns: dict[str, str] = Field(min_length=1, description="column name -> type, in file order")
+    on_bad_row: Literal["skip", "fail"] = "skip"
+
+    @field_validator("columns")
+    @classmethod
+    def _types_are_known(cls, columns: dict[str, str]) -> dict[str, str]:
+        for type_name in columns.values():
+            arrow_type(type_name)
+        return columns
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema([(name, arrow_type(t)) for name, t in self.columns.items()])
+
+
+class CsvFormat(_Format):
+    kind: Literal["csv"] = "csv"
+    header: bool = False
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+
+    def reader(self) -> TextFormat:
+        return TextFormat("csv", self.schema, self.header, self.delimiter, self.on_bad_row)
+
+
+class JsonLinesFormat(_Format):
+    kind: Literal["jsonl"] = "jsonl"
+
+    def reader(self) -> TextFormat:
+        return TextFormat("jsonl", self.schema, on_bad_row=self.on_bad_row)
+
+
+Format = Annotated[Union[CsvFormat, JsonLinesFormat], Field(discriminator="kind")]
+
+
+class Job(BaseModel):
+    """`name` is the job's id in the API; input objects are those under `prefix` whose key (without a
+    compression extension such as .gz) ends with `suffix`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    description: str = ""
+    prefix: str = Field(min_length=1)
+    suffix: str | None = None
+    format: Format
+    filter: str | None = None
+    keys: dict[str, str] = Field(min_length=1, description="group key name -> expression")
+    aggregates: dict[str, str] = Field(min_length=1, description="output name -> aggregate(expression)")
+
+    def model_post_init(self, _context: Any) -> None:
+        try:
+            self.plan  # compile now: a bad expression fails validation, not a running mapper
+        except JobDefinitionError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @cached_property
+    def plan(self) -> AggregationPlan:
+        columns = self.format.columns
+        return AggregationPlan(
+            input_schema=self.format.schema,
+            keys=tuple((name, compile_expression(source, columns)) for name, source in self.keys.items()),
+            aggregates=tuple(parse_aggregate(out, source, columns) for out, source in self.aggregates.items()),
+            filter=compile_expression(self.filter, columns) if self.filter else None,
+        )
+
+    def matches(self, key: str) -> bool:
+        if not key.startswith(self.prefix) or key.endswith("/"):
+            return False
+        return self.suffix is None or strip_compression(key).endswith(self.suffix)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.model_dump(mode="json"), "fingerprint": self.plan.fingerprint}
+
+
+class JobCatalog:
+    """All jobs, by name. Several jobs may read the same prefix."""
+
+    def __init__(self, jobs: list[Job]):
+        self._jobs: dict[str, Job] = {}
+        for job in jobs:
+            if job.name in self._jobs:
+                raise JobDefinitionError(f"two jobs are named {job.name!r}")
+            self._jobs[job.name] = job
+
+    def __iter__(self):
+        return iter(self._jobs.values())
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def get(self, name: str) -> Job:
+        try:
+            return self._jobs[name]
+        except KeyError:
+            raise JobNotFound(name) from None
+
+    def for_key(self, key: str) -> list[Job]:
+        return [job for job in self._jobs.values() if job.matches(key)]
+
+
+def load_jobs(package: str = "reducers") -> JobCatalog:
+    """Import every module of `package` not starting with `_`; each defines `JOB` (a Job or a dict)."""
+    root = importlib.import_module(package)
+    jobs = []
+    for info in sorted(pkgutil.iter_modules(root.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{package}.{info.name}")
+        definition = getattr(module, "JOB", None)
+        if definition is None:
+            raise JobDefinitionError(f"{package}.{info.name} defines no JOB")
+        try:
+            jobs.append(definition if isinstance(definition, Job) else Job.model_validate(definition))
+        except ValidationError as exc:
+            raise JobDefinitionError(f"{package}.{info.name}: {exc}") from exc
+    return JobCatalog(jobs)

@@ -1,0 +1,44 @@
+"""An independent computation of the benchmark's queries with DuckDB, to check Tally's results against."""
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Iterable
+
+USERVISITS_COLUMNS = {
+    "sourceIP": "VARCHAR", "destURL": "VARCHAR", "visitDate": "DATE", "adRevenue": "DECIMAL(18,6)",
+    "userAgent": "VARCHAR", "countryCode": "VARCHAR", "languageCode": "VARCHAR", "searchWord": "VARCHAR",
+    "duration": "BIGINT",
+}
+
+
+def bdb_aggregation(paths: Iterable[Path], prefix_length: int) -> dict[str, Decimal]:
+    """SELECT SUBSTR(sourceIP, 1, X), SUM(adRevenue) FROM uservisits GROUP BY 1, over exactly these files."""
+    import duckdb
+
+    files = [str(p) for p in paths]
+    if not files:
+        return {}
+    connection = duckdb.connect()
+    relation = connection.read_csv(files, header=False, columns=USERVISITS_COLUMNS, delimiter=",", quotechar="")
+    connection.register("uservisits", relation)
+    rows = connection.execute(
+        f"SELECT SUBSTR(sourceIP, 1, {int(prefix_length)}), SUM(adRevenue) FROM uservisits GROUP BY 1"
+    ).fetchall()
+    return {key: value for key, value in rows}
+
+
+def differences(expected: dict, actual: dict, limit: int = 20) -> list[str]:
+    """Human-readable differences between two {group: value} maps; empty when they are equal."""
+    problems = []
+    for key in sorted(set(expected) | set(actual), key=str):
+        if key not in actual:
+            problems.append(f"missing group {key!r} (expected {expected[key]})")
+        elif key not in expected:
+            problems.append(f"unexpected group {key!r} = {actual[key]}")
+        elif expected[key] != actual[key]:
+            problems.append(f"group {key!r}: expected {expected[key]}, got {actual[key]}")
+        if len(problems) >= limit:
+            problems.append("...")
+            break
+    return problems

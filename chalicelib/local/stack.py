@@ -1,0 +1,273 @@
+"""`tally local`: the whole service on one machine, driving the very handlers Lambda runs.
+
+- S3: moto's server on loopback (or any S3-compatible endpoint given with --s3-endpoint);
+- events: S3 bucket notifications to an SQS queue on that server, carrying S3's own event records, consumed
+  here and handed to `app.handler_map["map_object"]` in a pool of worker processes (a message is deleted
+  only after its mapper succeeded, so a crash means redelivery, as on Lambda; three failures send it to a
+  dead-letter queue);
+- the reducer: `app.handler_map["reduce_results"]` on a timer;
+- HTTP: the Chalice app's routes on 127.0.0.1.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import multiprocessing
+import os
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+from ..settings import Settings
+from ..storage import make_s3_client
+
+log = logging.getLogger("tally.local")
+
+QUEUE = "tally-events"
+DEAD_LETTERS = "tally-events-dlq"
+
+
+@dataclass
+class LocalOptions:
+    port: int = 8000
+    s3_port: int = 9000
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    reduce_every: float = 2.0
+    s3_endpoint: str | None = None
+    host: str = "127.0.0.1"
+    input_bucket: str = "tally-input"
+    state_bucket: str = "tally-state"
+
+
+@dataclass
+class LambdaContext:
+    """What handlers may read of Lambda's context object."""
+
+    function_name: str
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    memory_limit_in_mb: int = 3008
+    invoked_function_arn: str = "arn:aws:lambda:local:000000000000:function:tally"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 900_000
+
+
+def scheduled_event() -> dict:
+    """An EventBridge scheduled event, as the reducer's Lambda receives it every minute."""
+    return {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event", "source": "aws.events",
+            "account": "000000000000", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "region": "us-east-1", "resources": ["arn:aws:events:local:000000000000:rule/tally-reduce"],
+            "detail": {}}
+
+
+# -- worker processes ---------------------------------------------------------------------------------------
+
+def _init_worker(environment: dict[str, str]) -> None:
+    os.environ.update(environment)
+    import app  # noqa: F401 - import once per worker, as a Lambda container does on cold start
+
+
+def _invoke_mapper(event: dict) -> list[dict]:
+    import app
+
+    return app.app.handler_map["map_object"](event, LambdaContext("map_object"))
+
+
+def _quiet_handler_class():
+    from chalice.local import ChaliceRequestHandler
+
+    class QuietRequestHandler(ChaliceRequestHandler):
+        def log_message(self, format, *args):  # noqa: A002 - BaseHTTPRequestHandler's signature
+            log.debug(format, *args)
+
+    return QuietRequestHandler
+
+
+class LocalTally:
+    def __init__(self, options: LocalOptions):
+        self.options = options
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._moto = None
+        self._http = None
+        self.pool: ProcessPoolExecutor | None = None
+        self.errors: list[str] = []
+        self.mapped_events = 0
+        self._in_flight = threading.BoundedSemaphore(max(2, 2 * options.workers))
+
+    @property
+    def s3_endpoint(self) -> str:
+        return self.options.s3_endpoint or f"http://{self.options.host}:{self.options.s3_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.options.host}:{self.options.port}"
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(input_bucket=self.options.input_bucket, state_bucket=self.options.state_bucket,
+                        s3_endpoint=self.s3_endpoint)
+
+    def client(self, service: str = "s3"):
+        if service == "s3":
+            return make_s3_client(self.s3_endpoint, self.settings.region)
+        import boto3
+
+        return boto3.client(service, endpoint_url=self.s3_endpoint, region_name=self.settings.region,
+                            aws_access_key_id="tally-local", aws_secret_access_key="tally-local")
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    def start(self) -> "LocalTally":
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        if self.options.s3_endpoint is None:
+            from moto.server import ThreadedMotoServer
+
+            self._moto = ThreadedMotoServer(ip_address=self.options.host, port=self.options.s3_port, verbose=False)
+            self._moto.start()
+        environment = self.settings.as_env()
+        os.environ.update(environment)
+        s3 = self.client()
+        for bucket in (self.options.input_bucket, self.options.state_bucket):
+            try:
+                s3.create_bucket(Bucket=bucket)
+            except (s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
+                pass
+        self.pool = ProcessPoolExecutor(self.options.workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_init_worker, initargs=(environment,))
+        if self._moto is not None:
+            queue = self._subscribe_queue()
+            self._spawn(self._pump, queue)
+        else:
+            self._spawn(self._poll_listing)
+        self._spawn(self._reduce_forever)
+        self._serve_http()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._http is not None:
+            self._http.shutdown()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self._moto is not None:
+            self._moto.stop()
+
+    def __enter__(self) -> "LocalTally":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _spawn(self, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True, name=target.__name__)
+        thread.start()
+        self._threads.append(thread)
+
+    # -- events ----------------------------------------------------------------------------------------------
+
+    def _subscribe_queue(self) -> str:
+        sqs, s3 = self.client("sqs"), self.client()
+        dead = sqs.create_queue(QueueName=DEAD_LETTERS)["QueueUrl"]
+        dead_arn = sqs.get_queue_attributes(QueueUrl=dead, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        queue = sqs.create_queue(QueueName=QUEUE, Attributes={
+            "VisibilityTimeout": "900",
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dead_arn, "maxReceiveCount": "3"}),
+        })["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        s3.put_bucket_notification_configuration(
+            Bucket=self.options.input_bucket,
+            NotificationConfiguration={"QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]},
+        )
+        return queue
+
+    def _pump(self, queue: str) -> None:
+        sqs = self.client("sqs")
+        while not self._stop.is_set():
+            try:
+                messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+            except Exception as exc:  # noqa: BLE001 - the server may be stopping
+                if not self._stop.is_set():
+                    log.warning("receive failed: %s", exc)
+                    time.sleep(0.5)
+                continue
+            for message in messages.get("Messages", []):
+                body = json.loads(message["Body"])
+                if "Records" not in body:  # s3:TestEvent when the subscription is made
+                    sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+                    continue
+                self._dispatch(body, lambda ok, handle=message["ReceiptHandle"]: self._settle(sqs, queue, handle, ok))
+
+    def _settle(self, sqs, queue: str, handle: str, ok: bool) -> None:
+        try:
+            if ok:
+                sqs.delete_message(QueueUrl=queue, ReceiptHandle=handle)
+            else:  # make it visible again soon: redelivery is the retry
+                sqs.change_message_visibility(QueueUrl=queue, ReceiptHandle=handle, VisibilityTimeout=1)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not settle message: %s", exc)
+
+    def _dispatch(self, event: dict, settle) -> None:
+        while not self._in_flight.acquire(timeout=0.5):
+            if self._stop.is_set():
+                return
+        future = self.pool.submit(_invoke_mapper, event)
+
+        def done(f: Future) -> None:
+            self._in_flight.release()
+            error = f.exception()
+            if error is not None:
+                self.errors.append(f"mapper: {type(error).__name__}: {error}")
+                log.error("mapper failed (will be redelivered): %s", error)
+            else:
+                self.mapped_events += 1
+            settle(error is None)
+
+        future.add_done_callback(done)
+
+    def _poll_listing(self) -> None:
+        """With a foreign S3 endpoint there is no notification to subscribe to: list the input bucket and
+        hand each new object version to the mapper in the shape of an S3 event record."""
+        s3, dispatched = self.client(), set()
+        while not self._stop.is_set():
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.options.input_bucket):
+                for item in page.get("Contents", []):
+                    version = (item["Key"], item["ETag"].strip('"'))
+                    if version in dispatched:
+                        continue
+                    dispatched.add(version)
+                    record = {"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {
+                        "bucket": {"name": self.options.input_bucket},
+                        "object": {"key": item["Key"], "eTag": version[1], "size": item["Size"]}}}
+                    self._dispatch({"Records": [record]}, lambda ok, v=version: ok or dispatched.discard(v))
+            self._stop.wait(1.0)
+
+    # -- reducer and HTTP ------------------------------------------------------------------------------------
+
+    def _reduce_forever(self) -> None:
+        import app
+
+        while not self._stop.wait(self.options.reduce_every):
+            try:
+                app.app.handler_map["reduce_results"](scheduled_event(), LambdaContext("reduce_results"))
+            except Exception as exc:  # noqa: BLE001 - like EventBridge, the next tick runs again
+                self.errors.append(f"reducer: {exc}")
+                log.error("reducer failed: %s", exc)
+
+    def _serve_http(self) -> None:
+        import app
+        from chalice.config import Config
+        from chalice.local import create_local_server
+
+        config = Config.create(chalice_stage="local", app_name="tally", chalice_app=app.app)
+        self._http = create_local_server(app.app, config, self.options.host, self.options.port)
+        # Chalice's handler logs every request to stderr; local mode keeps the terminal for progress.
+        self._http.server.RequestHandlerClass = functools.partial(
+            _quiet_handler_class(), app_object=self._http.app_object, config=config)
+        thread = threading.Thread(target=self._http.server.serve_forever, daemon=True, name="http")
+        thread.start()

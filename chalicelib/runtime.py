@@ -1,0 +1,73 @@
+"""Builds everything once per process (a Lambda container, a local worker) from validated Settings."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from functools import cached_property
+
+from .engine.mapper import Mapper
+from .engine.reducer import Reducer
+from .engine.results import ResultReader
+from .engine.status import StatusReader
+from .jobs import JobCatalog, load_jobs
+from .settings import Settings
+from .storage import S3ObjectStore, make_s3_client
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    s3_client: object | None = None  # injected in tests; built from settings otherwise
+
+    @cached_property
+    def client(self):
+        return self.s3_client or make_s3_client(self.settings.s3_endpoint, self.settings.region)
+
+    @cached_property
+    def jobs(self) -> JobCatalog:
+        return load_jobs(self.settings.jobs_package)
+
+    @cached_property
+    def input_store(self) -> S3ObjectStore:
+        return S3ObjectStore(self.settings.input_bucket, self.client)
+
+    @cached_property
+    def state_store(self) -> S3ObjectStore:
+        return S3ObjectStore(self.settings.state_bucket, self.client)
+
+    @cached_property
+    def mapper(self) -> Mapper:
+        return Mapper(self.jobs, self.input_store, self.state_store, utc_now)
+
+    @cached_property
+    def reducer(self) -> Reducer:
+        return Reducer(self.jobs, self.state_store, utc_now, self.settings.reduce_batch)
+
+    @cached_property
+    def results(self) -> ResultReader:
+        return ResultReader(self.reducer)
+
+    @cached_property
+    def status(self) -> StatusReader:
+        return StatusReader(self.reducer, self.input_store, self.state_store)
+
+
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    """The process-wide runtime, built on first use so importing app.py stays cheap (Lambda cold start)."""
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime(Settings.from_env())
+    return _runtime
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    """Swap the process-wide runtime (tests, local mode)."""
+    global _runtime
+    _runtime = runtime

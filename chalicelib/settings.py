@@ -1,0 +1,48 @@
+"""The only reader of environment variables. Validated once, at the edge; everything else gets a Settings."""
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import TallyError
+
+_PREFIX = "TALLY_"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_bucket: str = Field(default="tally-input", min_length=3, max_length=63)
+    state_bucket: str = Field(default="tally-state", min_length=3, max_length=63)
+    # Set only in local mode or against another S3-compatible store; on AWS boto3 finds the endpoint itself.
+    s3_endpoint: str | None = None
+    region: str = "us-east-1"
+    jobs_package: str = "reducers"
+    # Merge at most this many partials per reducer run so one run stays inside a Lambda's time and memory.
+    reduce_batch: int = Field(default=500, ge=1)
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        environ = os.environ if environ is None else environ
+        raw = {
+            name: environ[_PREFIX + name.upper()]
+            for name in cls.model_fields
+            if _PREFIX + name.upper() in environ
+        }
+        if "region" not in raw and environ.get("AWS_REGION"):
+            raw["region"] = environ["AWS_REGION"]
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise TallyError(f"invalid TALLY_* environment: {exc}") from exc
+
+    def as_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in another process (local mode's workers)."""
+        return {
+            _PREFIX + name.upper(): str(value)
+            for name, value in self.model_dump().items()
+            if value is not None
+        }

@@ -1,0 +1,31 @@
+"""The Big Data Benchmark's `uservisits` table (CSV, no header). adRevenue is money: decimal, summed exactly."""
+from chalicelib.jobs import CsvFormat
+
+USERVISITS = CsvFormat(
+    columns={
+        "sourceIP": "string",
+        "destURL": "string",
+        "visitDate": "date",
+        "adRevenue": "decimal(18,6)",
+        "userAgent": "string",
+        "countryCode": "string",
+        "languageCode": "string",
+        "searchWord": "string",
+        "duration": "int64",
+    },
+    header=False,
+)
+
+
+def aggregation_query(name: str, prefix_length: int):
+    """SELECT SUBSTR(sourceIP, 1, X), SUM(adRevenue) FROM uservisits GROUP BY SUBSTR(sourceIP, 1, X)"""
+    from chalicelib.jobs import Job
+
+    return Job(
+        name=name,
+        description=f"Big Data Benchmark aggregation: SUM(adRevenue) by SUBSTR(sourceIP, 1, {prefix_length})",
+        prefix="uservisits/",
+        format=USERVISITS,
+        keys={"sourceIP_prefix": f"substr(sourceIP, 1, {prefix_length})"},
+        aggregates={"adRevenue": "sum(adRevenue)"},
+    )

@@ -1,0 +1,4 @@
+"""Big Data Benchmark query 2b: SUM(adRevenue) grouped by the first 10 characters of sourceIP."""
+from reducers._bdb import aggregation_query
+
+JOB = aggregation_query("bdb-agg-2b", 10)
