@@ -1,5 +1,6 @@
 """Tally's Lambda handlers. Each one parses its input, calls the engine, and reports; nothing else lives here."""
 from functools import wraps
+from urllib.parse import unquote
 
 from chalice import Chalice, Rate, Response
 
@@ -59,7 +60,8 @@ def job_results(job):
 @json_api
 def job_group(job, key):
     runtime = get_runtime()
-    return runtime.results.group(runtime.jobs.get(job), key)
+    # API Gateway (and Chalice's local gateway) pass path parameters still percent-encoded.
+    return runtime.results.group(runtime.jobs.get(job), unquote(key))
 
 
 @app.route("/jobs/{job}/status", methods=["GET"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Callable
@@ -146,7 +147,8 @@ class Reducer:
 
     def plan(self, job: Job) -> ReducePlan:
         manifest, etag = self.read_manifest(job)
-        ledger = self.read_ledger(manifest)
+        with _superseded_is_conflict():
+            ledger = self.read_ledger(manifest)
         merged = set(ledger.column("contribution").to_pylist())
         inbox = [o.key for o in self.state.list(layout.inbox_prefix(job.name))]
         return plan_reduce(job.name, manifest, etag, merged, inbox, self.batch)
@@ -177,8 +179,10 @@ class Reducer:
             partials.append(table)
             entries.append(_ledger_entry(layout.contribution_of(key), meta, generation))
 
-        result = job.plan.merge([self.read_result(job, plan.base), *partials])
-        ledger = pa.concat_tables([self.read_ledger(plan.base), pa.Table.from_pylist(entries, LEDGER_SCHEMA)])
+        with _superseded_is_conflict():
+            base_result, base_ledger = self.read_result(job, plan.base), self.read_ledger(plan.base)
+        result = job.plan.merge([base_result, *partials])
+        ledger = pa.concat_tables([base_ledger, pa.Table.from_pylist(entries, LEDGER_SCHEMA)])
         result_key, ledger_key = layout.generation_keys(job.name, generation)
         self.state.put_if_absent(result_key, encode(result, job.plan.fingerprint))
         self.state.put_if_absent(ledger_key, encode(ledger, _LEDGER_FINGERPRINT))
@@ -216,6 +220,16 @@ class Reducer:
         ]
         if garbage:
             self.state.delete(garbage)
+
+
+@contextmanager
+def _superseded_is_conflict():
+    """The generation we started from was replaced and collected by a reducer that committed meanwhile:
+    that is a lost race, not an error; our commit would fail its If-Match anyway."""
+    try:
+        yield
+    except ObjectMissing as exc:
+        raise CommitConflict(f"state moved on while reading it: {exc}") from exc
 
 
 def _ledger_entry(contribution: str, meta: dict, generation: int) -> dict:

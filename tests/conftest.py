@@ -1,0 +1,102 @@
+"""Fixtures: S3 is moto behind boto3 (the same client code as production), handlers are called as Lambda
+calls them (chalice.test.Client), and S3 events are built the way S3 builds them."""
+from __future__ import annotations
+
+import gzip
+import os
+from urllib.parse import quote_plus
+
+import boto3
+import pytest
+from hypothesis import settings as hypothesis_settings
+from moto import mock_aws
+
+hypothesis_settings.register_profile("dev", max_examples=40, deadline=None)
+hypothesis_settings.register_profile("ci", max_examples=200, deadline=None)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+INPUT, STATE = "tally-input", "tally-state"
+
+
+@pytest.fixture(autouse=True)
+def _no_real_aws(monkeypatch):
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+def s3():
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=INPUT)
+        client.create_bucket(Bucket=STATE)
+        yield client
+
+
+@pytest.fixture
+def runtime(s3):
+    from chalicelib.runtime import Runtime, set_runtime
+    from chalicelib.settings import Settings
+
+    rt = Runtime(Settings(input_bucket=INPUT, state_bucket=STATE), s3_client=s3)
+    set_runtime(rt)
+    yield rt
+    set_runtime(None)
+
+
+@pytest.fixture
+def lambdas(runtime):
+    """The Chalice app's handlers, invoked as Lambda invokes them."""
+    import app
+    from chalice.test import Client
+
+    with Client(app.app) as client:
+        yield client
+
+
+def s3_record(key: str, etag: str, size: int, bucket: str = INPUT, sequencer: str = "0A") -> dict:
+    """One record of an S3 ObjectCreated notification: S3 URL-encodes the key and writes `+` for spaces."""
+    return {
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+        "eventName": "ObjectCreated:Put",
+        "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+               "object": {"key": quote_plus(key, safe="/"), "size": size, "eTag": etag, "sequencer": sequencer}},
+    }
+
+
+class Uploader:
+    """Puts objects into the input bucket and returns the S3 event records S3 would send for them."""
+
+    def __init__(self, s3):
+        self.s3 = s3
+
+    def put(self, key: str, body: bytes | str, compress: bool = False) -> dict:
+        data = body.encode() if isinstance(body, str) else body
+        if compress:
+            data = gzip.compress(data)
+        response = self.s3.put_object(Bucket=INPUT, Key=key, Body=data)
+        return s3_record(key, response["ETag"].strip('"'), len(data))
+
+    def event(self, *records: dict) -> dict:
+        return {"Records": list(records)}
+
+
+@pytest.fixture
+def uploads(s3):
+    return Uploader(s3)
+
+
+def uservisits_rows(*rows: tuple) -> str:
+    """CSV text in the BDB uservisits shape from (sourceIP, adRevenue) pairs; the other columns are fixed."""
+    return "".join(
+        f"{ip},http://example.com/{i},2001-02-03,{revenue},Mozilla/5.0,USA,USA-EN,word,{i % 50 + 1}\n"
+        for i, (ip, revenue) in enumerate(rows)
+    )
+
+
+def scheduled_event() -> dict:
+    from chalicelib.local.stack import scheduled_event as make
+
+    return make()

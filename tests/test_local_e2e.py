@@ -1,0 +1,81 @@
+"""Through `tally local`: real files uploaded with boto3 to the loopback S3 endpoint, S3's own notifications,
+mapper processes, the timed reducer and the HTTP API; the served results equal DuckDB's, group for group."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from chalicelib.local.client import TallyClient
+from chalicelib.local.datagen import write_uservisits
+from chalicelib.local.demo import JOBS, wait_until_idle
+from chalicelib.local.referee import bdb_aggregation, differences
+from chalicelib.local.stack import LocalOptions, LocalTally
+from chalicelib.runtime import set_runtime
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def local_tally():
+    saved = dict(os.environ)
+    set_runtime(None)
+    options = LocalOptions(port=free_port(), s3_port=free_port(), workers=2, reduce_every=0.3)
+    with LocalTally(options) as tally:
+        yield tally
+    set_runtime(None)
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_uploaded_files_are_served_exactly_as_duckdb_computes_them(local_tally, tmp_path: Path):
+    paths = write_uservisits(tmp_path / "uservisits", total_bytes=3 << 20, file_bytes=384 << 10, seed=7)
+    compressed = paths[0].with_suffix(".csv.gz")
+    compressed.write_bytes(gzip.compress(paths[0].read_bytes()))
+    paths[0].unlink()
+    paths[0] = compressed
+    requests = [{"ts": f"2026-01-01 00:00:0{i % 10}", "method": "get" if i % 3 else "post", "path": f"/p{i % 4}",
+                 "status": 200 if i % 5 else 500, "latency_ms": float(i), "bytes": i * 10} for i in range(200)]
+    s3 = local_tally.client()
+
+    def upload(path: Path) -> None:
+        s3.upload_file(str(path), "tally-input", f"uservisits/{path.name}")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(upload, paths + [paths[1]]))  # the repeated upload makes S3 send a duplicate event
+    s3.put_object(Bucket="tally-input", Key="requests/day one.jsonl",
+                  Body="".join(json.dumps(r) + "\n" for r in requests).encode())
+    s3.put_object(Bucket="tally-input", Key="uservisits/broken.csv.gz", Body=b"\x1f\x8b\x08\x00garbage")
+    api = TallyClient(local_tally.api_url)
+
+    wait_until_idle(api, [*JOBS, "page-latency"], timeout=120)
+
+    for job, length in JOBS.items():
+        served = {row["key"]["sourceIP_prefix"]: row["values"]["adRevenue"] for row in api.all_rows(job, 500)}
+        assert differences(bdb_aggregation(paths, length), served) == [], job
+    expected: dict[tuple, dict] = {}
+    for r in (r for r in requests if r["status"] < 500):
+        group = expected.setdefault((r["path"], r["method"].upper()), {"requests": 0, "bytes": 0, "latency": []})
+        group["requests"] += 1
+        group["bytes"] += r["bytes"]
+        group["latency"].append(r["latency_ms"])
+    served = {(row["key"]["path"], row["key"]["method"]): {**row["values"],
+              "mean_latency_ms": float(row["values"]["mean_latency_ms"]),
+              "max_latency_ms": float(row["values"]["max_latency_ms"])}
+              for row in api.all_rows("page-latency")}
+    assert served == {key: {"requests": g["requests"], "bytes": g["bytes"],
+                            "mean_latency_ms": pytest.approx(sum(g["latency"]) / len(g["latency"])),
+                            "max_latency_ms": max(g["latency"])} for key, g in expected.items()}
+    status = api.status("bdb-agg-2a")
+    assert status["objects"]["merged"] == len(paths)
+    assert [q["key"] for q in status["quarantined"]] == ["uservisits/broken.csv.gz"]
+    assert local_tally.errors == []

@@ -1,0 +1,162 @@
+"""The mapper Lambda: given objects in the input bucket and their S3 events, these partials and results."""
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+from chalicelib.aggregation.codec import decode
+from chalicelib.engine import layout
+
+from .conftest import STATE, scheduled_event, uservisits_rows
+
+
+def results(lambdas, job: str) -> dict:
+    page = json.loads(lambdas.http.get(f"/jobs/{job}/results?limit=1000").body, parse_float=Decimal)
+    return {tuple(row["key"].values()): row["values"] for row in page["rows"]}
+
+
+def reduce(lambdas) -> list[dict]:
+    return lambdas.lambda_.invoke("reduce_results", scheduled_event()).payload
+
+
+def status(lambdas, job: str) -> dict:
+    return json.loads(lambdas.http.get(f"/jobs/{job}/status").body)
+
+
+def inbox(runtime, job: str) -> list[str]:
+    return [o.key for o in runtime.state_store.list(layout.inbox_prefix(job))]
+
+
+CSV = uservisits_rows(("158.112.27.3", "1.500000"), ("158.112.99.1", "2.25"), ("10.0.0.1", "100"),
+                      ("158.112.27.3", "0.000001"))
+EXPECTED_2A = {("158.112.",): {"adRevenue": Decimal("3.750001")}, ("10.0.0.1",): {"adRevenue": Decimal("100")}}
+
+
+def test_csv_object_becomes_one_partial_per_matching_job(lambdas, runtime, uploads):
+    record = uploads.put("uservisits/part-0.csv", CSV)
+
+    outcomes = lambdas.lambda_.invoke("map_object", uploads.event(record)).payload
+
+    assert sorted((o["job"], o["outcome"], o["rows"]) for o in outcomes) == [
+        ("bdb-agg-2a", "mapped", 4), ("bdb-agg-2b", "mapped", 4), ("bdb-agg-2c", "mapped", 4)]
+    [key] = inbox(runtime, "bdb-agg-2a")
+    partial, meta = decode(runtime.state_store.get(key)[0], runtime.jobs.get("bdb-agg-2a").plan.fingerprint)
+    assert dict(zip(partial.column("sourceIP_prefix").to_pylist(), partial.column("adRevenue").to_pylist())) == {
+        "158.112.": Decimal("3.750001"), "10.0.0.1": Decimal("100")}
+    assert meta["key"] == "uservisits/part-0.csv" and meta["rows"] == 4
+
+
+def test_gzip_csv_maps_like_plain_csv(lambdas, uploads):
+    record = uploads.put("uservisits/part-0.csv.gz", CSV, compress=True)
+    lambdas.lambda_.invoke("map_object", uploads.event(record))
+    reduce(lambdas)
+    assert results(lambdas, "bdb-agg-2a") == EXPECTED_2A
+
+
+def test_json_lines_job_computes_count_mean_max_sum_after_filter(lambdas, uploads):
+    lines = [
+        {"ts": "2026-01-01 10:00:00", "method": "get", "path": "/", "status": 200, "latency_ms": 10.0, "bytes": 100},
+        {"ts": "2026-01-01 10:00:01", "method": "GET", "path": "/", "status": 304, "latency_ms": 30.0, "bytes": 0},
+        {"ts": "2026-01-01 10:00:02", "method": "post", "path": "/", "status": 201, "latency_ms": 5.5, "bytes": 7},
+        {"ts": "2026-01-01 10:00:03", "method": "get", "path": "/", "status": 503, "latency_ms": 900.0, "bytes": 1},
+        {"ts": "2026-01-01 10:00:04", "method": "get", "path": "/a", "status": 200, "latency_ms": None, "bytes": 2},
+    ]
+    record = uploads.put("requests/2026-01-01.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
+
+    lambdas.lambda_.invoke("map_object", uploads.event(record))
+    reduce(lambdas)
+
+    assert results(lambdas, "page-latency") == {
+        ("/", "GET"): {"requests": 2, "mean_latency_ms": 20.0, "max_latency_ms": 30.0, "bytes": 100},
+        ("/", "POST"): {"requests": 1, "mean_latency_ms": 5.5, "max_latency_ms": 5.5, "bytes": 7},
+        ("/a", "GET"): {"requests": 1, "mean_latency_ms": None, "max_latency_ms": None, "bytes": 2},
+    }
+
+
+def test_every_record_of_an_event_is_mapped_and_encoded_keys_are_decoded(lambdas, uploads):
+    first = uploads.put("uservisits/with space/ünïcode + plus.csv", uservisits_rows(("1.1.1.1", "1")))
+    second = uploads.put("uservisits/b.csv", uservisits_rows(("2.2.2.2", "2")))
+
+    outcomes = lambdas.lambda_.invoke("map_object", uploads.event(first, second)).payload
+    reduce(lambdas)
+
+    assert {o["key"] for o in outcomes} == {"uservisits/with space/ünïcode + plus.csv", "uservisits/b.csv"}
+    assert results(lambdas, "bdb-agg-2a") == {("1.1.1.1",): {"adRevenue": Decimal("1")},
+                                              ("2.2.2.2",): {"adRevenue": Decimal("2")}}
+
+
+def test_duplicated_event_is_counted_once_even_after_the_partial_was_merged(lambdas, runtime, uploads):
+    record = uploads.put("uservisits/part-0.csv", CSV)
+    event = uploads.event(record, record)  # S3 may repeat a record, even within one event
+
+    lambdas.lambda_.invoke("map_object", event)
+    reduce(lambdas)
+    lambdas.lambda_.invoke("map_object", uploads.event(record))  # a late redelivery after the merge
+    assert len(inbox(runtime, "bdb-agg-2a")) == 1
+    reports = reduce(lambdas)
+
+    assert results(lambdas, "bdb-agg-2a") == EXPECTED_2A
+    assert inbox(runtime, "bdb-agg-2a") == []
+    assert {r["job"]: r["dropped"] for r in reports}["bdb-agg-2a"] == 1
+
+
+def test_unparseable_file_is_quarantined_and_reported_while_others_flow(lambdas, uploads):
+    good = uploads.put("uservisits/good.csv", CSV)
+    bad = uploads.put("uservisits/bad.csv.gz", b"\x1f\x8b\x08\x00 this is not really gzip")
+
+    outcomes = lambdas.lambda_.invoke("map_object", uploads.event(good, bad)).payload
+    reduce(lambdas)
+
+    assert {(o["key"], o["outcome"]) for o in outcomes if o["job"] == "bdb-agg-2a"} == {
+        ("uservisits/good.csv", "mapped"), ("uservisits/bad.csv.gz", "quarantined")}
+    assert results(lambdas, "bdb-agg-2a") == EXPECTED_2A
+    report = status(lambdas, "bdb-agg-2a")
+    assert report["idle"] is True
+    assert report["objects"]["quarantined"] == 1
+    [entry] = report["quarantined"]
+    assert entry["key"] == "uservisits/bad.csv.gz" and entry["reason"] and entry["offset"] is not None
+
+
+def test_replacing_a_quarantined_file_with_a_good_one_clears_it(lambdas, uploads):
+    bad = uploads.put("uservisits/x.csv", "not,a,valid,row\n")
+    lambdas.lambda_.invoke("map_object", uploads.event(bad))
+    assert status(lambdas, "bdb-agg-2a")["objects"]["quarantined"] == 1
+
+    good = uploads.put("uservisits/x.csv", CSV)
+    lambdas.lambda_.invoke("map_object", uploads.event(good))
+    reduce(lambdas)
+
+    report = status(lambdas, "bdb-agg-2a")
+    assert report["objects"]["quarantined"] == 0 and report["quarantined"] == []
+    assert report["idle"] is True
+    assert results(lambdas, "bdb-agg-2a") == EXPECTED_2A
+
+
+def test_malformed_rows_inside_a_good_file_are_skipped_and_counted(lambdas, uploads):
+    record = uploads.put("uservisits/mixed.csv", CSV + "only,three,columns\n")
+    lambdas.lambda_.invoke("map_object", uploads.event(record))
+    reduce(lambdas)
+
+    assert results(lambdas, "bdb-agg-2a") == EXPECTED_2A
+    assert status(lambdas, "bdb-agg-2a")["bad_rows_skipped"] == 1
+
+
+def test_objects_outside_every_prefix_and_stale_events_write_nothing(lambdas, runtime, uploads, s3):
+    elsewhere = uploads.put("other/file.csv", CSV)
+    old = uploads.put("uservisits/y.csv", CSV)
+    uploads.put("uservisits/y.csv", uservisits_rows(("9.9.9.9", "9")))  # overwritten before its event is handled
+
+    outcomes = lambdas.lambda_.invoke("map_object", uploads.event(elsewhere, old)).payload
+
+    assert {o["outcome"] for o in outcomes} == {"superseded"}
+    assert inbox(runtime, "bdb-agg-2a") == []
+    assert s3.list_objects_v2(Bucket=STATE, Prefix="jobs/bdb-agg-2a/quarantine/")["KeyCount"] == 0
+
+
+def test_empty_object_maps_to_an_empty_partial(lambdas, uploads):
+    record = uploads.put("uservisits/empty.csv.gz", b"")
+    outcomes = lambdas.lambda_.invoke("map_object", uploads.event(record)).payload
+    reduce(lambdas)
+
+    assert {(o["outcome"], o["rows"]) for o in outcomes} == {("mapped", 0)}
+    assert status(lambdas, "bdb-agg-2a")["idle"] is True
