@@ -62,8 +62,17 @@ _LITERAL_ARGS = {"substr": {1, 2}, "startswith": {1}, "endswith": {1}, "contains
 
 _COMPARE = {ast.Eq: pc.equal, ast.NotEq: pc.not_equal, ast.Lt: pc.less, ast.LtE: pc.less_equal,
             ast.Gt: pc.greater, ast.GtE: pc.greater_equal}
+def _true_divide(left: Value, right: Value) -> Value:
+    # SQL engines (and Python) divide integers into a fraction; Arrow would truncate.
+    def as_float(value: Value) -> Value:
+        kind = value.type if hasattr(value, "type") else pa.scalar(value).type
+        return pc.cast(value, pa.float64()) if pa.types.is_integer(kind) else value
+
+    return pc.divide(as_float(left), as_float(right))
+
+
 _ARITHMETIC = {ast.Add: pc.add_checked, ast.Sub: pc.subtract_checked, ast.Mult: pc.multiply_checked,
-               ast.Div: pc.divide}
+               ast.Div: _true_divide}
 
 
 @dataclass(frozen=True)
@@ -154,12 +163,12 @@ class _Compiler:
         return lambda batch: function(left(batch), right(batch))
 
     def visit_Compare(self, node: ast.Compare) -> Evaluator:
-        steps = []
-        left = self.visit(node.left)
-        for op, comparator in zip(node.ops, node.comparators):
-            steps.append((left, op, comparator))
-            left = self.visit(comparator)
-        tests = [self.comparison(lhs, op, rhs) for lhs, op, rhs in steps]
+        # `a < b < c` is `a < b and b < c`; the right side of `in` is a literal list, never an operand.
+        operands = [node.left, *node.comparators]
+        tests = [
+            self.comparison(self.visit(left), op, right)
+            for left, op, right in zip(operands, node.ops, node.comparators)
+        ]
 
         def evaluate(batch: Batch) -> Value:
             result = tests[0](batch)
@@ -177,8 +186,11 @@ class _Compiler:
             negate = isinstance(op, ast.NotIn)
 
             def member(batch: Batch) -> Value:
-                found = pc.is_in(left(batch), options=options)
-                return pc.invert(found) if negate else found
+                value = left(batch)
+                found = pc.is_in(value, options=options)
+                found = pc.invert(found) if negate else found
+                # SQL: NULL IN (...) is NULL, so `not in` does not keep rows whose value is missing.
+                return pc.if_else(pc.is_null(value), pa.scalar(None, pa.bool_()), found)
 
             return member
         if isinstance(op, (ast.Is, ast.IsNot)):

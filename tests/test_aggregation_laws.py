@@ -338,10 +338,7 @@ def test_decoding_garbage_raises_partial_mismatch(data):
         decode(data, plan.fingerprint)
 
 
-# Known engine bug (see the report with this file): codec.decode catches only pa.ArrowInvalid, but Arrow reports
-# some malformed streams as ArrowIOError (an OSError), which escapes undecorated. Strict: fails once fixed.
-@pytest.mark.xfail(strict=True, raises=OSError,
-                   reason="engine bug: decode lets pa.ArrowIOError (OSError) escape instead of PartialMismatch")
+# Arrow reports some malformed streams as ArrowIOError (an OSError): decode must still call them PartialMismatch.
 @pytest.mark.parametrize("data", [
     pytest.param(b"\xf0\xf0\xf0\xf0", id="negative-continuation-token"),
     pytest.param(b"\xff" * 8, id="negative-metadata-length"),
@@ -349,3 +346,27 @@ def test_decoding_garbage_raises_partial_mismatch(data):
 def test_decoding_garbage_arrow_reads_as_io_error_raises_partial_mismatch(data):
     with pytest.raises(PartialMismatch):
         decode(data, plan_for("int64").fingerprint)
+
+
+def _int_job(**overrides) -> Job:
+    definition = dict(name="ints", prefix="p/", format=CsvFormat(columns={"k": "string", "v": "int64"}),
+                      keys={"k": "k"}, aggregates={"total": "sum(v)", "average": "mean(v)"})
+    return Job(**{**definition, **overrides})
+
+
+def test_integer_sums_do_not_overflow_and_means_of_huge_integers_finalize():
+    plan = _int_job().plan
+    half = pa.table({"k": ["a", "a"], "v": pa.array([2**62, 2**62], pa.int64())})
+    merged = plan.merge([plan.lift(half), plan.lift(half)])
+    final = plan.finalize(merged).to_pylist()
+    assert final == [{"k": "a", "total": Decimal(2**64), "average": float(2**62)}]
+
+
+def test_a_key_named_like_an_arrow_output_column_still_merges():
+    plan = _int_job(keys={"total_sum": "k"}).plan
+    rows = pa.table({"k": ["a", "b", "a"], "v": pa.array([1, 2, 3], pa.int64())})
+    merged = plan.merge([plan.lift(rows), plan.lift(rows)])
+    assert sorted(plan.finalize(merged).to_pylist(), key=lambda r: r["total_sum"]) == [
+        {"total_sum": "a", "total": Decimal(8), "average": 2.0},
+        {"total_sum": "b", "total": Decimal(4), "average": 2.0},
+    ]

@@ -96,32 +96,27 @@ def test_is_none_and_is_not_none_test_for_null():
     assert values("s is not None") == [True, True, False]
 
 
-# Known engine bug (see the report with this file): visit_Compare compiles the right-hand tuple of `in` as an
-# expression, so every `x in (...)` is refused with "Tuple is not supported". Strict: these start failing, as a
-# reminder to drop the marker, the moment the bug is fixed. Rows without nulls: what `NULL IN (...)` should be
-# (SQL says NULL) is left to the fix.
-IN_IS_BROKEN = pytest.mark.xfail(strict=True, raises=JobDefinitionError,
-                                 reason="engine bug: `in` with a literal tuple does not compile")
 NO_NULLS = ROWS.slice(0, 2)
 
 
-@IN_IS_BROKEN
+def test_in_follows_sql_null_semantics():
+    # SQL: NULL IN (...) is NULL, so neither `in` nor `not in` keeps a row whose value is missing.
+    assert values("n in (1, 7)") == [True, False, None]
+    assert values("n not in (1, 7)") == [False, True, None]
+
+
 def test_in_a_literal_tuple_tests_membership():
     assert values("s in ('Ab', 'zz')", NO_NULLS) == [True, False]
 
 
-@IN_IS_BROKEN
 def test_in_a_literal_list_tests_membership():
     assert values("n in [5, 7]", NO_NULLS) == [False, True]
 
 
-@IN_IS_BROKEN
 def test_not_in_a_literal_tuple_is_the_complement():
     assert values("n not in (1, 2)", NO_NULLS) == [False, True]
 
 
-@pytest.mark.xfail(strict=True, raises=ValidationError,
-                   reason="engine bug: `in` with a literal tuple does not compile")
 def test_a_job_can_filter_with_in():
     job = make_job(filter="label in ('web', 'app')")
     rows = pa.table({"k": ["a", "a", "b"], "v": pa.array([1, 2, 4], pa.decimal128(18, 6)),

@@ -126,10 +126,7 @@ def test_a_header_only_csv_yields_no_rows():
     assert read(b"who,amount,n\n", TextFormat("csv", MONEY, header=True)) == []
 
 
-# Known engine bug (see the report with this file): a gzip stream of zero bytes of content — what
-# `gzip.compress(b"")` or `gzip < /dev/null` produces, 20 bytes long — is refused as "Empty CSV file" /
-# "Empty JSON stream", so an empty .gz object would be quarantined. Strict: fails once fixed.
-@pytest.mark.xfail(strict=True, raises=BadInput, reason="engine bug: gzip of empty content raises BadInput")
+# A gzip stream of zero bytes of content (`gzip < /dev/null`, 20 bytes long) is an empty input, not bad input.
 @pytest.mark.parametrize("fmt", [CSV, JSONL], ids=["csv", "jsonl"])
 def test_a_gzip_of_nothing_yields_no_rows(fmt):
     assert read(gzip.compress(b""), fmt, compression="gzip") == []

@@ -29,13 +29,14 @@ def encode(table: pa.Table, fingerprint: str, meta: dict[str, Any] | None = None
 def decode(data: bytes, fingerprint: str) -> tuple[pa.Table, dict[str, Any]]:
     try:
         table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
-    except pa.ArrowInvalid as exc:
-        raise PartialMismatch(f"not an encoded partial: {exc}") from exc
-    metadata = table.schema.metadata or {}
-    if metadata.get(MAGIC) != CODEC_VERSION.encode():
-        raise PartialMismatch(f"partial codec version {metadata.get(MAGIC)!r}, expected {CODEC_VERSION}")
-    found = metadata.get(b"tally.fingerprint", b"").decode()
+        metadata = table.schema.metadata or {}
+        version = metadata.get(MAGIC)
+        found = metadata.get(b"tally.fingerprint", b"").decode()
+        meta = json.loads(metadata.get(b"tally.meta", b"{}"))
+    except (pa.ArrowException, OSError, ValueError, KeyError) as exc:  # JSON and Unicode errors are ValueErrors
+        raise PartialMismatch(f"not an encoded partial: {type(exc).__name__}: {exc}") from exc
+    if version != CODEC_VERSION.encode():
+        raise PartialMismatch(f"partial codec version {version!r}, expected {CODEC_VERSION}")
     if found != fingerprint:
         raise PartialMismatch(f"partial was written for job fingerprint {found}, this job is {fingerprint}")
-    meta = json.loads(metadata.get(b"tally.meta", b"{}"))
     return table.replace_schema_metadata(None), meta

@@ -32,6 +32,10 @@ class AggregateFunction:
     def state_types(self, value_type: pa.DataType | None) -> list[pa.DataType]:
         raise NotImplementedError
 
+    def input_type(self, value_type: pa.DataType) -> pa.DataType | None:
+        """The type input values are cast to before lifting, if they need one."""
+        return None
+
     def lift(self, out: str, value: str) -> list[Step]:
         """Steps that turn the input column `value` into this aggregate's state columns."""
         raise NotImplementedError
@@ -61,15 +65,25 @@ def _sum_type(value_type: pa.DataType) -> pa.DataType:
         # Exact: money columns declared decimal(p, s) are summed without rounding, as SQL does.
         return pa.decimal128(38, value_type.scale)
     if pa.types.is_integer(value_type) or pa.types.is_boolean(value_type):
-        return pa.int64()
+        # Like DuckDB's SUM(BIGINT) -> HUGEINT: integer sums cannot overflow into a wrong number.
+        return pa.decimal128(38, 0)
     if pa.types.is_floating(value_type):
         return pa.float64()
     raise JobDefinitionError(f"cannot sum values of type {value_type}")
 
 
+def _summable(value_type: pa.DataType) -> pa.DataType | None:
+    if pa.types.is_integer(value_type) or pa.types.is_boolean(value_type):
+        return _sum_type(value_type)
+    return None
+
+
 class Sum(AggregateFunction):
     def state_types(self, value_type):
         return [_sum_type(value_type)]
+
+    def input_type(self, value_type):
+        return _summable(value_type)
 
     def lift(self, out, value):
         return [(value, "sum", _SKIP_NULLS)]
@@ -97,6 +111,9 @@ class Mean(AggregateFunction):
 
     def state_types(self, value_type):
         return [_sum_type(value_type), pa.int64()]
+
+    def input_type(self, value_type):
+        return _summable(value_type)
 
     def lift(self, out, value):
         return [(value, "sum", _SKIP_NULLS), (value, "count", pc.CountOptions(mode="only_valid"))]

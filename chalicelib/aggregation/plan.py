@@ -30,6 +30,8 @@ class AggregationPlan:
         names = [name for name, _ in self.keys] + [spec.out for spec in self.aggregates]
         if len(set(names)) != len(names):
             raise JobDefinitionError(f"key and aggregate names must be distinct: {names}")
+        if any(name.startswith("__") for name in names):
+            raise JobDefinitionError("names starting with '__' are reserved for Tally's working columns")
         if not self.keys:
             raise JobDefinitionError("a job needs at least one group key")
         empty = self.input_schema.empty_table()
@@ -74,7 +76,9 @@ class AggregationPlan:
         for index, spec in enumerate(self.aggregates):
             value = f"__value{index}"
             expr = spec.argument if spec.argument is not None else self.keys[0][1]
-            columns[value] = expr.evaluate_array(batch)
+            values = expr.evaluate_array(batch)
+            cast_to = spec.function.input_type(values.type)
+            columns[value] = values if cast_to is None else pc.cast(values, cast_to)
             for (column, function, options), state in zip(spec.function.lift(spec.out, value), spec.states):
                 steps.append((column, function, options))
                 targets.append((state, f"{column}_{function}"))
@@ -91,13 +95,17 @@ class AggregationPlan:
             return self.empty()
         if len(partials) == 1:
             return partials[0]
+        combined = pa.concat_tables(partials)
+        # Work on neutral column names: Arrow names outputs "<column>_<function>", which a key may also be.
+        working = {name: combined.column(name) for name in self.key_names}
         steps, targets = [], []
         for spec in self.aggregates:
             for column, function, options in spec.function.merge(spec.out):
-                steps.append((column, function, options))
-                targets.append((column, f"{column}_{function}"))
-        combined = pa.concat_tables(partials)
-        grouped = combined.group_by(self.key_names, use_threads=False).aggregate(steps)
+                alias = f"__state{len(steps)}"
+                working[alias] = combined.column(column)
+                steps.append((alias, function, options))
+                targets.append((column, f"{alias}_{function}"))
+        grouped = pa.table(working).group_by(self.key_names, use_threads=False).aggregate(steps)
         return self._conform(grouped, targets)
 
     def finalize(self, partial: pa.Table) -> pa.Table:

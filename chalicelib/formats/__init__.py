@@ -6,6 +6,7 @@ bounded by the block size, never by the object's size. What cannot be parsed rai
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass, field
 from typing import IO, Iterator, Literal
 
@@ -36,6 +37,7 @@ class ReadStats:
     rows: int = 0
     bad_rows: int = 0
     bad_row_examples: list[str] = field(default_factory=list)
+    first_bad_line: int | None = None
 
 
 def compression_of(key: str) -> str | None:
@@ -68,6 +70,26 @@ class _CountingReader(io.RawIOBase):
         return len(data)
 
 
+class _Prepended(io.RawIOBase):
+    """A stream whose first bytes were already read (to tell an empty input from a non-empty one)."""
+
+    def __init__(self, head: bytes, rest):
+        self._head, self._rest = memoryview(head), rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._head:
+            count = min(len(buffer), len(self._head))
+            buffer[:count] = self._head[:count]
+            self._head = self._head[count:]
+            return count
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
 def read_batches(
     stream: IO[bytes],
     fmt: TextFormat,
@@ -77,19 +99,27 @@ def read_batches(
 ) -> Iterator[pa.RecordBatch]:
     stats = stats if stats is not None else ReadStats()
     raw = io.BufferedReader(_CountingReader(stream, stats), buffer_size=1 << 20)
-    if not raw.peek(1):
-        return  # an empty object (or zero-byte .gz) holds no rows: nothing to map, nothing wrong
-    source = pa.input_stream(raw, compression=compression) if compression else raw
     try:
-        reader = _open(source, fmt, stats, block_size)
-        for batch in reader:
+        source = pa.CompressedInputStream(raw, compression) if compression else raw
+        first = source.read(1 << 16)
+        if not first:
+            return  # an empty object, or a compressed nothing, holds no rows: nothing to map, nothing wrong
+        source = io.BufferedReader(_Prepended(first, source), buffer_size=1 << 20)
+        for batch in _open(source, fmt, stats, block_size):
             stats.rows += batch.num_rows
             yield batch
-    except BadInput:
-        raise
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError, UnicodeDecodeError) as exc:
-        raise BadInput(_first_line(exc), line=stats.rows + 1 if stats.rows else None,
-                       offset=stats.bytes_read) from exc
+        if stats.rows == 0 and (_EMPTY.search(str(exc)) or (_SHORT.search(str(exc)) and stats.bytes_read < block_size)):
+            return  # a header and nothing else
+        message = _first_line(exc)
+        row = _ROW.search(message)
+        line = int(row[1]) if row else stats.first_bad_line  # Arrow counts physical rows, header included
+        raise BadInput(message, line=line, offset=stats.bytes_read) from exc
+
+
+_ROW = re.compile(r"Row #(\d+)")
+_EMPTY = re.compile(r"^Empty (CSV file|JSON)")
+_SHORT = re.compile(r"^Could not skip initial")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -106,15 +136,15 @@ def _open(source, fmt: TextFormat, stats: ReadStats, block_size: int):
         )
 
     def on_invalid_row(row) -> str:
+        # Return, never raise: pyarrow swallows exceptions raised in here.
         stats.bad_rows += 1
+        if stats.first_bad_line is None:
+            stats.first_bad_line = row.number
         if len(stats.bad_row_examples) < 3:
             stats.bad_row_examples.append(
                 f"row {row.number}: expected {row.expected_columns} columns, got {row.actual_columns}"
             )
-        if fmt.on_bad_row == "fail":
-            raise BadInput(f"expected {row.expected_columns} columns, got {row.actual_columns}",
-                           line=row.number)
-        return "skip"
+        return "error" if fmt.on_bad_row == "fail" else "skip"
 
     return pa_csv.open_csv(
         source,
