@@ -1,0 +1,42 @@
+# The two commands of the README: `make demo` (the main job, local mode, real data end to end) and
+# `make test`. Both create .venv with pinned versions on first use; nothing else needs installing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+WHEELHOUSE := .cache/wheelhouse
+HYPOTHESIS_PROFILE ?= $(if $(CI),ci,dev)
+
+.PHONY: demo local test test-fast package clean
+
+$(INSTALLED): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+# Lambda wheels for requirements.txt, so `chalice package` (and its test) run offline.
+$(WHEELHOUSE)/.complete: requirements.txt constraints.txt $(INSTALLED)
+	$(BIN)/pip download --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt \
+		--only-binary=:all: --platform manylinux2014_x86_64 --python-version 3.11 --implementation cp \
+		-d $(WHEELHOUSE)
+	touch $@
+
+demo: $(INSTALLED)
+	$(BIN)/tally demo $(ARGS)
+
+local: $(INSTALLED)
+	$(BIN)/tally local $(ARGS)
+
+test: $(INSTALLED) $(WHEELHOUSE)/.complete
+	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(BIN)/python -m pytest $(ARGS)
+
+test-fast: $(INSTALLED)
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+package: $(INSTALLED) $(WHEELHOUSE)/.complete
+	PIP_NO_INDEX=1 PIP_FIND_LINKS=$(CURDIR)/$(WHEELHOUSE) $(BIN)/chalice package --pkg-format terraform \
+		--stage $(or $(STAGE),dev) build/terraform
+
+clean:
+	rm -rf $(VENV) .cache build .tally

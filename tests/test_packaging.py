@@ -1,0 +1,112 @@
+"""`chalice package --pkg-format terraform`, offline from the wheelhouse `make test` prepares: the package
+declares the S3 subscription, the schedule and the API, ships the job definitions, stays inside Lambda's size
+limit, and its handler maps every record of an S3 event when run from the extracted zip."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+WHEELHOUSE = ROOT / ".cache" / "wheelhouse"
+LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    assert (WHEELHOUSE / ".complete").exists(), "no wheelhouse: run `make test`, which downloads it first"
+    out = tmp_path_factory.mktemp("terraform")
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(WHEELHOUSE), "AWS_DEFAULT_REGION": "us-east-1"}
+    chalice = Path(sys.executable).with_name("chalice")
+    result = subprocess.run([str(chalice), "package", "--pkg-format", "terraform", "--stage", "dev", str(out)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Could not install dependencies" not in result.stdout + result.stderr, result.stdout + result.stderr
+    return out
+
+
+def resources(package: Path) -> dict:
+    return json.loads((package / "chalice.tf.json").read_text())["resource"]
+
+
+def test_terraform_declares_mapper_subscription_schedule_and_api(package):
+    declared = resources(package)
+    functions = declared["aws_lambda_function"]
+    assert {"map_object", "reduce_results", "api_handler"} <= set(functions)
+    assert functions["map_object"]["memory_size"] == 1769 and functions["map_object"]["timeout"] == 900
+    environment = functions["map_object"]["environment"]["variables"]
+    assert environment["TALLY_INPUT_BUCKET"] == "tally-input-dev"
+    assert environment["TALLY_STATE_BUCKET"] == "tally-state-dev"
+
+    [notification] = declared["aws_s3_bucket_notification"].values()
+    assert notification["bucket"] == "tally-input-dev"
+    [subscription] = notification["lambda_function"]
+    assert subscription["events"] == ["s3:ObjectCreated:*"]
+    assert "map_object" in subscription["lambda_function_arn"]
+
+    [rule] = declared["aws_cloudwatch_event_rule"].values()
+    assert rule["schedule_expression"] == "rate(1 minute)"
+    assert declared["aws_api_gateway_rest_api"]
+
+
+def test_lambda_role_has_exactly_the_least_privilege_policy(package):
+    policies = [json.loads(p["policy"]) if isinstance(p["policy"], str) else p["policy"]
+                for p in resources(package)["aws_iam_role_policy"].values()]
+    expected = json.loads((ROOT / ".chalice" / "policy-dev.json").read_text())
+    assert policies and all(policy == expected for policy in policies)
+    actions = {a for statement in expected["Statement"] for a in statement["Action"]}
+    assert "s3:*" not in actions and not any(a.endswith(":*") for a in actions)
+
+
+def test_zip_ships_the_engine_the_jobs_and_the_dependencies_within_lambda_limits(package):
+    with zipfile.ZipFile(package / "deployment.zip") as archive:
+        names = set(archive.namelist())
+        unzipped = sum(info.file_size for info in archive.infolist())
+    assert {"app.py", "chalicelib/engine/mapper.py", "reducers/bdb_agg_2a.py", "reducers/page_latency.py"} <= names
+    assert any(name.startswith("pyarrow/") for name in names)
+    assert any(name.startswith("pydantic_core/") for name in names)
+    assert unzipped < LAMBDA_UNZIPPED_LIMIT, f"{unzipped / 2**20:.0f} MiB unzipped"
+    print(f"deployment.zip: {(package / 'deployment.zip').stat().st_size / 2**20:.1f} MiB zipped, "
+          f"{unzipped / 2**20:.1f} MiB unzipped")
+
+
+PACKAGED_HANDLER = r"""
+import json, sys
+from moto import mock_aws
+import boto3
+with mock_aws():
+    s3 = boto3.client("s3", region_name="us-east-1")
+    for bucket in ("tally-input-dev", "tally-state-dev"):
+        s3.create_bucket(Bucket=bucket)
+    records = []
+    for key, rows in (("uservisits/a b.csv", "1.2.3.4,u,2001-01-01,1.5,ua,USA,USA-EN,w,1\n"),
+                      ("uservisits/c.csv", "5.6.7.8,u,2001-01-01,2.5,ua,USA,USA-EN,w,1\n")):
+        etag = s3.put_object(Bucket="tally-input-dev", Key=key, Body=rows)["ETag"].strip('"')
+        records.append({"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {
+            "bucket": {"name": "tally-input-dev"},
+            "object": {"key": key.replace(" ", "+"), "size": len(rows), "eTag": etag}}})
+    import app, chalicelib, pyarrow
+    assert chalicelib.__file__.startswith(sys.argv[1]) and pyarrow.__file__.startswith(sys.argv[1])
+    outcomes = app.app.handler_map["map_object"]({"Records": records}, None)
+    print(json.dumps(sorted({(o["key"], o["outcome"]) for o in outcomes})))
+"""
+
+
+def test_packaged_handler_maps_every_record_of_an_s3_event(package, tmp_path):
+    extracted = tmp_path / "lambda"
+    with zipfile.ZipFile(package / "deployment.zip") as archive:
+        archive.extractall(extracted)
+    # The zip first on the path, as /var/task is on Lambda; boto3 and moto come from the test environment.
+    env = {**os.environ, "PYTHONPATH": str(extracted), "TALLY_INPUT_BUCKET": "tally-input-dev",
+           "TALLY_STATE_BUCKET": "tally-state-dev", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    result = subprocess.run([sys.executable, "-c", PACKAGED_HANDLER, str(extracted)], cwd=extracted, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [
+        ["uservisits/a b.csv", "mapped"], ["uservisits/c.csv", "mapped"]]
