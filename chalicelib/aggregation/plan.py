@@ -59,6 +59,14 @@ class AggregationPlan:
         object.__setattr__(self, "fingerprint", digest[:16])
 
     @property
+    def columns(self) -> frozenset[str]:
+        """The input columns this plan reads; the rest need not be parsed."""
+        expressions = [expr for _, expr in self.keys] + [s.argument for s in self.aggregates if s.argument]
+        if self.filter is not None:
+            expressions.append(self.filter)
+        return frozenset().union(*(expr.columns for expr in expressions))
+
+    @property
     def key_names(self) -> list[str]:
         return [name for name, _ in self.keys]
 

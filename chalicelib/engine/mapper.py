@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Callable, Iterable
 
@@ -102,9 +102,11 @@ class Mapper:
         version = event.version_id or etag
         stats = ReadStats()
         accumulators = {job.name: _Accumulator(job.plan) for job in jobs}
+        used = frozenset().union(*(job.plan.columns for job in jobs))
+        reader = replace(jobs[0].format.reader(), include=tuple(n for n in jobs[0].format.columns if n in used))
         try:
             with opened.body as body:
-                for batch in read_batches(body, jobs[0].format.reader(), compression_of(event.key), stats):
+                for batch in read_batches(body, reader, compression_of(event.key), stats):
                     for accumulator in accumulators.values():
                         accumulator.add(batch)
             if stats.rows == 0 and stats.bad_rows:

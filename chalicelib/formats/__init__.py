@@ -5,8 +5,11 @@ bounded by the block size, never by the object's size. What cannot be parsed rai
 """
 from __future__ import annotations
 
+import atexit
 import io
 import re
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import IO, Iterator, Literal
 
@@ -27,6 +30,9 @@ class TextFormat:
     header: bool = False
     delimiter: str = ","
     on_bad_row: Literal["skip", "fail"] = "skip"
+    # Convert only these columns (the ones the jobs use): the parser still checks every row's shape, but
+    # skips building the other columns, which is most of a CSV reader's time.
+    include: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -54,6 +60,34 @@ def strip_compression(key: str) -> str:
     return key
 
 
+class _ReadsInFlight:
+    """Arrow's read-ahead threads call back into our Python streams. A thread still doing so when the
+    interpreter finalizes is killed inside C++ and aborts the process ("terminate called without an active
+    exception"), so at exit we wait, briefly, until the last such call has returned."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self._count += 1
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._count -= 1
+
+    def drain(self, timeout: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout
+        time.sleep(0.02)  # let a thread that is waiting for the GIL get in and be counted
+        while self._count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+_IN_FLIGHT = _ReadsInFlight()
+atexit.register(_IN_FLIGHT.drain)
+
+
 class _CountingReader(io.RawIOBase):
     """Counts the raw (compressed) bytes consumed, for throughput figures and error positions."""
 
@@ -64,7 +98,8 @@ class _CountingReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        data = self._stream.read(len(buffer))
+        with _IN_FLIGHT:
+            data = self._stream.read(len(buffer))
         buffer[: len(data)] = data
         self._stats.bytes_read += len(data)
         return len(data)
@@ -80,6 +115,10 @@ class _Prepended(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
+        with _IN_FLIGHT:
+            return self._readinto(buffer)
+
+    def _readinto(self, buffer) -> int:
         if self._head:
             count = min(len(buffer), len(self._head))
             buffer[:count] = self._head[:count]
@@ -105,9 +144,15 @@ def read_batches(
         if not first:
             return  # an empty object, or a compressed nothing, holds no rows: nothing to map, nothing wrong
         source = io.BufferedReader(_Prepended(first, source), buffer_size=1 << 20)
-        for batch in _open(source, fmt, stats, block_size):
-            stats.rows += batch.num_rows
-            yield batch
+        reader = _open(source, fmt, stats, block_size)
+        try:
+            for batch in reader:
+                stats.rows += batch.num_rows
+                yield batch
+        finally:
+            # Release Arrow's reader (and its read-ahead thread, which calls back into Python) now, not
+            # whenever the garbage collector gets to it: at interpreter exit that aborts the process.
+            reader.close()
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError, UnicodeDecodeError) as exc:
         if stats.rows == 0 and (_EMPTY.search(str(exc)) or (_SHORT.search(str(exc)) and stats.bytes_read < block_size)):
             return  # a header and nothing else
@@ -129,10 +174,11 @@ def _first_line(exc: BaseException) -> str:
 
 def _open(source, fmt: TextFormat, stats: ReadStats, block_size: int):
     if fmt.kind == "jsonl":
+        schema = fmt.schema if fmt.include is None else pa.schema([fmt.schema.field(n) for n in fmt.include])
         return pa_json.open_json(
             source,
             read_options=pa_json.ReadOptions(use_threads=False, block_size=block_size),
-            parse_options=pa_json.ParseOptions(explicit_schema=fmt.schema, unexpected_field_behavior="ignore"),
+            parse_options=pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
         )
 
     def on_invalid_row(row) -> str:
@@ -153,5 +199,5 @@ def _open(source, fmt: TextFormat, stats: ReadStats, block_size: int):
             use_threads=False, block_size=block_size,
         ),
         parse_options=pa_csv.ParseOptions(delimiter=fmt.delimiter, invalid_row_handler=on_invalid_row),
-        convert_options=pa_csv.ConvertOptions(column_types=fmt.schema),
+        convert_options=pa_csv.ConvertOptions(column_types=fmt.schema, include_columns=fmt.include),
     )
