@@ -2,6 +2,8 @@
 from functools import wraps
 from urllib.parse import unquote
 
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from chalice import Chalice, Rate, Response
 
 from chalicelib.api import error_body, to_json
@@ -14,6 +16,9 @@ from chalicelib.settings import Settings
 # Decorator arguments are evaluated at import, so the bucket name comes from the stage's environment here.
 SETTINGS = Settings.from_env()
 app = Chalice(app_name="tally")
+logger = Logger(service="tally", level=SETTINGS.log_level)
+# The engine logs through the standard library ("tally.*"); give those loggers the same structured JSON.
+copy_config_to_registered_loggers(source_logger=logger, include={"tally.mapper", "tally.reducer"})
 
 
 def json_api(view):
@@ -31,12 +36,16 @@ def json_api(view):
 @app.on_s3_event(bucket=SETTINGS.input_bucket, events=["s3:ObjectCreated:*"], name="map_object")
 def map_object(event):
     # event.to_dict(), not event.key: Chalice's S3Event reads only Records[0].
-    return outcomes_as_dicts(get_runtime().mapper.handle(event.to_dict()))
+    outcomes = outcomes_as_dicts(get_runtime().mapper.handle(event.to_dict()))
+    logger.info("mapped", extra={"outcomes": outcomes})
+    return outcomes
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES), name="reduce_results")
 def reduce_results(event):
-    return [report.__dict__ for report in get_runtime().reducer.reduce_all()]
+    reports = [report.__dict__ for report in get_runtime().reducer.reduce_all()]
+    logger.info("reduced", extra={"reports": [r for r in reports if r["merged"] or r["dropped"]]})
+    return reports
 
 
 @app.route("/jobs", methods=["GET"])

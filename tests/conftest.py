@@ -36,7 +36,30 @@ def s3():
 
 
 @pytest.fixture
-def runtime(s3):
+def s3_server():
+    """moto's S3 over HTTP on loopback, for tests whose threads hit S3 at once: the in-process mock is not
+    thread-safe (a LIST racing a DELETE fails inside moto), the server behaves like S3 does."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    from chalicelib.storage import make_s3_client
+
+    client = make_s3_client(f"http://127.0.0.1:{port}", "us-east-1")
+    client.create_bucket(Bucket=INPUT)
+    client.create_bucket(Bucket=STATE)
+    yield client
+    server.stop()
+
+
+@pytest.fixture
+def runtime(request):
+    s3 = request.getfixturevalue("s3_server" if "s3_server" in request.fixturenames else "s3")
     from chalicelib.runtime import Runtime, set_runtime
     from chalicelib.settings import Settings
 
@@ -84,8 +107,8 @@ class Uploader:
 
 
 @pytest.fixture
-def uploads(s3):
-    return Uploader(s3)
+def uploads(runtime):
+    return Uploader(runtime.client)
 
 
 def uservisits_rows(*rows: tuple) -> str:

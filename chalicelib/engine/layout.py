@@ -1,7 +1,7 @@
 """Where Tally keeps state in the state bucket. One function per kind of object, so the scheme is in one place.
 
     jobs/<job>/inbox/<contribution>.arrow      partial of one input object version, written by a mapper
-    jobs/<job>/quarantine/<key-hash>.json      why an input object could not be mapped
+    jobs/<job>/quarantine/<contribution>.json  why an input object version could not be mapped
     jobs/<job>/manifest.json                   the commit point: which result and ledger are current
     jobs/<job>/results/<generation>-<token>.arrow   merged state (immutable; the manifest names the live one)
     jobs/<job>/ledger/<generation>-<token>.arrow    input object versions merged into that result
@@ -39,8 +39,9 @@ def quarantine_prefix(job: str) -> str:
     return f"jobs/{job}/quarantine/"
 
 
-def quarantine_key(job: str, input_key: str) -> str:
-    return f"{quarantine_prefix(job)}{hashlib.sha256(input_key.encode()).hexdigest()[:32]}.json"
+def quarantine_key(job: str, contribution: str) -> str:
+    # Per version: a record stays true of its version, and status shows only versions still in the bucket.
+    return f"{quarantine_prefix(job)}{contribution}.json"
 
 
 def manifest_key(job: str) -> str:

@@ -114,7 +114,7 @@ class Mapper:
                                + "; ".join(stats.bad_row_examples))
         except BadInput as error:
             for job in jobs:
-                self._quarantine(job, event, etag, error)
+                self._quarantine(job, event, etag, layout.contribution_id(event.key, version), error)
             return [MapOutcome(job.name, event.key, etag, "quarantined", reason=str(error)) for job in jobs]
 
         outcomes = []
@@ -127,19 +127,17 @@ class Mapper:
             }
             contribution = layout.contribution_id(event.key, version)
             self.state.put(layout.inbox_key(job.name, contribution), encode(partial, job.plan.fingerprint, meta))
-            # A good version clears the quarantine left by a bad one under the same key.
-            self.state.delete([layout.quarantine_key(job.name, event.key)])
             outcomes.append(MapOutcome(job.name, event.key, etag, "mapped", stats.rows, stats.bytes_read,
                                        partial.num_rows))
         return outcomes
 
-    def _quarantine(self, job: Job, event: ObjectEvent, etag: str, error: BadInput) -> None:
+    def _quarantine(self, job: Job, event: ObjectEvent, etag: str, contribution: str, error: BadInput) -> None:
         record = {
             "key": event.key, "etag": etag, "version_id": event.version_id, "reason": error.reason,
             "line": error.line, "offset": error.offset, "at": self.clock().isoformat(),
         }
         log.warning("input quarantined", extra={"job": job.name, **record})
-        self.state.put(layout.quarantine_key(job.name, event.key), json.dumps(record).encode(),
+        self.state.put(layout.quarantine_key(job.name, contribution), json.dumps(record).encode(),
                        content_type="application/json")
 
 

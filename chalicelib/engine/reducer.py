@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
@@ -119,17 +120,22 @@ class Reducer:
 
     # -- running -------------------------------------------------------------------------------------------
 
-    def reduce_all(self, max_seconds: float = 40.0) -> list[ReduceReport]:
-        """Every job, until nothing is pending or the time budget is spent. A failing job does not stop the
-        others, but the run still fails at the end so the failure is seen (and Lambda records it)."""
+    def reduce_all(self, max_seconds: float = 40.0, parallelism: int = 4) -> list[ReduceReport]:
+        """Every job, until nothing is pending or the time budget is spent. Jobs are independent, so they run
+        side by side (Arrow and boto3 release the GIL). A failing job does not stop the others, but the run
+        still fails at the end so the failure is seen (and Lambda records it)."""
         deadline = time.monotonic() + max_seconds
-        reports = []
-        for job in self.jobs:
+
+        def drain(job: Job) -> list[ReduceReport]:
+            reports = []
             while True:
                 report = self._reduce_guarded(job)
                 reports.append(report)
                 if not report.more_pending or report.errors or time.monotonic() > deadline:
-                    break
+                    return reports
+
+        with ThreadPoolExecutor(max(1, min(parallelism, len(self.jobs)))) as pool:
+            reports = [report for batch in pool.map(drain, self.jobs) for report in batch]
         failed = [r for r in reports if r.errors]
         if failed:
             raise RuntimeError("; ".join(f"{r.job}: {e}" for r in failed for e in r.errors))

@@ -18,6 +18,7 @@ def _local_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--s3-endpoint", default=None, help="use this S3-compatible endpoint instead of moto")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="mapper processes")
     parser.add_argument("--reduce-every", type=float, default=2.0, metavar="SECONDS", help="reducer period")
+    parser.add_argument("--log-level", default="WARNING", help="handlers' JSON log level (INFO shows every map)")
 
 
 def _positive(text: str) -> int:
@@ -44,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _local_options(args: argparse.Namespace) -> LocalOptions:
     return LocalOptions(port=args.port, s3_port=args.s3_port, workers=max(1, args.workers),
-                        reduce_every=args.reduce_every, s3_endpoint=args.s3_endpoint)
+                        reduce_every=args.reduce_every, s3_endpoint=args.s3_endpoint, log_level=args.log_level)
 
 
 def main(argv: list[str] | None = None) -> int:

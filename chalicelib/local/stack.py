@@ -15,6 +15,9 @@ import json
 import logging
 import multiprocessing
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -40,6 +43,7 @@ class LocalOptions:
     host: str = "127.0.0.1"
     input_bucket: str = "tally-input"
     state_bucket: str = "tally-state"
+    log_level: str = "WARNING"
 
 
 @dataclass
@@ -76,6 +80,24 @@ def _invoke_mapper(event: dict) -> list[dict]:
     return app.app.handler_map["map_object"](event, LambdaContext("map_object"))
 
 
+def _start_moto(host: str, port: int) -> subprocess.Popen:
+    """moto's S3 server in its own process: it serves every byte of input and state, and in ours it would
+    contend for the GIL with the reducer and the API."""
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"moto's server exited with {process.returncode}: is port {port} free?")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"moto's server did not listen on {host}:{port} within 30 s")
+
+
 def _quiet_handler_class():
     from chalice.local import ChaliceRequestHandler
 
@@ -109,7 +131,7 @@ class LocalTally:
     @property
     def settings(self) -> Settings:
         return Settings(input_bucket=self.options.input_bucket, state_bucket=self.options.state_bucket,
-                        s3_endpoint=self.s3_endpoint)
+                        s3_endpoint=self.s3_endpoint, log_level=self.options.log_level)
 
     def client(self, service: str = "s3"):
         if service == "s3":
@@ -124,10 +146,7 @@ class LocalTally:
     def start(self) -> "LocalTally":
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         if self.options.s3_endpoint is None:
-            from moto.server import ThreadedMotoServer
-
-            self._moto = ThreadedMotoServer(ip_address=self.options.host, port=self.options.s3_port, verbose=False)
-            self._moto.start()
+            self._moto = _start_moto(self.options.host, self.options.s3_port)
         environment = self.settings.as_env()
         os.environ.update(environment)
         s3 = self.client()
@@ -156,7 +175,8 @@ class LocalTally:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
         if self._moto is not None:
-            self._moto.stop()
+            self._moto.terminate()
+            self._moto.wait(timeout=10)
 
     def __enter__(self) -> "LocalTally":
         return self.start()
@@ -252,7 +272,10 @@ class LocalTally:
     def _reduce_forever(self) -> None:
         import app
 
-        while not self._stop.wait(self.options.reduce_every):
+        # Fixed rate, like an EventBridge schedule: a tick that ran long is followed at once by the next.
+        next_tick = time.monotonic() + self.options.reduce_every
+        while not self._stop.wait(max(0.0, next_tick - time.monotonic())):
+            next_tick = max(next_tick + self.options.reduce_every, time.monotonic())
             try:
                 app.app.handler_map["reduce_results"](scheduled_event(), LambdaContext("reduce_results"))
             except Exception as exc:  # noqa: BLE001 - like EventBridge, the next tick runs again
