@@ -41,7 +41,7 @@ class Runtime:
 
     @cached_property
     def mapper(self) -> Mapper:
-        return Mapper(self.jobs, self.input_store, self.state_store, utc_now)
+        return Mapper(self.jobs, self.input_store, self.state_store, utc_now, self.settings.map_max_groups)
 
     @cached_property
     def reducer(self) -> Reducer:

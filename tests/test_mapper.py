@@ -160,3 +160,16 @@ def test_empty_object_maps_to_an_empty_partial(lambdas, uploads):
 
     assert {(o["outcome"], o["rows"]) for o in outcomes} == {("mapped", 0)}
     assert status(lambdas, "bdb-agg-2a")["idle"] is True
+
+
+def test_a_file_found_bad_after_parts_were_spilled_leaves_no_parts_behind(lambdas, runtime, uploads):
+    runtime.mapper.max_groups, runtime.mapper.block_size = 4, 512
+    good = [(f"{i}.{i}.{i}.{i}", "1") for i in range(1, 30)]
+    record = uploads.put("uservisits/late-error.csv", uservisits_rows(*good) + uservisits_rows(("1.1.1.1", "oops")))
+
+    outcomes = lambdas.lambda_.invoke("map_object", uploads.event(record)).payload
+
+    assert {o["outcome"] for o in outcomes} == {"quarantined"}
+    assert inbox(runtime, "bdb-agg-2a") == []
+    [entry] = status(lambdas, "bdb-agg-2a")["quarantined"]
+    assert "oops" in entry["reason"] and entry["line"] == 30

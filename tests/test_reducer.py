@@ -47,12 +47,19 @@ FILES = {
 }
 
 
-def test_plan_merges_new_partials_and_drops_merged_ones():
-    inbox = [layout.inbox_key(JOB, c) for c in ("c1", "c2", "c3")]
-    plan = plan_reduce(JOB, None, None, merged={"c2"}, inbox=inbox, limit=10)
-    assert plan.merge == (inbox[0], inbox[2])
-    assert plan.drop == (inbox[1],)
-    assert plan_reduce(JOB, None, None, set(), inbox, limit=2).merge == tuple(inbox[:2])
+def test_plan_merges_whole_new_contributions_drops_merged_ones_and_waits_for_incomplete_ones():
+    def part(contribution: str, index: int, last: bool) -> str:
+        return layout.part_key(JOB, contribution, "g10", index, last)
+
+    c1 = [part("c1", 0, True)]
+    c2 = [part("c2", 0, False), part("c2", 1, True)]
+    c3 = [part("c3", 0, False), part("c3", 1, False)]          # its mapper has not written the last part yet
+    c4 = [part("c4", 0, False), part("c4", 2, True)]           # part 1 missing
+    c5 = [part("c5", 0, False), part("c5", 1, True), layout.part_key(JOB, "c5", "g99", 0, False)]
+    plan = plan_reduce(JOB, None, None, merged={"c5"}, inbox=c1 + c2 + c3 + c4 + c5, limit=10)
+    assert plan.merge == (tuple(c1), tuple(c2))
+    assert plan.drop == tuple(sorted(c5))
+    assert plan_reduce(JOB, None, None, set(), c1 + c2, limit=1).merge == (tuple(c1),)
 
 
 def test_two_reducers_planning_the_same_state_commit_once(runtime, uploads):
@@ -142,10 +149,30 @@ def test_mapper_killed_after_writing_its_partial_is_retried_without_double_count
 
 def test_a_failing_job_does_not_stop_the_others_but_fails_the_run(runtime, uploads):
     map_files(runtime, uploads, FILES)
-    runtime.state_store.put(layout.inbox_key(JOB, "garbage"), b"not an arrow stream")
+    runtime.state_store.put(layout.part_key(JOB, "garbage", "g1", 0, True), b"not an arrow stream")
 
     reports = runtime.reducer.reduce_all()  # an unusable partial is dropped with a warning, not merged
 
     assert served(runtime) == expected(FILES)
     assert {r.job for r in reports if r.merged} == {"bdb-agg-2a", "bdb-agg-2b", "bdb-agg-2c"}
+    assert listing(runtime, layout.inbox_prefix(JOB)) == []
+
+
+def test_a_high_cardinality_object_is_mapped_in_parts_and_merged_once_whole(runtime, uploads):
+    rows = [(f"{i}.{i}.{i}.{i}", f"{i}.25") for i in range(1, 41)]  # 40 groups in 2a
+    runtime.mapper.max_groups, runtime.mapper.block_size = 8, 512  # ~6 rows a batch: several parts
+    record = uploads.put("uservisits/wide.csv", uservisits_rows(*rows))
+    runtime.mapper.state = FaultyStore(runtime.state_store, "put", after=True, nth=3, key_contains="bdb-agg-2a/inbox/")
+    with pytest.raises(Killed):
+        runtime.mapper.handle(uploads.event(record))  # two parts written, the last one never
+    runtime.reducer.reduce_job(runtime.jobs.get(JOB))
+    assert served(runtime) == {}  # an incomplete contribution is not merged
+
+    runtime.mapper.state = runtime.state_store
+    runtime.mapper.handle(uploads.event(record))  # Lambda's retry writes every part again
+    parts = listing(runtime, layout.inbox_prefix(JOB))
+    runtime.reducer.reduce_job(runtime.jobs.get(JOB))
+
+    assert len(parts) > 2 and parts[-1].endswith("-last.arrow")
+    assert served(runtime) == expected({"uservisits/wide.csv": rows})
     assert listing(runtime, layout.inbox_prefix(JOB)) == []

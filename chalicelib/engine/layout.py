@@ -1,6 +1,10 @@
 """Where Tally keeps state in the state bucket. One function per kind of object, so the scheme is in one place.
 
-    jobs/<job>/inbox/<contribution>.arrow      partial of one input object version, written by a mapper
+    jobs/<job>/inbox/<contribution>/<split>-<n>[-last].arrow
+                                               partial of one input object version, written by a mapper in
+                                               one or more parts (a high-cardinality object spills parts to
+                                               keep the mapper's memory bounded); complete when the part
+                                               marked -last and every part before it are there
     jobs/<job>/quarantine/<contribution>.json  why an input object version could not be mapped
     jobs/<job>/manifest.json                   the commit point: which result and ledger are current
     jobs/<job>/results/<generation>-<token>.arrow   merged state (immutable; the manifest names the live one)
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from dataclasses import dataclass
 
 
 def contribution_id(key: str, version: str) -> str:
@@ -27,12 +32,38 @@ def inbox_prefix(job: str) -> str:
     return f"jobs/{job}/inbox/"
 
 
-def inbox_key(job: str, contribution: str) -> str:
-    return f"{inbox_prefix(job)}{contribution}.arrow"
+@dataclass(frozen=True)
+class Part:
+    key: str
+    contribution: str
+    split: str
+    index: int
+    last: bool
 
 
-def contribution_of(inbox_object_key: str) -> str:
-    return inbox_object_key.rsplit("/", 1)[-1].removesuffix(".arrow")
+def part_key(job: str, contribution: str, split: str, index: int, last: bool) -> str:
+    return f"{inbox_prefix(job)}{contribution}/{split}-{index:05d}{'-last' if last else ''}.arrow"
+
+
+def parse_part(key: str) -> Part:
+    contribution, name = key.rsplit("/", 2)[-2:]
+    stem = name.removesuffix(".arrow")
+    last = stem.endswith("-last")
+    split, index = stem.removesuffix("-last").rsplit("-", 1)
+    return Part(key, contribution, split, int(index), last)
+
+
+def complete_parts(parts: list[Part]) -> list[Part] | None:
+    """The parts of one contribution that make it whole, or None while a mapper is still writing them."""
+    by_split: dict[str, dict[int, Part]] = {}
+    for part in parts:
+        by_split.setdefault(part.split, {})[part.index] = part
+    for split in sorted(by_split):
+        indexed = by_split[split]
+        last = [p for p in indexed.values() if p.last]
+        if last and all(i in indexed for i in range(last[0].index + 1)):
+            return [indexed[i] for i in range(last[0].index + 1)]
+    return None
 
 
 def quarantine_prefix(job: str) -> str:

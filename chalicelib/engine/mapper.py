@@ -18,7 +18,7 @@ import pyarrow as pa
 from ..aggregation import AggregationPlan
 from ..aggregation.codec import encode
 from ..errors import BadInput, CommitConflict, ObjectMissing
-from ..formats import ReadStats, compression_of, read_batches
+from ..formats import BLOCK_SIZE, ReadStats, compression_of, read_batches
 from ..jobs import Job, JobCatalog
 from ..storage import ObjectStore
 from . import layout
@@ -40,21 +40,28 @@ class MapOutcome:
 
 
 class _Accumulator:
-    """Folds batch partials into one, merging when the unmerged part outgrows the merged one (amortized)."""
+    """Folds batch partials into one, merging when the unmerged part outgrows the merged one (amortized).
+    Once the merged partial holds `max_groups` groups it is handed to `spill` and accumulation starts over,
+    so memory is bounded by the group budget even when nearly every row is its own group (BDB 2c)."""
 
-    def __init__(self, plan: AggregationPlan):
-        self.plan = plan
+    def __init__(self, plan: AggregationPlan, max_groups: int, spill: Callable[[pa.Table], None]):
+        self.plan, self.max_groups, self.spill = plan, max_groups, spill
         self.merged = plan.empty()
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
 
     def add(self, batch: pa.RecordBatch) -> None:
         partial = self.plan.lift(batch)
-        if partial.num_rows:
-            self.pending.append(partial)
-            self.pending_rows += partial.num_rows
-            if self.pending_rows > max(self.merged.num_rows, 1 << 16):
-                self._compact()
+        if not partial.num_rows:
+            return
+        self.pending.append(partial)
+        self.pending_rows += partial.num_rows
+        if self.pending_rows > max(self.merged.num_rows, min(1 << 16, self.max_groups // 2)):
+            self._compact()
+            # Between max_groups/2 and max_groups + a batch: spill now, before the next doubling.
+            if self.merged.num_rows > self.max_groups // 2:
+                self.spill(self.merged)
+                self.merged = self.plan.empty()
 
     def result(self) -> pa.Table:
         self._compact()
@@ -66,10 +73,26 @@ class _Accumulator:
             self.pending, self.pending_rows = [], 0
 
 
+class _PartWriter:
+    """Writes one contribution's partial as numbered parts; the split id names the group budget so parts
+    of attempts made with another budget never mix."""
+
+    def __init__(self, store: ObjectStore, job: Job, contribution: str, max_groups: int):
+        self.store, self.job, self.contribution = store, job, contribution
+        self.split = f"g{max_groups}"
+        self.written: list[str] = []
+
+    def write(self, partial: pa.Table, meta: dict, last: bool = False) -> None:
+        key = layout.part_key(self.job.name, self.contribution, self.split, len(self.written), last)
+        self.store.put(key, encode(partial, self.job.plan.fingerprint, {**meta, "part": len(self.written)}))
+        self.written.append(key)
+
+
 class Mapper:
     def __init__(self, jobs: JobCatalog, input_store: ObjectStore, state_store: ObjectStore,
-                 clock: Callable[[], datetime]):
+                 clock: Callable[[], datetime], max_groups: int = 500_000, block_size: int = BLOCK_SIZE):
         self.jobs, self.input, self.state, self.clock = jobs, input_store, state_store, clock
+        self.max_groups, self.block_size = max_groups, block_size
 
     def handle(self, event: dict) -> list[MapOutcome]:
         """Every record of an S3 (or SQS-wrapped S3) event; the handler's whole job."""
@@ -101,12 +124,19 @@ class Mapper:
         etag = event.etag or opened.etag
         version = event.version_id or etag
         stats = ReadStats()
-        accumulators = {job.name: _Accumulator(job.plan) for job in jobs}
+        contribution = layout.contribution_id(event.key, version)
+        meta = {"key": event.key, "etag": etag, "version_id": event.version_id, "sequencer": event.sequencer,
+                "size": opened.size}
+        writers = {job.name: _PartWriter(self.state, job, contribution, self.max_groups) for job in jobs}
+        accumulators = {
+            job.name: _Accumulator(job.plan, self.max_groups, lambda part, w=writers[job.name]: w.write(part, meta))
+            for job in jobs
+        }
         used = frozenset().union(*(job.plan.columns for job in jobs))
         reader = replace(jobs[0].format.reader(), include=tuple(n for n in jobs[0].format.columns if n in used))
         try:
             with opened.body as body:
-                for batch in read_batches(body, reader, compression_of(event.key), stats):
+                for batch in read_batches(body, reader, compression_of(event.key), stats, self.block_size):
                     for accumulator in accumulators.values():
                         accumulator.add(batch)
             if stats.rows == 0 and stats.bad_rows:
@@ -114,19 +144,16 @@ class Mapper:
                                + "; ".join(stats.bad_row_examples))
         except BadInput as error:
             for job in jobs:
-                self._quarantine(job, event, etag, layout.contribution_id(event.key, version), error)
+                self._quarantine(job, event, etag, contribution, error)
+                self.state.delete(writers[job.name].written)  # parts spilled before the error: never whole
             return [MapOutcome(job.name, event.key, etag, "quarantined", reason=str(error)) for job in jobs]
 
         outcomes = []
+        summary = {**meta, "bytes_read": stats.bytes_read, "rows": stats.rows, "bad_rows": stats.bad_rows,
+                   "mapped_at": self.clock().isoformat()}
         for job in jobs:
             partial = accumulators[job.name].result()
-            meta = {
-                "key": event.key, "etag": etag, "version_id": event.version_id, "sequencer": event.sequencer,
-                "size": opened.size, "bytes_read": stats.bytes_read, "rows": stats.rows,
-                "bad_rows": stats.bad_rows, "groups": partial.num_rows, "mapped_at": self.clock().isoformat(),
-            }
-            contribution = layout.contribution_id(event.key, version)
-            self.state.put(layout.inbox_key(job.name, contribution), encode(partial, job.plan.fingerprint, meta))
+            writers[job.name].write(partial, summary, last=True)
             outcomes.append(MapOutcome(job.name, event.key, etag, "mapped", stats.rows, stats.bytes_read,
                                        partial.num_rows))
         return outcomes

@@ -65,8 +65,12 @@ class ReducePlan:
     job: str
     base: Manifest | None
     base_etag: str | None
-    merge: tuple[str, ...]
+    merge: tuple[tuple[str, ...], ...]  # per contribution, the keys of its parts in order
     drop: tuple[str, ...]
+
+    @property
+    def merge_keys(self) -> list[str]:
+        return [key for parts in self.merge for key in parts]
 
 
 @dataclass
@@ -83,10 +87,19 @@ class ReduceReport:
 
 def plan_reduce(job: str, base: Manifest | None, base_etag: str | None, merged: set[str],
                 inbox: list[str], limit: int) -> ReducePlan:
-    """Pure: given the committed state and the inbox listing, decide what this run does."""
-    fresh = sorted(k for k in inbox if layout.contribution_of(k) not in merged)
-    stale = sorted(k for k in inbox if layout.contribution_of(k) in merged)
-    return ReducePlan(job, base, base_etag, tuple(fresh[:limit]), tuple(stale))
+    """Pure: given the committed state and the inbox listing, decide what this run does: merge whole
+    contributions not in the ledger, drop every part of those already in it, wait for incomplete ones."""
+    by_contribution: dict[str, list[layout.Part]] = {}
+    for key in inbox:
+        part = layout.parse_part(key)
+        by_contribution.setdefault(part.contribution, []).append(part)
+    fresh, stale = [], []
+    for contribution, parts in sorted(by_contribution.items()):
+        if contribution in merged:
+            stale += [part.key for part in parts]
+        elif (whole := layout.complete_parts(parts)) is not None:
+            fresh.append(tuple(part.key for part in whole))
+    return ReducePlan(job, base, base_etag, tuple(fresh[:limit]), tuple(sorted(stale)))
 
 
 class Reducer:
@@ -173,17 +186,17 @@ class Reducer:
     def execute(self, job: Job, plan: ReducePlan, report: ReduceReport) -> ReduceReport:
         generation = (plan.base.generation if plan.base else 0) + 1
         partials, entries, unusable = [], [], []
-        for key in plan.merge:
+        for keys in plan.merge:
             try:
-                table, meta = decode(self.state.get(key)[0], job.plan.fingerprint)
+                decoded = [decode(self.state.get(key)[0], job.plan.fingerprint) for key in keys]
             except ObjectMissing:
                 continue  # another reducer merged and cleaned it up meanwhile; our commit will then fail
             except PartialMismatch as exc:
-                log.warning("dropping partial of another job definition", extra={"key": key, "error": str(exc)})
-                unusable.append(key)
+                log.warning("dropping partial of another job definition", extra={"key": keys[0], "error": str(exc)})
+                unusable += keys
                 continue
-            partials.append(table)
-            entries.append(_ledger_entry(layout.contribution_of(key), meta, generation))
+            partials += [table for table, _ in decoded]
+            entries.append(_ledger_entry(layout.parse_part(keys[-1]).contribution, decoded[-1][1], generation))
 
         with _superseded_is_conflict():
             base_result, base_ledger = self.read_result(job, plan.base), self.read_ledger(plan.base)
@@ -204,12 +217,12 @@ class Reducer:
             self.state.delete([result_key, ledger_key])
             raise
         # Committed. Everything below is clean-up that a later run redoes if we die here.
-        self.state.delete([*plan.merge, *unusable])
+        self.state.delete([*plan.merge_keys, *unusable])
         self._collect_garbage(job, manifest)
-        report.generation, report.merged, report.rows = generation, len(partials), result.num_rows
+        report.generation, report.merged, report.rows = generation, len(entries), result.num_rows
         report.more_pending = len(plan.merge) == self.batch
         log.info("merged partials", extra={"job": job.name, "generation": generation,
-                                           "partials": len(partials), "rows": result.num_rows})
+                                           "objects": len(entries), "rows": result.num_rows})
         return report
 
     def _collect_garbage(self, job: Job, manifest: Manifest | None) -> None:

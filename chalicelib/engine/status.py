@@ -29,8 +29,8 @@ class StatusReader:
         merged_ids = set(ledger.column("contribution").to_pylist())
         landed = {(o.key, o.etag) for o in self.input.list(job.prefix) if job.matches(o.key)}
         landed_keys = {key for key, _ in landed}
-        pending = [o for o in self.state.list(layout.inbox_prefix(job.name))
-                   if layout.contribution_of(o.key) not in merged_ids]
+        pending = {layout.parse_part(o.key).contribution for o in self.state.list(layout.inbox_prefix(job.name))}
+        pending -= merged_ids
         quarantined = self._quarantined(job, landed)
         quarantined_versions = {(q["key"], q["etag"]) for q in quarantined}
         reflected = merged | quarantined_versions

@@ -19,7 +19,7 @@ import pyarrow.json as pa_json
 
 from ..errors import BadInput
 
-BLOCK_SIZE = 8 << 20
+BLOCK_SIZE = 2 << 20  # Arrow reads a few blocks ahead: 8 MB blocks cost ~300 MB more RSS on a 1 GB object
 _COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip"}
 
 
