@@ -74,12 +74,11 @@ class _Accumulator:
 
 
 class _PartWriter:
-    """Writes one contribution's partial as numbered parts; the split id names the group budget so parts
-    of attempts made with another budget never mix."""
+    """Writes one contribution's partial as numbered parts. Where a part ends depends on the group budget and
+    the block size; the split id names both, so parts of attempts made with other settings never mix."""
 
-    def __init__(self, store: ObjectStore, job: Job, contribution: str, max_groups: int):
-        self.store, self.job, self.contribution = store, job, contribution
-        self.split = f"g{max_groups}"
+    def __init__(self, store: ObjectStore, job: Job, contribution: str, split: str):
+        self.store, self.job, self.contribution, self.split = store, job, contribution, split
         self.written: list[str] = []
 
     def write(self, partial: pa.Table, meta: dict, last: bool = False) -> None:
@@ -127,7 +126,8 @@ class Mapper:
         contribution = layout.contribution_id(event.key, version)
         meta = {"key": event.key, "etag": etag, "version_id": event.version_id, "sequencer": event.sequencer,
                 "size": opened.size}
-        writers = {job.name: _PartWriter(self.state, job, contribution, self.max_groups) for job in jobs}
+        split = f"g{self.max_groups}b{self.block_size}"
+        writers = {job.name: _PartWriter(self.state, job, contribution, split) for job in jobs}
         accumulators = {
             job.name: _Accumulator(job.plan, self.max_groups, lambda part, w=writers[job.name]: w.write(part, meta))
             for job in jobs
