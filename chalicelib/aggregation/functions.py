@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
-from typing import Iterable
+from typing import ClassVar, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -15,7 +15,7 @@ from ..expressions import Expression, compile_expression
 # (state column, Arrow hash function, options): one step of a group-by aggregation.
 Step = tuple[str, str, pc.FunctionOptions | None]
 
-_SKIP_NULLS = pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)  # SQL: SUM of no values is NULL
+_SKIP_NULLS = pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)  # SQL: MIN of no values is NULL
 _ZERO_IF_EMPTY = pc.ScalarAggregateOptions(skip_nulls=True, min_count=0)
 
 
@@ -25,6 +25,9 @@ class AggregateFunction:
 
     name: str
     takes_argument: bool = True
+    # Additive states can be retracted by merging their negation (an object deleted or overwritten);
+    # the others (min, max) are rebuilt from the retained partials instead.
+    subtractable: ClassVar[bool] = False
 
     def states(self, out: str) -> list[str]:
         return [out]
@@ -49,6 +52,8 @@ class AggregateFunction:
 
 
 class Count(AggregateFunction):
+    subtractable = True
+
     def state_types(self, value_type):
         return [pa.int64()]
 
@@ -79,17 +84,29 @@ def _summable(value_type: pa.DataType) -> pa.DataType | None:
 
 
 class Sum(AggregateFunction):
+    """State: the sum (0 when there are no values) and how many values it has; SQL's SUM of no values is
+    NULL, decided at finalize, so the state stays additive and retractable."""
+
+    subtractable = True
+
+    def states(self, out):
+        return [out, f"{out}.n"]
+
     def state_types(self, value_type):
-        return [_sum_type(value_type)]
+        return [_sum_type(value_type), pa.int64()]
 
     def input_type(self, value_type):
         return _summable(value_type)
 
     def lift(self, out, value):
-        return [(value, "sum", _SKIP_NULLS)]
+        return [(value, "sum", _ZERO_IF_EMPTY), (value, "count", pc.CountOptions(mode="only_valid"))]
 
     def merge(self, out):
-        return [(out, "sum", _SKIP_NULLS)]
+        return [(out, "sum", _ZERO_IF_EMPTY), (f"{out}.n", "sum", _ZERO_IF_EMPTY)]
+
+    def finalize(self, out, table):
+        total = table.column(out)
+        return pc.if_else(pc.equal(table.column(f"{out}.n"), 0), pa.scalar(None, total.type), total)
 
 
 class Extreme(AggregateFunction):
@@ -106,6 +123,8 @@ class Extreme(AggregateFunction):
 
 
 class Mean(AggregateFunction):
+    subtractable = True
+
     def states(self, out):
         return [f"{out}.sum", f"{out}.count"]
 
@@ -116,10 +135,10 @@ class Mean(AggregateFunction):
         return _summable(value_type)
 
     def lift(self, out, value):
-        return [(value, "sum", _SKIP_NULLS), (value, "count", pc.CountOptions(mode="only_valid"))]
+        return [(value, "sum", _ZERO_IF_EMPTY), (value, "count", pc.CountOptions(mode="only_valid"))]
 
     def merge(self, out):
-        return [(f"{out}.sum", "sum", _SKIP_NULLS), (f"{out}.count", "sum", _ZERO_IF_EMPTY)]
+        return [(f"{out}.sum", "sum", _ZERO_IF_EMPTY), (f"{out}.count", "sum", _ZERO_IF_EMPTY)]
 
     def finalize(self, out, table):
         total = pc.cast(table.column(f"{out}.sum"), pa.float64())
@@ -150,6 +169,10 @@ class AggregateSpec:
     @property
     def states(self) -> list[str]:
         return self.function.states(self.out)
+
+
+# Every partial also counts its rows per group, so a retraction knows when a group has no rows left.
+ROWS = AggregateSpec("__rows", "count()", _COUNT_ROWS, None)
 
 
 def parse_aggregate(out: str, source: str, columns: Iterable[str]) -> AggregateSpec:

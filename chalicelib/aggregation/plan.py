@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 
 from ..errors import JobDefinitionError, PartialMismatch
 from ..expressions import Expression
-from .functions import AggregateSpec
+from .functions import ROWS, AggregateSpec
 
 # Bump when the meaning of state columns changes: old partials then refuse to merge instead of lying.
 STATE_FORMAT = 1
@@ -41,7 +41,7 @@ class AggregationPlan:
                 if not pa.types.is_boolean(mask.type):
                     raise JobDefinitionError(f"filter {self.filter.source!r} is not a condition")
             fields = [pa.field(name, expr.evaluate_array(empty).type) for name, expr in self.keys]
-            for spec in self.aggregates:
+            for spec in self.specs:
                 value_type = spec.argument.evaluate_array(empty).type if spec.argument else None
                 types = spec.function.state_types(value_type)
                 fields += [pa.field(state, t) for state, t in zip(spec.states, types)]
@@ -57,6 +57,15 @@ class AggregationPlan:
         }
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         object.__setattr__(self, "fingerprint", digest[:16])
+
+    @property
+    def specs(self) -> tuple[AggregateSpec, ...]:
+        """The job's aggregates and the hidden row count every partial carries."""
+        return (*self.aggregates, ROWS)
+
+    @property
+    def subtractable(self) -> bool:
+        return all(spec.function.subtractable for spec in self.aggregates)
 
     @property
     def columns(self) -> frozenset[str]:
@@ -81,7 +90,7 @@ class AggregationPlan:
             return self.empty()
         columns = {name: expr.evaluate_array(batch) for name, expr in self.keys}
         steps, targets = [], []
-        for index, spec in enumerate(self.aggregates):
+        for index, spec in enumerate(self.specs):
             value = f"__value{index}"
             expr = spec.argument if spec.argument is not None else self.keys[0][1]
             values = expr.evaluate_array(batch)
@@ -107,7 +116,7 @@ class AggregationPlan:
         # Work on neutral column names: Arrow names outputs "<column>_<function>", which a key may also be.
         working = {name: combined.column(name) for name in self.key_names}
         steps, targets = [], []
-        for spec in self.aggregates:
+        for spec in self.specs:
             for column, function, options in spec.function.merge(spec.out):
                 alias = f"__state{len(steps)}"
                 working[alias] = combined.column(column)
@@ -115,6 +124,19 @@ class AggregationPlan:
                 targets.append((column, f"{alias}_{function}"))
         grouped = pa.table(working).group_by(self.key_names, use_threads=False).aggregate(steps)
         return self._conform(grouped, targets)
+
+    def retract(self, result: pa.Table, removed: Sequence[pa.Table], added: Sequence[pa.Table] = ()) -> pa.Table:
+        """`result` without the contributions `removed` and with `added`: merge the negated states, then
+        drop groups left with no rows. Only for subtractable plans; the others rebuild from partials."""
+        if not self.subtractable:
+            raise PartialMismatch("min/max cannot be retracted; rebuild the result from the retained partials")
+        negated = []
+        for partial in removed:
+            columns = [partial.column(f.name) if f.name in self.key_names else pc.negate_checked(partial.column(f.name))
+                       for f in self.state_schema]
+            negated.append(pa.Table.from_arrays(columns, schema=self.state_schema))
+        merged = self.merge([result, *negated, *added])
+        return merged.filter(pc.not_equal(merged.column(ROWS.out), 0))
 
     def finalize(self, partial: pa.Table) -> pa.Table:
         """State columns to the values a user asked for, one column per aggregate."""
