@@ -33,7 +33,8 @@ def json_api(view):
     return respond
 
 
-@app.on_s3_event(bucket=SETTINGS.input_bucket, events=["s3:ObjectCreated:*"], name="map_object")
+@app.on_s3_event(bucket=SETTINGS.input_bucket, events=["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
+                 name="map_object")
 def map_object(event):
     # event.to_dict(), not event.key: Chalice's S3Event reads only Records[0].
     outcomes = outcomes_as_dicts(get_runtime().mapper.handle(event.to_dict()))

@@ -45,7 +45,7 @@ class Runtime:
 
     @cached_property
     def reducer(self) -> Reducer:
-        return Reducer(self.jobs, self.state_store, utc_now, self.settings.reduce_batch)
+        return Reducer(self.jobs, self.state_store, self.input_store, utc_now, self.settings.reduce_batch)
 
     @cached_property
     def results(self) -> ResultReader:

@@ -21,6 +21,7 @@ class StoredObject:
     etag: str  # without the quotes S3 puts around it, as S3 event records carry it
     size: int
     last_modified: datetime | None = None
+    version_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class ObjectStore(Protocol):
     def open(self, key: str, *, if_match: str | None = None, version_id: str | None = None,
              byte_range: tuple[int, int] | None = None) -> Opened: ...
     def get(self, key: str) -> tuple[bytes, str]: ...
+    def head(self, key: str) -> StoredObject | None: ...
     def put(self, key: str, data: bytes, content_type: str = ...) -> str: ...
     def put_if_absent(self, key: str, data: bytes, content_type: str = ...) -> str: ...
     def put_if_match(self, key: str, data: bytes, etag: str, content_type: str = ...) -> str: ...
@@ -70,6 +72,16 @@ class S3ObjectStore:
         opened = self.open(key)
         with opened.body as body:
             return body.read(), opened.etag
+
+    def head(self, key: str) -> StoredObject | None:
+        """The object's current version, or None if there is none."""
+        try:
+            response = self._call(self._client.head_object, key, Bucket=self.bucket, Key=key)
+        except ObjectMissing:
+            return None
+        version = response.get("VersionId")
+        return StoredObject(key, normalize_etag(response["ETag"]), response["ContentLength"],
+                            response.get("LastModified"), None if version in (None, "null") else version)
 
     def put(self, key, data, content_type="application/octet-stream") -> str:
         return self._put(key, data, content_type)

@@ -79,11 +79,12 @@ def lambdas(runtime):
         yield client
 
 
-def s3_record(key: str, etag: str, size: int, bucket: str = INPUT, sequencer: str = "0A") -> dict:
-    """One record of an S3 ObjectCreated notification: S3 URL-encodes the key and writes `+` for spaces."""
+def s3_record(key: str, etag: str, size: int, bucket: str = INPUT, sequencer: str = "0A",
+              name: str = "ObjectCreated:Put") -> dict:
+    """One record of an S3 notification: S3 URL-encodes the key and writes `+` for spaces."""
     return {
         "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
-        "eventName": "ObjectCreated:Put",
+        "eventName": name,
         "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
                "object": {"key": quote_plus(key, safe="/"), "size": size, "eTag": etag, "sequencer": sequencer}},
     }
@@ -101,6 +102,10 @@ class Uploader:
             data = gzip.compress(data)
         response = self.s3.put_object(Bucket=INPUT, Key=key, Body=data)
         return s3_record(key, response["ETag"].strip('"'), len(data))
+
+    def delete(self, key: str) -> dict:
+        self.s3.delete_object(Bucket=INPUT, Key=key)
+        return s3_record(key, "", 0, name="ObjectRemoved:Delete", sequencer=None)
 
     def event(self, *records: dict) -> dict:
         return {"Records": list(records)}

@@ -93,7 +93,8 @@ def test_status_reports_progress_and_idle(api):
     status, body = get(api, "/jobs/bdb-agg-2a/status")
     assert status == 200
     assert body["idle"] is True
-    assert body["objects"] == {"landed": 1, "seen": 1, "mapped": 1, "merged": 1, "quarantined": 0, "waiting": 0}
+    assert body["objects"] == {"landed": 1, "seen": 1, "mapped": 1, "merged": 1, "quarantined": 0, "waiting": 0,
+                               "to_retract": 0}
     assert body["rows"] == len(expected_groups(8)) and body["partials_pending"] == 0
     assert body["last_reduce_at"] is not None
 

@@ -79,3 +79,23 @@ def test_uploaded_files_are_served_exactly_as_duckdb_computes_them(local_tally, 
     assert status["objects"]["merged"] == len(paths)
     assert [q["key"] for q in status["quarantined"]] == ["uservisits/broken.csv.gz"]
     assert local_tally.errors == []
+
+
+def test_overwrites_and_deletes_through_local_mode_leave_the_query_over_the_bucket_as_it_is(local_tally, tmp_path):
+    paths = write_uservisits(tmp_path / "v1", total_bytes=1 << 20, file_bytes=256 << 10, seed=11)
+    replacement = write_uservisits(tmp_path / "v2", total_bytes=256 << 10, file_bytes=256 << 10, seed=12)[0]
+    s3 = local_tally.client()
+    for path in paths:
+        s3.upload_file(str(path), "tally-input", f"uservisits/{path.name}")
+    api = TallyClient(local_tally.api_url)
+    wait_until_idle(api, list(JOBS), timeout=60)
+
+    s3.upload_file(str(replacement), "tally-input", f"uservisits/{paths[0].name}")  # overwrite
+    s3.delete_object(Bucket="tally-input", Key=f"uservisits/{paths[1].name}")      # delete
+    wait_until_idle(api, list(JOBS), timeout=60)
+
+    final = [replacement, *paths[2:]]
+    for job, length in JOBS.items():
+        served = {row["key"]["sourceIP_prefix"]: row["values"]["adRevenue"] for row in api.all_rows(job, 1000)}
+        assert differences(bdb_aggregation(final, length), served) == [], job
+    assert api.status("bdb-agg-2c")["objects"]["merged"] == len(final)

@@ -40,7 +40,9 @@ def test_csv_object_becomes_one_partial_per_matching_job(lambdas, runtime, uploa
     assert sorted((o["job"], o["outcome"], o["rows"]) for o in outcomes) == [
         ("bdb-agg-2a", "mapped", 4), ("bdb-agg-2b", "mapped", 4), ("bdb-agg-2c", "mapped", 4)]
     [key] = inbox(runtime, "bdb-agg-2a")
-    partial, meta = decode(runtime.state_store.get(key)[0], runtime.jobs.get("bdb-agg-2a").plan.fingerprint)
+    marker = json.loads(runtime.state_store.get(key)[0])
+    [part] = marker["parts"]
+    partial, meta = decode(runtime.state_store.get(part)[0], runtime.jobs.get("bdb-agg-2a").plan.fingerprint)
     assert dict(zip(partial.column("sourceIP_prefix").to_pylist(), partial.column("adRevenue").to_pylist())) == {
         "158.112.": Decimal("3.750001"), "10.0.0.1": Decimal("100")}
     assert meta["key"] == "uservisits/part-0.csv" and meta["rows"] == 4
@@ -173,3 +175,65 @@ def test_a_file_found_bad_after_parts_were_spilled_leaves_no_parts_behind(lambda
     assert inbox(runtime, "bdb-agg-2a") == []
     [entry] = status(lambdas, "bdb-agg-2a")["quarantined"]
     assert "oops" in entry["reason"] and entry["line"] == 30
+
+
+# --- overwrites and deletes: the result is the query over the objects in the bucket now ------------------
+
+def map_and_reduce(lambdas, uploads, *records) -> None:
+    lambdas.lambda_.invoke("map_object", uploads.event(*records))
+    reduce(lambdas)
+
+
+def test_an_overwrite_replaces_the_old_contribution(lambdas, uploads):
+    map_and_reduce(lambdas, uploads, uploads.put("uservisits/a.csv", CSV))
+    map_and_reduce(lambdas, uploads, uploads.put("uservisits/a.csv", uservisits_rows(("10.0.0.1", "1"))))
+
+    assert results(lambdas, "bdb-agg-2a") == {("10.0.0.1",): {"adRevenue": Decimal("1")}}
+    assert status(lambdas, "bdb-agg-2a")["idle"] is True
+
+
+def test_a_late_event_for_an_overwritten_version_does_not_win(lambdas, uploads):
+    old = uploads.put("uservisits/a.csv", CSV)
+    lambdas.lambda_.invoke("map_object", uploads.event(old))  # mapped, not yet reduced
+    map_and_reduce(lambdas, uploads, uploads.put("uservisits/a.csv", uservisits_rows(("10.0.0.1", "1"))))
+    map_and_reduce(lambdas, uploads, old)  # the old version's event again, late
+
+    assert results(lambdas, "bdb-agg-2a") == {("10.0.0.1",): {"adRevenue": Decimal("1")}}
+
+
+def test_a_deleted_object_is_retracted_and_its_groups_disappear(lambdas, runtime, uploads):
+    map_and_reduce(lambdas, uploads, uploads.put("uservisits/a.csv", CSV),
+                   uploads.put("uservisits/b.csv", uservisits_rows(("10.0.0.1", "5"))))
+    map_and_reduce(lambdas, uploads, uploads.delete("uservisits/a.csv"))
+
+    assert results(lambdas, "bdb-agg-2a") == {("10.0.0.1",): {"adRevenue": Decimal("5")}}
+    assert status(lambdas, "bdb-agg-2a")["idle"] is True
+    parts = [o.key for o in runtime.state_store.list("jobs/bdb-agg-2a/parts/")]
+    assert len(parts) == 1  # only b.csv's partial is kept
+
+
+def test_a_removal_handled_before_the_creation_event_leaves_nothing(lambdas, uploads):
+    created = uploads.put("uservisits/a.csv", CSV)
+    removal = uploads.delete("uservisits/a.csv")
+    map_and_reduce(lambdas, uploads, removal)
+    map_and_reduce(lambdas, uploads, created)
+
+    assert results(lambdas, "bdb-agg-2a") == {}
+    assert status(lambdas, "bdb-agg-2a")["idle"] is True
+
+
+def test_max_is_rebuilt_from_retained_partials_when_an_object_goes(lambdas, uploads):
+    def request(path: str, latency: float) -> str:
+        return json.dumps({"ts": "2026-01-01 00:00:00", "method": "GET", "path": path, "status": 200,
+                           "latency_ms": latency, "bytes": 1}) + "\n"
+
+    map_and_reduce(lambdas, uploads, uploads.put("requests/a.jsonl", request("/", 900.0)),
+                   uploads.put("requests/b.jsonl", request("/", 10.0) + request("/x", 1.0)))
+    assert results(lambdas, "page-latency")[("/", "GET")]["max_latency_ms"] == 900.0
+
+    map_and_reduce(lambdas, uploads, uploads.delete("requests/a.jsonl"))
+
+    assert results(lambdas, "page-latency") == {
+        ("/", "GET"): {"requests": 1, "mean_latency_ms": 10.0, "max_latency_ms": 10.0, "bytes": 1},
+        ("/x", "GET"): {"requests": 1, "mean_latency_ms": 1.0, "max_latency_ms": 1.0, "bytes": 1},
+    }

@@ -46,7 +46,7 @@ def test_terraform_declares_mapper_subscription_schedule_and_api(package):
     [notification] = declared["aws_s3_bucket_notification"].values()
     assert notification["bucket"] == "tally-input-dev"
     [subscription] = notification["lambda_function"]
-    assert subscription["events"] == ["s3:ObjectCreated:*"]
+    assert subscription["events"] == ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
     assert "map_object" in subscription["lambda_function_arn"]
 
     [rule] = declared["aws_cloudwatch_event_rule"].values()

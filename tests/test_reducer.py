@@ -7,7 +7,8 @@ from decimal import Decimal
 import pytest
 
 from chalicelib.engine import layout
-from chalicelib.engine.reducer import Reducer, ReduceReport, plan_reduce
+from chalicelib.engine.changes import plan_changes
+from chalicelib.engine.reducer import Reducer, ReduceReport
 from chalicelib.errors import CommitConflict
 from chalicelib.runtime import utc_now
 
@@ -47,40 +48,30 @@ FILES = {
 }
 
 
-def test_plan_merges_whole_new_contributions_drops_merged_ones_and_waits_for_incomplete_ones():
-    def part(contribution: str, index: int, last: bool) -> str:
-        return layout.part_key(JOB, contribution, "g10", index, last)
-
-    c1 = [part("c1", 0, True)]
-    c2 = [part("c2", 0, False), part("c2", 1, True)]
-    c3 = [part("c3", 0, False), part("c3", 1, False)]          # its mapper has not written the last part yet
-    c4 = [part("c4", 0, False), part("c4", 2, True)]           # part 1 missing
-    c5 = [part("c5", 0, False), part("c5", 1, True), layout.part_key(JOB, "c5", "g99", 0, False)]
-    plan = plan_reduce(JOB, None, None, merged={"c5"}, inbox=c1 + c2 + c3 + c4 + c5, limit=10)
-    assert plan.merge == (tuple(c1), tuple(c2))
-    assert plan.drop == tuple(sorted(c5))
-    assert plan_reduce(JOB, None, None, set(), c1 + c2, limit=1).merge == (tuple(c1),)
+def reducer(runtime, store=None, batch: int = 500) -> Reducer:
+    return Reducer(runtime.jobs, store or runtime.state_store, runtime.input_store, utc_now, batch)
 
 
 def test_two_reducers_planning_the_same_state_commit_once(runtime, uploads):
     map_files(runtime, uploads, FILES)
     job = runtime.jobs.get(JOB)
-    first, second = runtime.reducer, Reducer(runtime.jobs, runtime.state_store, utc_now)
-    plan_a, plan_b = first.plan(job), second.plan(job)
+    first, second = runtime.reducer, reducer(runtime)
+    seen_a, seen_b = first.gather(job), second.gather(job)
+    plan_a = plan_changes(seen_a.entries, seen_a.markers, seen_a.current)
+    plan_b = plan_changes(seen_b.entries, seen_b.markers, seen_b.current)
 
-    first.execute(job, plan_a, ReduceReport(JOB))
+    first.execute(job, seen_a, plan_a, ReduceReport(JOB))
     with pytest.raises(CommitConflict):
-        second.execute(job, plan_b, ReduceReport(JOB))
+        second.execute(job, seen_b, plan_b, ReduceReport(JOB))
 
     assert served(runtime) == expected(FILES)
     assert len(listing(runtime, layout.results_prefix(JOB))) == 1  # the loser removed its result
-    assert listing(runtime, layout.inbox_prefix(JOB)) == []
 
 
 def test_reducers_racing_in_threads_while_mappers_write_count_everything_once(s3_server, runtime, uploads):
     files = {f"uservisits/f{i:03d}.csv": [(f"10.{i % 7}.0.1", f"{i}.5"), ("1.1.1.1", "0.000001")]
              for i in range(30)}
-    reducers = [Reducer(runtime.jobs, runtime.state_store, utc_now, batch=4) for _ in range(3)]
+    reducers = [reducer(runtime, batch=4) for _ in range(3)]
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -114,15 +105,14 @@ def test_reducers_racing_in_threads_while_mappers_write_count_everything_once(s3
     ("put_if_absent", True, "/ledger/"),     # dies after writing result and ledger, before the commit
     ("put_if_match", False, "manifest"),     # dies just before the commit
     ("put_if_match", True, "manifest"),      # dies right after the commit
-    ("delete", False, "/inbox/"),            # dies before cleaning up merged partials
-    ("delete", True, "/inbox/"),             # dies after cleaning them up, before garbage collection
+    ("delete", False, "/inbox/"),            # dies before deleting the processed markers
+    ("delete", True, "/inbox/"),             # dies after deleting them, before garbage collection
 ])
 def test_reducer_killed_at_any_step_converges_on_the_next_run(runtime, uploads, operation, after, key_contains):
     map_files(runtime, uploads, dict(list(FILES.items())[:2]))
     runtime.reducer.reduce_job(runtime.jobs.get(JOB))  # a first generation, so the next commit is an If-Match
     map_files(runtime, uploads, dict(list(FILES.items())[2:]))
-    faulty = Reducer(runtime.jobs, FaultyStore(runtime.state_store, operation, after=after,
-                                               key_contains=key_contains), utc_now)
+    faulty = reducer(runtime, FaultyStore(runtime.state_store, operation, after=after, key_contains=key_contains))
 
     with pytest.raises(Killed):
         faulty.reduce_job(runtime.jobs.get(JOB))
@@ -149,9 +139,9 @@ def test_mapper_killed_after_writing_its_partial_is_retried_without_double_count
 
 def test_a_failing_job_does_not_stop_the_others_but_fails_the_run(runtime, uploads):
     map_files(runtime, uploads, FILES)
-    runtime.state_store.put(layout.part_key(JOB, "garbage", "g1", 0, True), b"not an arrow stream")
+    runtime.state_store.put(layout.inbox_key(JOB, "garbage"), b"not a marker")
 
-    reports = runtime.reducer.reduce_all()  # an unusable partial is dropped with a warning, not merged
+    reports = runtime.reducer.reduce_all()  # a marker Tally did not write is deleted with a warning
 
     assert served(runtime) == expected(FILES)
     assert {r.job for r in reports if r.merged} == {"bdb-agg-2a", "bdb-agg-2b", "bdb-agg-2c"}
@@ -162,17 +152,16 @@ def test_a_high_cardinality_object_is_mapped_in_parts_and_merged_once_whole(runt
     rows = [(f"{i}.{i}.{i}.{i}", f"{i}.25") for i in range(1, 41)]  # 40 groups in 2a
     runtime.mapper.max_groups, runtime.mapper.block_size = 8, 512  # ~6 rows a batch: several parts
     record = uploads.put("uservisits/wide.csv", uservisits_rows(*rows))
-    runtime.mapper.state = FaultyStore(runtime.state_store, "put", after=True, nth=3, key_contains="bdb-agg-2a/inbox/")
+    runtime.mapper.state = FaultyStore(runtime.state_store, "put", after=True, nth=2, key_contains="bdb-agg-2a/parts/")
     with pytest.raises(Killed):
-        runtime.mapper.handle(uploads.event(record))  # two parts written, the last one never
+        runtime.mapper.handle(uploads.event(record))  # two parts written, no marker
     runtime.reducer.reduce_job(runtime.jobs.get(JOB))
-    assert served(runtime) == {}  # an incomplete contribution is not merged
+    assert served(runtime) == {}  # parts without their marker are not merged
 
     runtime.mapper.state = runtime.state_store
-    runtime.mapper.handle(uploads.event(record))  # Lambda's retry writes every part again
-    parts = listing(runtime, layout.inbox_prefix(JOB))
+    runtime.mapper.handle(uploads.event(record))  # Lambda's retry writes every part again, then the marker
     runtime.reducer.reduce_job(runtime.jobs.get(JOB))
 
-    assert len(parts) > 2 and parts[-1].endswith("-last.arrow")
+    assert len(listing(runtime, layout.parts_prefix(JOB))) > 2  # kept: a later retraction may need them
     assert served(runtime) == expected({"uservisits/wide.csv": rows})
     assert listing(runtime, layout.inbox_prefix(JOB)) == []

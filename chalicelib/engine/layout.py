@@ -1,23 +1,24 @@
 """Where Tally keeps state in the state bucket. One function per kind of object, so the scheme is in one place.
 
-    jobs/<job>/inbox/<contribution>/<split>-<n>[-last].arrow
-                                               partial of one input object version, written by a mapper in
-                                               one or more parts (a high-cardinality object spills parts to
-                                               keep the mapper's memory bounded); complete when the part
-                                               marked -last and every part before it are there
+    jobs/<job>/parts/<contribution>/<split>-<n>.arrow
+                                               the partial of one input object version, in one or more
+                                               parts (a high-cardinality object spills parts to keep the
+                                               mapper's memory bounded); kept while that version is live,
+                                               so it can be retracted or a result rebuilt from them
+    jobs/<job>/inbox/<marker>.json             a change to apply, written after its parts: an object version
+                                               was mapped (its parts are listed), or an object was removed
     jobs/<job>/quarantine/<contribution>.json  why an input object version could not be mapped
     jobs/<job>/manifest.json                   the commit point: which result and ledger are current
     jobs/<job>/results/<generation>-<token>.arrow   merged state (immutable; the manifest names the live one)
-    jobs/<job>/ledger/<generation>-<token>.arrow    input object versions merged into that result
+    jobs/<job>/ledger/<generation>-<token>.arrow    the live object version of every input key in that result
 
-A contribution id is derived from (input key, version or ETag): a duplicated event rewrites the same partial,
-and the ledger says whether it has been merged already.
+A contribution id is derived from (input key, version or ETag): a duplicated event rewrites the same parts and
+marker, and the ledger says whether that version is live already.
 """
 from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass
 
 
 def contribution_id(key: str, version: str) -> str:
@@ -32,38 +33,25 @@ def inbox_prefix(job: str) -> str:
     return f"jobs/{job}/inbox/"
 
 
-@dataclass(frozen=True)
-class Part:
-    key: str
-    contribution: str
-    split: str
-    index: int
-    last: bool
+def parts_prefix(job: str, contribution: str = "") -> str:
+    return f"jobs/{job}/parts/{contribution + '/' if contribution else ''}"
 
 
-def part_key(job: str, contribution: str, split: str, index: int, last: bool) -> str:
-    return f"{inbox_prefix(job)}{contribution}/{split}-{index:05d}{'-last' if last else ''}.arrow"
+def part_key(job: str, contribution: str, split: str, index: int) -> str:
+    return f"{parts_prefix(job, contribution)}{split}-{index:05d}.arrow"
 
 
-def parse_part(key: str) -> Part:
-    contribution, name = key.rsplit("/", 2)[-2:]
-    stem = name.removesuffix(".arrow")
-    last = stem.endswith("-last")
-    split, index = stem.removesuffix("-last").rsplit("-", 1)
-    return Part(key, contribution, split, int(index), last)
+def contribution_of_part(key: str) -> str:
+    return key.rsplit("/", 2)[-2]
 
 
-def complete_parts(parts: list[Part]) -> list[Part] | None:
-    """The parts of one contribution that make it whole, or None while a mapper is still writing them."""
-    by_split: dict[str, dict[int, Part]] = {}
-    for part in parts:
-        by_split.setdefault(part.split, {})[part.index] = part
-    for split in sorted(by_split):
-        indexed = by_split[split]
-        last = [p for p in indexed.values() if p.last]
-        if last and all(i in indexed for i in range(last[0].index + 1)):
-            return [indexed[i] for i in range(last[0].index + 1)]
-    return None
+def inbox_key(job: str, marker: str) -> str:
+    return f"{inbox_prefix(job)}{marker}.json"
+
+
+def removal_marker(key: str, sequencer: str | None) -> str:
+    """Marker id of an ObjectRemoved event: S3's sequencer makes repeats of one event share it."""
+    return contribution_id(key, "removed:" + (sequencer or uuid.uuid4().hex))
 
 
 def quarantine_prefix(job: str) -> str:

@@ -32,7 +32,7 @@ class MapOutcome:
     job: str
     key: str
     etag: str
-    outcome: str  # mapped | quarantined | superseded
+    outcome: str  # mapped | quarantined | superseded | removed
     rows: int = 0
     bytes_read: int = 0
     groups: int = 0
@@ -81,10 +81,15 @@ class _PartWriter:
         self.store, self.job, self.contribution, self.split = store, job, contribution, split
         self.written: list[str] = []
 
-    def write(self, partial: pa.Table, meta: dict, last: bool = False) -> None:
-        key = layout.part_key(self.job.name, self.contribution, self.split, len(self.written), last)
+    def write(self, partial: pa.Table, meta: dict) -> None:
+        key = layout.part_key(self.job.name, self.contribution, self.split, len(self.written))
         self.store.put(key, encode(partial, self.job.plan.fingerprint, {**meta, "part": len(self.written)}))
         self.written.append(key)
+
+    def commit(self, marker: dict) -> None:
+        """The marker goes last: once it is in the inbox, every part it names is there."""
+        body = json.dumps({**marker, "kind": "put", "contribution": self.contribution, "parts": self.written})
+        self.store.put(layout.inbox_key(self.job.name, self.contribution), body.encode(), "application/json")
 
 
 class Mapper:
@@ -97,9 +102,20 @@ class Mapper:
         """Every record of an S3 (or SQS-wrapped S3) event; the handler's whole job."""
         outcomes = []
         for record in parse_records(event):
-            if record.bucket != self.input.bucket or not record.created:
+            if record.bucket != self.input.bucket:
                 continue
-            outcomes += self.map_object(record)
+            outcomes += self.map_object(record) if record.created else self.note_removal(record)
+        return outcomes
+
+    def note_removal(self, event: ObjectEvent) -> list[MapOutcome]:
+        """ObjectRemoved: tell each job's reducer to retract whatever version of the key it holds."""
+        outcomes = []
+        for job in self.jobs.for_key(event.key):
+            marker = layout.removal_marker(event.key, event.sequencer)
+            body = {"kind": "removed", "contribution": marker, "key": event.key, "sequencer": event.sequencer,
+                    "at": self.clock().isoformat()}
+            self.state.put(layout.inbox_key(job.name, marker), json.dumps(body).encode(), "application/json")
+            outcomes.append(MapOutcome(job.name, event.key, event.etag, "removed"))
         return outcomes
 
     def map_object(self, event: ObjectEvent) -> list[MapOutcome]:
@@ -153,7 +169,8 @@ class Mapper:
                    "mapped_at": self.clock().isoformat()}
         for job in jobs:
             partial = accumulators[job.name].result()
-            writers[job.name].write(partial, summary, last=True)
+            writers[job.name].write(partial, summary)
+            writers[job.name].commit(summary)
             outcomes.append(MapOutcome(job.name, event.key, etag, "mapped", stats.rows, stats.bytes_read,
                                        partial.num_rows))
         return outcomes

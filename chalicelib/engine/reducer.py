@@ -1,17 +1,17 @@
-"""Merge new partials into a job's result, exactly once, safe against crashes and overlapping reducers.
+"""Apply a job's inbox to its result, exactly once, safe against crashes and overlapping reducers.
 
-A run is planned as data first (`plan_reduce`: which partials to merge, which to drop as already merged), then
-executed in steps whose order is the whole correctness argument:
+A run gathers the committed state, the inbox markers and what S3 says is current for the keys they touch,
+plans the changes as data (`changes.plan_changes`), then executes in steps whose order is the correctness
+argument:
 
 1. write the new result and ledger under fresh, never-shared keys;
 2. commit by replacing the manifest with a conditional write (If-Match the ETag read at the start, or
    If-None-Match for the first commit): of two overlapping reducers exactly one commits, the other discards
-   its work and merges nothing twice;
-3. only then delete the merged partials and superseded results.
+   its work and applies nothing twice;
+3. only then delete the processed markers, the parts no version needs any more, and superseded results.
 
-A crash before 2 leaves garbage that a later run deletes; a crash after 2 leaves merged partials in the inbox,
-which the ledger identifies and the next run deletes instead of merging again. The ledger also absorbs late
-duplicate events: a re-written partial whose contribution is in the ledger is dropped.
+A crash before 2 leaves garbage that a later run deletes; a crash after 2 leaves processed markers, which the
+ledger turns into no-ops on the next run. Late duplicates are no-ops the same way.
 """
 from __future__ import annotations
 
@@ -31,15 +31,16 @@ from ..errors import CommitConflict, ObjectMissing, PartialMismatch
 from ..jobs import Job, JobCatalog
 from ..storage import ObjectStore
 from . import layout
+from .changes import ChangePlan, Current, plan_changes
 
 log = logging.getLogger("tally.reducer")
 
 LEDGER_SCHEMA = pa.schema([
     ("contribution", pa.string()), ("key", pa.string()), ("etag", pa.string()), ("version_id", pa.string()),
     ("sequencer", pa.string()), ("size", pa.int64()), ("rows", pa.int64()), ("bad_rows", pa.int64()),
-    ("mapped_at", pa.string()), ("generation", pa.int64()),
+    ("mapped_at", pa.string()), ("generation", pa.int64()), ("parts", pa.list_(pa.string())),
 ])
-_LEDGER_FINGERPRINT = "ledger-v1"
+_LEDGER_FINGERPRINT = "ledger-v2"
 
 
 @dataclass(frozen=True)
@@ -60,24 +61,12 @@ class Manifest:
         return cls(**json.loads(data))
 
 
-@dataclass(frozen=True)
-class ReducePlan:
-    job: str
-    base: Manifest | None
-    base_etag: str | None
-    merge: tuple[tuple[str, ...], ...]  # per contribution, the keys of its parts in order
-    drop: tuple[str, ...]
-
-    @property
-    def merge_keys(self) -> list[str]:
-        return [key for parts in self.merge for key in parts]
-
-
 @dataclass
 class ReduceReport:
     job: str
     generation: int | None = None
     merged: int = 0
+    retracted: int = 0
     dropped: int = 0
     rows: int | None = None
     conflict: bool = False
@@ -85,27 +74,26 @@ class ReduceReport:
     errors: list[str] = field(default_factory=list)
 
 
-def plan_reduce(job: str, base: Manifest | None, base_etag: str | None, merged: set[str],
-                inbox: list[str], limit: int) -> ReducePlan:
-    """Pure: given the committed state and the inbox listing, decide what this run does: merge whole
-    contributions not in the ledger, drop every part of those already in it, wait for incomplete ones."""
-    by_contribution: dict[str, list[layout.Part]] = {}
-    for key in inbox:
-        part = layout.parse_part(key)
-        by_contribution.setdefault(part.contribution, []).append(part)
-    fresh, stale = [], []
-    for contribution, parts in sorted(by_contribution.items()):
-        if contribution in merged:
-            stale += [part.key for part in parts]
-        elif (whole := layout.complete_parts(parts)) is not None:
-            fresh.append(tuple(part.key for part in whole))
-    return ReducePlan(job, base, base_etag, tuple(fresh[:limit]), tuple(sorted(stale)))
+@dataclass(frozen=True)
+class Gathered:
+    """Everything a run decides from, read at its start."""
+
+    manifest: Manifest | None
+    manifest_etag: str | None
+    ledger: pa.Table
+    markers: list[dict]
+    current: dict[str, Current | None]
+    more_pending: bool
+
+    @property
+    def entries(self) -> dict[str, dict]:
+        return {entry["key"]: entry for entry in self.ledger.to_pylist()}
 
 
 class Reducer:
-    def __init__(self, jobs: JobCatalog, state_store: ObjectStore, clock: Callable[[], datetime],
-                 batch: int = 500):
-        self.jobs, self.state, self.clock, self.batch = jobs, state_store, clock, batch
+    def __init__(self, jobs: JobCatalog, state_store: ObjectStore, input_store: ObjectStore,
+                 clock: Callable[[], datetime], batch: int = 500):
+        self.jobs, self.state, self.input, self.clock, self.batch = jobs, state_store, input_store, clock, batch
 
     # -- reading committed state -------------------------------------------------------------------------
 
@@ -130,6 +118,10 @@ class Reducer:
         if manifest is None or not manifest.result_key:
             return job.plan.empty()
         return decode(self.state.get(manifest.result_key)[0], job.plan.fingerprint)[0]
+
+    def read_parts(self, job: Job, keys: list[str]) -> list[pa.Table]:
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(lambda key: decode(self.state.get(key)[0], job.plan.fingerprint)[0], keys))
 
     # -- running -------------------------------------------------------------------------------------------
 
@@ -159,71 +151,109 @@ class Reducer:
             return self.reduce_job(job)
         except CommitConflict as exc:
             log.info("another reducer committed first", extra={"job": job.name, "detail": str(exc)})
-            return ReduceReport(job.name, conflict=True)
+            return ReduceReport(job.name, conflict=True, more_pending=True)
         except Exception as exc:  # noqa: BLE001 - reported and re-raised by reduce_all
             log.exception("reduce failed", extra={"job": job.name})
             return ReduceReport(job.name, errors=[f"{type(exc).__name__}: {exc}"])
 
-    def plan(self, job: Job) -> ReducePlan:
+    def gather(self, job: Job) -> Gathered:
         manifest, etag = self.read_manifest(job)
         with _superseded_is_conflict():
             ledger = self.read_ledger(manifest)
-        merged = set(ledger.column("contribution").to_pylist())
-        inbox = [o.key for o in self.state.list(layout.inbox_prefix(job.name))]
-        return plan_reduce(job.name, manifest, etag, merged, inbox, self.batch)
+        listed = [o.key for o in self.state.list(layout.inbox_prefix(job.name))]
+        with ThreadPoolExecutor(8) as pool:
+            markers = [m for m in pool.map(self._read_marker, listed[: self.batch]) if m is not None]
+            keys = sorted({m["key"] for m in markers})
+            heads = dict(zip(keys, pool.map(self.input.head, keys)))
+        current = {key: head and Current(head.etag, head.version_id) for key, head in heads.items()}
+        return Gathered(manifest, etag, ledger, markers, current, len(listed) > self.batch)
+
+    def _read_marker(self, key: str) -> dict | None:
+        try:
+            marker = json.loads(self.state.get(key)[0])
+            if marker.get("kind") in ("put", "removed") and marker.get("key") and marker.get("contribution"):
+                return marker
+        except ObjectMissing:
+            return None  # processed by an overlapping run meanwhile
+        except ValueError:
+            pass
+        log.warning("deleting a marker Tally did not write", extra={"marker": key})
+        self.state.delete([key])
+        return None
 
     def reduce_job(self, job: Job) -> ReduceReport:
-        plan = self.plan(job)
-        report = ReduceReport(job.name, generation=plan.base.generation if plan.base else None)
-        if plan.drop:
-            self.state.delete(list(plan.drop))
-            report.dropped = len(plan.drop)
-        if not plan.merge:
-            self._collect_garbage(job, plan.base)
-            return report
-        return self.execute(job, plan, report)
+        gathered = self.gather(job)
+        plan = plan_changes(gathered.entries, gathered.markers, gathered.current)
+        report = ReduceReport(job.name, generation=gathered.manifest.generation if gathered.manifest else None,
+                              more_pending=gathered.more_pending)
+        if plan.changes_result:
+            self.execute(job, gathered, plan, report)
+        report.dropped = len(plan.processed) - report.merged
+        # Committed, or nothing to commit. Clean-up only: a crash here is redone by the next run.
+        self.state.delete([layout.inbox_key(job.name, marker) for marker in plan.processed])
+        self._delete_parts(job, plan.stale_contributions)
+        self._collect_garbage(job, gathered.manifest if not plan.changes_result else None)
+        return report
 
-    def execute(self, job: Job, plan: ReducePlan, report: ReduceReport) -> ReduceReport:
-        generation = (plan.base.generation if plan.base else 0) + 1
-        partials, entries, unusable = [], [], []
-        for keys in plan.merge:
+    def execute(self, job: Job, gathered: Gathered, plan: ChangePlan, report: ReduceReport) -> None:
+        generation = (gathered.manifest.generation if gathered.manifest else 0) + 1
+        entries = gathered.entries
+        for entry in plan.retract:
+            entries.pop(entry["key"], None)
+        for marker in plan.add:
+            entries[marker["key"]] = _ledger_entry(marker, generation)
+        added, broken = [], []
+        for marker in plan.add:
             try:
-                decoded = [decode(self.state.get(key)[0], job.plan.fingerprint) for key in keys]
-            except ObjectMissing:
-                continue  # another reducer merged and cleaned it up meanwhile; our commit will then fail
-            except PartialMismatch as exc:
-                log.warning("dropping partial of another job definition", extra={"key": keys[0], "error": str(exc)})
-                unusable += keys
-                continue
-            partials += [table for table, _ in decoded]
-            entries.append(_ledger_entry(layout.parse_part(keys[-1]).contribution, decoded[-1][1], generation))
-
+                added += self.read_parts(job, marker["parts"])
+            except (ObjectMissing, PartialMismatch):
+                broken.append(marker)
+        if broken:
+            # Parts gone (a stale version's clean-up raced its re-mapping) or written for another definition
+            # of the job: drop those markers and retry; the reconcile maps a still-current version again.
+            log.warning("dropping markers with unusable parts", extra={"job": job.name, "keys": [m["key"] for m in broken]})
+            self.state.delete([layout.inbox_key(job.name, m["contribution"]) for m in broken])
+            self._delete_parts(job, tuple(m["contribution"] for m in broken))
+            raise CommitConflict("markers with unusable parts were dropped; retrying without them")
         with _superseded_is_conflict():
-            base_result, base_ledger = self.read_result(job, plan.base), self.read_ledger(plan.base)
-        result = job.plan.merge([base_result, *partials])
-        ledger = pa.concat_tables([base_ledger, pa.Table.from_pylist(entries, LEDGER_SCHEMA)])
+            base = self.read_result(job, gathered.manifest)
+        if not plan.retract:
+            result = job.plan.merge([base, *added])
+        elif job.plan.subtractable:
+            removed = self.read_parts(job, [key for entry in plan.retract for key in entry["parts"]])
+            result = job.plan.retract(base, removed, added)
+        else:  # min/max: rebuild from every live version's retained parts
+            log.info("rebuilding result from retained partials", extra={"job": job.name, "objects": len(entries)})
+            result = job.plan.merge(self.read_parts(job, [k for e in entries.values() for k in e["parts"]]))
+        ledger = pa.Table.from_pylist(sorted(entries.values(), key=lambda e: e["key"]), LEDGER_SCHEMA)
+        manifest = self._commit(job, gathered, generation, result, ledger)
+        self._collect_garbage(job, manifest)
+        report.generation, report.rows = generation, result.num_rows
+        report.merged, report.retracted = len(plan.add), len(plan.retract)
+        log.info("applied changes", extra={"job": job.name, "generation": generation, "added": len(plan.add),
+                                           "retracted": len(plan.retract), "rows": result.num_rows})
+
+    def _commit(self, job: Job, gathered: Gathered, generation: int, result: pa.Table, ledger: pa.Table):
         result_key, ledger_key = layout.generation_keys(job.name, generation)
         self.state.put_if_absent(result_key, encode(result, job.plan.fingerprint))
         self.state.put_if_absent(ledger_key, encode(ledger, _LEDGER_FINGERPRINT))
         manifest = Manifest(generation, job.plan.fingerprint, result_key, ledger_key,
                             self.clock().isoformat(), result.num_rows, ledger.num_rows)
         try:
-            if plan.base_etag is None:
+            if gathered.manifest_etag is None:
                 self.state.put_if_absent(layout.manifest_key(job.name), manifest.encode(), "application/json")
             else:
-                self.state.put_if_match(layout.manifest_key(job.name), manifest.encode(), plan.base_etag,
-                                        "application/json")
+                self.state.put_if_match(layout.manifest_key(job.name), manifest.encode(),
+                                        gathered.manifest_etag, "application/json")
         except CommitConflict:
             self.state.delete([result_key, ledger_key])
             raise
-        # Committed. Everything below is clean-up that a later run redoes if we die here.
-        self.state.delete([*plan.merge_keys, *unusable])
-        self._collect_garbage(job, manifest)
-        report.generation, report.merged, report.rows = generation, len(entries), result.num_rows
-        report.more_pending = len(plan.merge) == self.batch
-        log.info("merged partials", extra={"job": job.name, "generation": generation,
-                                           "objects": len(entries), "rows": result.num_rows})
-        return report
+        return manifest
+
+    def _delete_parts(self, job: Job, contributions: tuple[str, ...]) -> None:
+        keys = [o.key for c in contributions for o in self.state.list(layout.parts_prefix(job.name, c))]
+        if keys:
+            self.state.delete(keys)
 
     def _collect_garbage(self, job: Job, manifest: Manifest | None) -> None:
         """Delete results and ledgers superseded by the committed generation, and orphans of lost races.
@@ -251,10 +281,10 @@ def _superseded_is_conflict():
         raise CommitConflict(f"state moved on while reading it: {exc}") from exc
 
 
-def _ledger_entry(contribution: str, meta: dict, generation: int) -> dict:
+def _ledger_entry(marker: dict, generation: int) -> dict:
     return {
-        "contribution": contribution, "key": meta["key"], "etag": meta["etag"],
-        "version_id": meta.get("version_id"), "sequencer": meta.get("sequencer"), "size": meta.get("size"),
-        "rows": meta.get("rows"), "bad_rows": meta.get("bad_rows", 0), "mapped_at": meta.get("mapped_at"),
-        "generation": generation,
+        "contribution": marker["contribution"], "key": marker["key"], "etag": marker.get("etag"),
+        "version_id": marker.get("version_id"), "sequencer": marker.get("sequencer"), "size": marker.get("size"),
+        "rows": marker.get("rows"), "bad_rows": marker.get("bad_rows", 0), "mapped_at": marker.get("mapped_at"),
+        "generation": generation, "parts": marker["parts"],
     }

@@ -26,24 +26,22 @@ class StatusReader:
         manifest, _ = self.reducer.read_manifest(job)
         ledger = self.reducer.read_ledger(manifest)
         merged = set(zip(ledger.column("key").to_pylist(), ledger.column("etag").to_pylist()))
-        merged_ids = set(ledger.column("contribution").to_pylist())
         landed = {(o.key, o.etag) for o in self.input.list(job.prefix) if job.matches(o.key)}
-        landed_keys = {key for key, _ in landed}
-        pending = {layout.parse_part(o.key).contribution for o in self.state.list(layout.inbox_prefix(job.name))}
-        pending -= merged_ids
+        pending = [o.key for o in self.state.list(layout.inbox_prefix(job.name))]
         quarantined = self._quarantined(job, landed)
-        quarantined_versions = {(q["key"], q["etag"]) for q in quarantined}
-        reflected = merged | quarantined_versions
+        reflected = merged | {(q["key"], q["etag"]) for q in quarantined}
         waiting = landed - reflected
+        gone = merged - landed  # removed or replaced in the bucket, still in the result
         return {
             "job": job.name,
             "objects": {
                 "landed": len(landed),
                 "seen": len(merged & landed) + len(pending) + len(quarantined),
                 "mapped": len(merged & landed) + len(pending),
-                "merged": len({k for k, _ in merged} & landed_keys),
+                "merged": len(merged & landed),
                 "quarantined": len(quarantined),
                 "waiting": len(waiting),
+                "to_retract": len(gone),
             },
             "quarantined": quarantined[:MAX_LISTED_QUARANTINE],
             "partials_pending": len(pending),
@@ -53,7 +51,7 @@ class StatusReader:
             "rows": manifest.rows if manifest else 0,
             "generation": manifest.generation if manifest else None,
             "last_reduce_at": manifest.committed_at if manifest else None,
-            "idle": not waiting and not pending,
+            "idle": not waiting and not gone and not pending,
         }
 
     def _quarantined(self, job: Job, landed: set[tuple[str, str]]) -> list[dict[str, Any]]:

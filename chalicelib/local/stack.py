@@ -202,7 +202,8 @@ class LocalTally:
         arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         s3.put_bucket_notification_configuration(
             Bucket=self.options.input_bucket,
-            NotificationConfiguration={"QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]},
+            NotificationConfiguration={"QueueConfigurations": [
+                {"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]},
         )
         return queue
 
@@ -285,10 +286,13 @@ class LocalTally:
     def _serve_http(self) -> None:
         import app
         from chalice.config import Config
-        from chalice.local import create_local_server
+        from chalice.local import CustomLocalChalice, LocalDevServer, create_local_server
 
         config = Config.create(chalice_stage="local", app_name="tally", chalice_app=app.app)
-        self._http = create_local_server(app.app, config, self.options.host, self.options.port)
+        if isinstance(app.app, CustomLocalChalice):  # a second local server in this process: already adapted
+            self._http = LocalDevServer(app.app, config, self.options.host, self.options.port)
+        else:
+            self._http = create_local_server(app.app, config, self.options.host, self.options.port)
         # Chalice's handler logs every request to stderr; local mode keeps the terminal for progress.
         self._http.server.RequestHandlerClass = functools.partial(
             _quiet_handler_class(), app_object=self._http.app_object, config=config)
