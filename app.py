@@ -18,7 +18,8 @@ SETTINGS = Settings.from_env()
 app = Chalice(app_name="tally")
 logger = Logger(service="tally", level=SETTINGS.log_level)
 # The engine logs through the standard library ("tally.*"); give those loggers the same structured JSON.
-copy_config_to_registered_loggers(source_logger=logger, include={"tally.mapper", "tally.reducer"})
+copy_config_to_registered_loggers(source_logger=logger,
+                                  include={"tally.mapper", "tally.reducer", "tally.reconcile"})
 
 
 def json_api(view):
@@ -46,6 +47,18 @@ def map_object(event):
 def reduce_results(event):
     reports = [report.__dict__ for report in get_runtime().reducer.reduce_all()]
     logger.info("reduced", extra={"reports": [r for r in reports if r["merged"] or r["dropped"]]})
+    return reports
+
+
+@app.schedule(Rate(15, unit=Rate.MINUTES), name="reconcile_inputs")
+def reconcile_inputs(event):
+    # Maps what events missed (dropped, throttled, or before the job existed) and notes removals.
+    reports = [
+        {"job": r.job, "mapped": len(r.mapped), "removed": r.removed, "orphans_deleted": r.orphans_deleted,
+         "left": r.left}
+        for r in get_runtime().reconciler.reconcile_all(max_seconds=600)
+    ]
+    logger.info("reconciled", extra={"reports": reports})
     return reports
 
 

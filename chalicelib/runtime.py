@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from .engine.mapper import Mapper
+from .engine.reconcile import Reconciler
 from .engine.reducer import Reducer
 from .engine.results import ResultReader
 from .engine.status import StatusReader
@@ -46,6 +47,10 @@ class Runtime:
     @cached_property
     def reducer(self) -> Reducer:
         return Reducer(self.jobs, self.state_store, self.input_store, utc_now, self.settings.reduce_batch)
+
+    @cached_property
+    def reconciler(self) -> Reconciler:
+        return Reconciler(self.jobs, self.input_store, self.state_store, self.mapper, self.reducer, utc_now)
 
     @cached_property
     def results(self) -> ResultReader:

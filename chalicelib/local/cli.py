@@ -18,6 +18,8 @@ def _local_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--s3-endpoint", default=None, help="use this S3-compatible endpoint instead of moto")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="mapper processes")
     parser.add_argument("--reduce-every", type=float, default=2.0, metavar="SECONDS", help="reducer period")
+    parser.add_argument("--reconcile-every", type=float, default=30.0, metavar="SECONDS",
+                        help="how often the input prefixes are compared with the results (lost events, backfill)")
     parser.add_argument("--log-level", default="WARNING", help="handlers' JSON log level (INFO shows every map)")
 
 
@@ -33,6 +35,12 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
     local = commands.add_parser("local", help="run Tally on this machine (S3 on loopback, mappers, reducer, API)")
     _local_arguments(local)
+    backfill = commands.add_parser("backfill", help="map what a job's results are missing from its input prefix")
+    backfill.add_argument("job")
+    backfill.add_argument("--s3-endpoint", default="http://127.0.0.1:9000",
+                          help="S3 endpoint of the running local mode (default: its moto server)")
+    backfill.add_argument("--input-bucket", default="tally-input")
+    backfill.add_argument("--state-bucket", default="tally-state")
     demo = commands.add_parser("demo", help="stream generated Big Data Benchmark data through local mode")
     _local_arguments(demo)
     demo.add_argument("--size-mb", type=_positive, default=256, help="uservisits data to generate")
@@ -45,7 +53,8 @@ def parser() -> argparse.ArgumentParser:
 
 def _local_options(args: argparse.Namespace) -> LocalOptions:
     return LocalOptions(port=args.port, s3_port=args.s3_port, workers=max(1, args.workers),
-                        reduce_every=args.reduce_every, s3_endpoint=args.s3_endpoint, log_level=args.log_level)
+                        reduce_every=args.reduce_every, reconcile_every=args.reconcile_every,
+                        s3_endpoint=args.s3_endpoint, log_level=args.log_level)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,11 +62,44 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "local":
         return _run_local(_local_options(args))
+    if args.command == "backfill":
+        return _run_backfill(args)
     from .demo import DemoOptions, run_demo
 
     options = DemoOptions(size_mb=args.size_mb, file_mb=args.file_mb, seed=args.seed,
                           upload_threads=args.upload_threads, data_dir=args.data_dir)
     return 0 if run_demo(options, _local_options(args)) else 1
+
+
+def _run_backfill(args: argparse.Namespace) -> int:
+    from botocore.exceptions import EndpointConnectionError
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from ..errors import TallyError
+    from ..runtime import Runtime
+    from ..settings import Settings
+
+    console = Console()
+    runtime = Runtime(Settings(s3_endpoint=args.s3_endpoint, input_bucket=args.input_bucket,
+                               state_bucket=args.state_bucket))
+    try:
+        job = runtime.jobs.get(args.job)
+        with Progress(console=console) as progress:
+            task = progress.add_task(f"backfilling {job.name}", total=None)
+            report = runtime.reconciler.reconcile(
+                job, progress=lambda done, total: progress.update(task, completed=done, total=total))
+    except TallyError as error:
+        console.print(f"[red]error:[/] {error}")
+        return 2
+    except EndpointConnectionError:
+        console.print(f"[red]error:[/] nothing answers at {args.s3_endpoint}: is `tally local` running?")
+        return 2
+    quarantined = sum(1 for o in report.mapped if o.outcome == "quarantined")
+    console.print(f"{job.name}: {len(report.mapped)} objects mapped ({quarantined} quarantined), "
+                  f"{report.removed} removals noted, {report.orphans_deleted} orphaned parts deleted; "
+                  "the reducer merges them on its next tick")
+    return 0
 
 
 def _run_local(options: LocalOptions) -> int:

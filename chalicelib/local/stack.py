@@ -39,6 +39,7 @@ class LocalOptions:
     s3_port: int = 9000
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     reduce_every: float = 2.0
+    reconcile_every: float = 30.0
     s3_endpoint: str | None = None
     host: str = "127.0.0.1"
     input_bucket: str = "tally-input"
@@ -163,6 +164,7 @@ class LocalTally:
         else:
             self._spawn(self._poll_listing)
         self._spawn(self._reduce_forever)
+        self._spawn(self._reconcile_forever)
         self._serve_http()
         return self
 
@@ -282,6 +284,16 @@ class LocalTally:
             except Exception as exc:  # noqa: BLE001 - like EventBridge, the next tick runs again
                 self.errors.append(f"reducer: {exc}")
                 log.error("reducer failed: %s", exc)
+
+    def _reconcile_forever(self) -> None:
+        import app
+
+        while not self._stop.wait(self.options.reconcile_every):
+            try:
+                app.app.handler_map["reconcile_inputs"](scheduled_event(), LambdaContext("reconcile_inputs"))
+            except Exception as exc:  # noqa: BLE001 - the next tick runs again
+                self.errors.append(f"reconcile: {exc}")
+                log.error("reconcile failed: %s", exc)
 
     def _serve_http(self) -> None:
         import app

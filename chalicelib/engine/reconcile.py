@@ -1,0 +1,113 @@
+"""Reconcile: compare a job's input prefix with what its result holds, and repair the difference.
+
+S3 may drop an event, a throttled Lambda may give up on one, and a job added later has never seen the objects
+already in its prefix. The reconcile lists the prefix and maps every object version that is neither live in
+the ledger, nor waiting in the inbox, nor quarantined (that is also the backfill), and notes the removal of
+every live key whose object is gone. It also deletes orphaned parts: those of versions that are not live and
+have no marker, once they are old enough that no mapper can still be writing them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable
+
+from ..errors import ObjectMissing
+from ..jobs import Job, JobCatalog
+from ..storage import ObjectStore, StoredObject
+from . import layout
+from .events import ObjectEvent
+from .mapper import Mapper, MapOutcome
+from .reducer import Reducer
+
+log = logging.getLogger("tally.reconcile")
+ORPHAN_AGE = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class ReconcilePlan:
+    job: str
+    to_map: tuple[StoredObject, ...]
+    removed: tuple[str, ...]
+    orphaned_parts: tuple[str, ...]
+
+
+@dataclass
+class ReconcileReport:
+    job: str
+    landed: int = 0
+    mapped: list[MapOutcome] = field(default_factory=list)
+    removed: int = 0
+    orphans_deleted: int = 0
+    left: int = 0  # objects still to map when the time budget ran out
+
+
+class Reconciler:
+    def __init__(self, jobs: JobCatalog, input_store: ObjectStore, state_store: ObjectStore, mapper: Mapper,
+                 reducer: Reducer, clock: Callable[[], datetime]):
+        self.jobs, self.input, self.state = jobs, input_store, state_store
+        self.mapper, self.reducer, self.clock = mapper, reducer, clock
+
+    def plan(self, job: Job) -> ReconcilePlan:
+        manifest, _ = self.reducer.read_manifest(job)
+        ledger = self.reducer.read_ledger(manifest).to_pylist()
+        live = {(e["key"], e["etag"]) for e in ledger}
+        live_contributions = {e["contribution"] for e in ledger}
+        waiting = {o.key.rsplit("/", 1)[-1].removesuffix(".json") for o in self.state.list(layout.inbox_prefix(job.name))}
+        quarantined = {o.key.rsplit("/", 1)[-1].removesuffix(".json")
+                       for o in self.state.list(layout.quarantine_prefix(job.name))}
+        landed = [o for o in self.input.list(job.prefix) if job.matches(o.key)]
+        to_map = tuple(
+            o for o in landed
+            if (o.key, o.etag) not in live
+            and layout.contribution_id(o.key, o.etag) not in waiting | quarantined
+        )
+        present = {o.key for o in landed}
+        removed = tuple(sorted({e["key"] for e in ledger} - present))
+        cutoff = self.clock() - ORPHAN_AGE
+        orphaned = tuple(
+            o.key for o in self.state.list(layout.parts_prefix(job.name))
+            if layout.contribution_of_part(o.key) not in live_contributions | waiting
+            and o.last_modified is not None and o.last_modified < cutoff
+        )
+        return ReconcilePlan(job.name, to_map, removed, orphaned)
+
+    def reconcile(self, job: Job, max_seconds: float = 600.0,
+                  progress: Callable[[int, int], None] | None = None) -> ReconcileReport:
+        plan = self.plan(job)
+        report = ReconcileReport(job.name)
+        deadline = time.monotonic() + max_seconds
+        for done, obj in enumerate(plan.to_map):
+            if time.monotonic() > deadline:
+                report.left = len(plan.to_map) - done
+                break
+            event = ObjectEvent(self.input.bucket, obj.key, obj.etag, obj.size, name="ObjectCreated:Reconcile")
+            report.mapped += [o for o in self.mapper.map_object(event) if o.job == job.name]
+            if progress:
+                progress(done + 1, len(plan.to_map))
+        for key in plan.removed:
+            if self._still_gone(key):
+                marker = layout.removal_marker(key, None)
+                body = {"kind": "removed", "contribution": marker, "key": key, "sequencer": None,
+                        "at": self.clock().isoformat()}
+                self.state.put(layout.inbox_key(job.name, marker), json.dumps(body).encode(), "application/json")
+                report.removed += 1
+        if plan.orphaned_parts:
+            self.state.delete(list(plan.orphaned_parts))
+            report.orphans_deleted = len(plan.orphaned_parts)
+        log.info("reconciled", extra={"job": job.name, "mapped": len(report.mapped), "removed": report.removed,
+                                      "orphans": report.orphans_deleted, "left": report.left})
+        return report
+
+    def _still_gone(self, key: str) -> bool:
+        try:
+            return self.input.head(key) is None
+        except ObjectMissing:
+            return True
+
+    def reconcile_all(self, max_seconds: float = 600.0) -> list[ReconcileReport]:
+        deadline = time.monotonic() + max_seconds
+        return [self.reconcile(job, max(0.0, deadline - time.monotonic())) for job in self.jobs]
