@@ -49,8 +49,8 @@ def test_terraform_declares_mapper_subscription_schedule_and_api(package):
     assert subscription["events"] == ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
     assert "map_object" in subscription["lambda_function_arn"]
 
-    [rule] = declared["aws_cloudwatch_event_rule"].values()
-    assert rule["schedule_expression"] == "rate(1 minute)"
+    schedules = {name: rule["schedule_expression"] for name, rule in declared["aws_cloudwatch_event_rule"].items()}
+    assert schedules == {"reduce_results-event": "rate(1 minute)", "reconcile_inputs-event": "rate(15 minutes)"}
     assert declared["aws_api_gateway_rest_api"]
 
 
