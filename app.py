@@ -4,7 +4,7 @@ from urllib.parse import unquote
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from chalice import Chalice, Rate, Response
+from chalice import Chalice, IAMAuthorizer, Rate, Response
 
 from chalicelib.api import error_body, to_json
 from chalicelib.engine.mapper import outcomes_as_dicts
@@ -17,6 +17,8 @@ from chalicelib.settings import Settings
 SETTINGS = Settings.from_env()
 app = Chalice(app_name="tally")
 logger = Logger(service="tally", level=SETTINGS.log_level)
+ROUTE_AUTH = {"iam": {"authorizer": IAMAuthorizer()}, "api_key": {"api_key_required": True}, "none": {}}[
+    SETTINGS.api_auth]
 # The engine logs through the standard library ("tally.*"); give those loggers the same structured JSON.
 copy_config_to_registered_loggers(source_logger=logger,
                                   include={"tally.mapper", "tally.reducer", "tally.reconcile"})
@@ -62,13 +64,13 @@ def reconcile_inputs(event):
     return reports
 
 
-@app.route("/jobs", methods=["GET"])
+@app.route("/jobs", methods=["GET"], **ROUTE_AUTH)
 @json_api
 def list_jobs():
     return {"jobs": [job.describe() for job in get_runtime().jobs]}
 
 
-@app.route("/jobs/{job}/results", methods=["GET"])
+@app.route("/jobs/{job}/results", methods=["GET"], **ROUTE_AUTH)
 @json_api
 def job_results(job):
     runtime = get_runtime()
@@ -79,7 +81,7 @@ def job_results(job):
             "next_cursor": page.next_cursor}
 
 
-@app.route("/jobs/{job}/results/{key}", methods=["GET"])
+@app.route("/jobs/{job}/results/{key}", methods=["GET"], **ROUTE_AUTH)
 @json_api
 def job_group(job, key):
     runtime = get_runtime()
@@ -87,7 +89,7 @@ def job_group(job, key):
     return runtime.results.group(runtime.jobs.get(job), unquote(key))
 
 
-@app.route("/jobs/{job}/status", methods=["GET"])
+@app.route("/jobs/{job}/status", methods=["GET"], **ROUTE_AUTH)
 @json_api
 def job_status(job):
     runtime = get_runtime()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -26,6 +26,9 @@ class Settings(BaseModel):
     # nearly every row is its own group.
     map_max_groups: int = Field(default=500_000, ge=1)
     log_level: str = "INFO"
+    # How the deployed HTTP API is protected: AWS_IAM (SigV4-signed requests), an API Gateway API key, or
+    # nothing (local mode only: it listens on loopback).
+    api_auth: Literal["iam", "api_key", "none"] = "none"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import timedelta
 from decimal import Decimal
 
 import boto3
@@ -122,7 +123,7 @@ def test_after_any_schedule_the_result_is_the_query_over_the_bucket(schedule):
         # Whatever events are still undelivered are lost: the reconcile must make up for them.
         job = runtime.jobs.get(JOB)
         for _ in range(2):
-            runtime.reconciler.reconcile(job)
+            runtime.reconciler.reconcile(job, grace=timedelta(0))
             while runtime.reducer.reduce_job(job).more_pending:
                 pass
 

@@ -237,3 +237,13 @@ def test_max_is_rebuilt_from_retained_partials_when_an_object_goes(lambdas, uplo
         ("/", "GET"): {"requests": 1, "mean_latency_ms": 10.0, "max_latency_ms": 10.0, "bytes": 1},
         ("/x", "GET"): {"requests": 1, "mean_latency_ms": 1.0, "max_latency_ms": 1.0, "bytes": 1},
     }
+
+
+def test_a_row_longer_than_the_read_block_is_read_again_with_bigger_blocks(lambdas, runtime, uploads):
+    runtime.mapper.block_size = 1024
+    long_url = "http://example.com/" + "x" * 50_000
+    rows = uservisits_rows(("1.1.1.1", "1")) + f"2.2.2.2,{long_url},2001-02-03,2,UA,USA,USA-EN,w,1\n"
+    map_and_reduce(lambdas, uploads, uploads.put("uservisits/long.csv", rows))
+
+    assert results(lambdas, "bdb-agg-2a") == {("1.1.1.1",): {"adRevenue": Decimal("1")},
+                                              ("2.2.2.2",): {"adRevenue": Decimal("2")}}

@@ -51,7 +51,12 @@ def test_terraform_declares_mapper_subscription_schedule_and_api(package):
 
     schedules = {name: rule["schedule_expression"] for name, rule in declared["aws_cloudwatch_event_rule"].items()}
     assert schedules == {"reduce_results-event": "rate(1 minute)", "reconcile_inputs-event": "rate(15 minutes)"}
-    assert declared["aws_api_gateway_rest_api"]
+    assert declared["aws_api_gateway_rest_api"]["rest_api"]["body"] == "${local.chalice_api_swagger}"
+    swagger = json.loads(json.loads((package / "chalice.tf.json").read_text())["locals"]["chalice_api_swagger"])
+    paths = swagger["paths"]
+    methods = [spec for path in paths.values() for verb, spec in path.items() if verb == "get"]
+    assert len(methods) == 4
+    assert all(spec["security"] == [{"sigv4": []}] for spec in methods)  # TALLY_API_AUTH=iam in the stage
 
 
 def test_lambda_role_has_exactly_the_least_privilege_policy(package):

@@ -20,7 +20,7 @@ def served(runtime) -> dict[str, Decimal]:
 
 
 def settle(runtime) -> None:
-    runtime.reconciler.reconcile(runtime.jobs.get(JOB))
+    runtime.reconciler.reconcile(runtime.jobs.get(JOB), grace=dt.timedelta(0))
     runtime.reducer.reduce_job(runtime.jobs.get(JOB))
 
 
@@ -57,14 +57,14 @@ def test_a_settled_job_reconciles_to_nothing(runtime, uploads):
     runtime.mapper.handle(uploads.event(uploads.put("uservisits/a.csv", uservisits_rows(("1.1.1.1", "1")))))
     runtime.reducer.reduce_job(runtime.jobs.get(JOB))
 
-    report = runtime.reconciler.reconcile(runtime.jobs.get(JOB))
+    report = runtime.reconciler.reconcile(runtime.jobs.get(JOB), grace=dt.timedelta(0))
 
     assert (report.mapped, report.removed, report.orphans_deleted) == ([], 0, 0)
 
 
 def test_quarantined_objects_are_not_mapped_again_on_every_reconcile(runtime, uploads):
     runtime.mapper.handle(uploads.event(uploads.put("uservisits/bad.csv", "garbage\n")))
-    report = runtime.reconciler.reconcile(runtime.jobs.get(JOB))
+    report = runtime.reconciler.reconcile(runtime.jobs.get(JOB), grace=dt.timedelta(0))
     assert report.mapped == []
 
 
@@ -75,8 +75,8 @@ def test_orphaned_parts_are_collected_only_once_no_mapper_can_still_be_writing_t
     later = Reconciler(runtime.jobs, runtime.input_store, runtime.state_store, runtime.mapper, runtime.reducer,
                        lambda: utc_now() + dt.timedelta(hours=2))
 
-    assert now.reconcile(runtime.jobs.get(JOB)).orphans_deleted == 0
-    assert later.reconcile(runtime.jobs.get(JOB)).orphans_deleted == 1
+    assert now.reconcile(runtime.jobs.get(JOB), grace=dt.timedelta(0)).orphans_deleted == 0
+    assert later.reconcile(runtime.jobs.get(JOB), grace=dt.timedelta(0)).orphans_deleted == 1
     assert list(runtime.state_store.list(layout.parts_prefix(JOB))) == []
 
 
@@ -89,3 +89,9 @@ def test_tally_backfill_maps_a_prefix_through_the_s3_endpoint(s3_server, runtime
     assert code == 0 and "1 objects mapped" in capsys.readouterr().out
     assert served(runtime) == {"1.1.1.1": Decimal("1.5")}
     assert tally(["backfill", "no-such-job", "--s3-endpoint", s3_server.meta.endpoint_url]) == 2
+
+
+def test_objects_younger_than_the_grace_period_are_left_to_their_own_events(runtime, uploads):
+    uploads.put("uservisits/a.csv", uservisits_rows(("1.1.1.1", "1")))
+    assert runtime.reconciler.reconcile(runtime.jobs.get(JOB)).mapped == []
+    assert len(runtime.reconciler.reconcile(runtime.jobs.get(JOB), grace=dt.timedelta(0)).mapped) == 1

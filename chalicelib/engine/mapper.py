@@ -18,7 +18,7 @@ import pyarrow as pa
 from ..aggregation import AggregationPlan
 from ..aggregation.codec import encode
 from ..errors import BadInput, CommitConflict, ObjectMissing
-from ..formats import BLOCK_SIZE, ReadStats, compression_of, read_batches
+from ..formats import BLOCK_SIZE, MAX_BLOCK_SIZE, ReadStats, RowTooLong, compression_of, read_batches
 from ..jobs import Job, JobCatalog
 from ..storage import ObjectStore
 from . import layout
@@ -129,20 +129,31 @@ class Mapper:
         return outcomes
 
     def _map_group(self, event: ObjectEvent, jobs: list[Job]) -> list[MapOutcome]:
-        try:
-            opened = self.input.open(event.key, if_match=None if event.version_id else event.etag or None,
-                                     version_id=event.version_id)
-        except (ObjectMissing, CommitConflict):
-            # Deleted or overwritten since the event: the newer object's own event maps it.
-            log.info("object superseded before mapping", extra={"key": event.key, "etag": event.etag})
-            return [MapOutcome(job.name, event.key, event.etag, "superseded") for job in jobs]
+        block_size = self.block_size
+        while True:
+            try:
+                opened = self.input.open(event.key, if_match=None if event.version_id else event.etag or None,
+                                         version_id=event.version_id)
+            except (ObjectMissing, CommitConflict):
+                # Deleted or overwritten since the event: the newer object's own event maps it.
+                log.info("object superseded before mapping", extra={"key": event.key, "etag": event.etag})
+                return [MapOutcome(job.name, event.key, event.etag, "superseded") for job in jobs]
+            try:
+                return self._map_stream(event, jobs, opened, block_size)
+            except RowTooLong:
+                if block_size >= MAX_BLOCK_SIZE:
+                    raise
+                # Arrow needs a whole row inside one block: read again with blocks big enough for it.
+                block_size = min(block_size * 16, MAX_BLOCK_SIZE)
+                log.info("row longer than the block; mapping again", extra={"key": event.key, "block": block_size})
+
+    def _map_stream(self, event: ObjectEvent, jobs: list[Job], opened, block_size: int) -> list[MapOutcome]:
         etag = event.etag or opened.etag
-        version = event.version_id or etag
+        contribution = layout.contribution_id(event.key, event.version_id or etag)
         stats = ReadStats()
-        contribution = layout.contribution_id(event.key, version)
         meta = {"key": event.key, "etag": etag, "version_id": event.version_id, "sequencer": event.sequencer,
                 "size": opened.size}
-        split = f"g{self.max_groups}b{self.block_size}"
+        split = f"g{self.max_groups}b{block_size}"
         writers = {job.name: _PartWriter(self.state, job, contribution, split) for job in jobs}
         accumulators = {
             job.name: _Accumulator(job.plan, self.max_groups, lambda part, w=writers[job.name]: w.write(part, meta))
@@ -152,7 +163,7 @@ class Mapper:
         reader = replace(jobs[0].format.reader(), include=tuple(n for n in jobs[0].format.columns if n in used))
         try:
             with opened.body as body:
-                for batch in read_batches(body, reader, compression_of(event.key), stats, self.block_size):
+                for batch in read_batches(body, reader, compression_of(event.key), stats, block_size):
                     for accumulator in accumulators.values():
                         accumulator.add(batch)
             if stats.rows == 0 and stats.bad_rows:
@@ -160,8 +171,11 @@ class Mapper:
                                + "; ".join(stats.bad_row_examples))
         except BadInput as error:
             for job in jobs:
-                self._quarantine(job, event, etag, contribution, error)
                 self.state.delete(writers[job.name].written)  # parts spilled before the error: never whole
+            if isinstance(error, RowTooLong) and block_size < MAX_BLOCK_SIZE:
+                raise
+            for job in jobs:
+                self._quarantine(job, event, etag, contribution, error)
             return [MapOutcome(job.name, event.key, etag, "quarantined", reason=str(error)) for job in jobs]
 
         outcomes = []

@@ -25,6 +25,9 @@ from .reducer import Reducer
 
 log = logging.getLogger("tally.reconcile")
 ORPHAN_AGE = timedelta(hours=1)
+# Objects younger than this are left to their own events, which are most likely still in flight: mapping
+# them here too would only duplicate the work. An on-demand backfill passes zero.
+EVENT_GRACE = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class Reconciler:
         self.jobs, self.input, self.state = jobs, input_store, state_store
         self.mapper, self.reducer, self.clock = mapper, reducer, clock
 
-    def plan(self, job: Job) -> ReconcilePlan:
+    def plan(self, job: Job, grace: timedelta = EVENT_GRACE) -> ReconcilePlan:
         manifest, _ = self.reducer.read_manifest(job)
         ledger = self.reducer.read_ledger(manifest).to_pylist()
         live = {(e["key"], e["etag"]) for e in ledger}
@@ -60,12 +63,15 @@ class Reconciler:
         quarantined = {o.key.rsplit("/", 1)[-1].removesuffix(".json")
                        for o in self.state.list(layout.quarantine_prefix(job.name))}
         landed = [o for o in self.input.list(job.prefix) if job.matches(o.key)]
+        settled = self.clock() - grace
         to_map = tuple(
             o for o in landed
             if (o.key, o.etag) not in live
             and layout.contribution_id(o.key, o.etag) not in waiting | quarantined
+            and (o.last_modified is None or o.last_modified <= settled)
         )
         present = {o.key for o in landed}
+        # A live key missing from the listing was removed (S3 lists what it has, strongly consistent).
         removed = tuple(sorted({e["key"] for e in ledger} - present))
         cutoff = self.clock() - ORPHAN_AGE
         orphaned = tuple(
@@ -75,9 +81,9 @@ class Reconciler:
         )
         return ReconcilePlan(job.name, to_map, removed, orphaned)
 
-    def reconcile(self, job: Job, max_seconds: float = 600.0,
-                  progress: Callable[[int, int], None] | None = None) -> ReconcileReport:
-        plan = self.plan(job)
+    def reconcile(self, job: Job, max_seconds: float = 600.0, progress: Callable[[int, int], None] | None = None,
+                  grace: timedelta = EVENT_GRACE) -> ReconcileReport:
+        plan = self.plan(job, grace)
         report = ReconcileReport(job.name)
         deadline = time.monotonic() + max_seconds
         for done, obj in enumerate(plan.to_map):

@@ -19,6 +19,7 @@ import pyarrow.json as pa_json
 
 from ..errors import BadInput
 
+MAX_BLOCK_SIZE = 64 << 20  # the longest row Tally reads; a longer one quarantines its file
 BLOCK_SIZE = 2 << 20  # Arrow reads a few blocks ahead: 8 MB blocks cost ~300 MB more RSS on a 1 GB object
 _COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip"}
 
@@ -159,12 +160,20 @@ def read_batches(
         message = _first_line(exc)
         row = _ROW.search(message)
         line = int(row[1]) if row else stats.first_bad_line  # Arrow counts physical rows, header included
+        if _STRADDLING.search(message):
+            raise RowTooLong(f"a row is longer than the {block_size:,}-byte read block",
+                             offset=stats.bytes_read) from exc
         raise BadInput(message, line=line, offset=stats.bytes_read) from exc
 
 
 _ROW = re.compile(r"Row #(\d+)")
 _EMPTY = re.compile(r"^Empty (CSV file|JSON)")
 _SHORT = re.compile(r"^Could not skip initial")
+_STRADDLING = re.compile(r"straddl")
+
+
+class RowTooLong(BadInput):
+    """A row does not fit in one read block; reading again with bigger blocks can map it."""
 
 
 def _first_line(exc: BaseException) -> str:

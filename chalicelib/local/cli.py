@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_backfill(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
     from botocore.exceptions import EndpointConnectionError
     from rich.console import Console
     from rich.progress import Progress
@@ -88,7 +90,8 @@ def _run_backfill(args: argparse.Namespace) -> int:
         with Progress(console=console) as progress:
             task = progress.add_task(f"backfilling {job.name}", total=None)
             report = runtime.reconciler.reconcile(
-                job, progress=lambda done, total: progress.update(task, completed=done, total=total))
+                job, progress=lambda done, total: progress.update(task, completed=done, total=total),
+                grace=timedelta(0))
     except TallyError as error:
         console.print(f"[red]error:[/] {error}")
         return 2
