@@ -25,10 +25,6 @@ def contribution_id(key: str, version: str) -> str:
     return hashlib.sha256(f"{key}\0{version}".encode()).hexdigest()[:32]
 
 
-def job_root(job: str) -> str:
-    return f"jobs/{job}/"
-
-
 def inbox_prefix(job: str) -> str:
     return f"jobs/{job}/inbox/"
 

@@ -202,19 +202,7 @@ class Reducer:
             entries.pop(entry["key"], None)
         for marker in plan.add:
             entries[marker["key"]] = _ledger_entry(marker, generation)
-        added, broken = [], []
-        for marker in plan.add:
-            try:
-                added += self.read_parts(job, marker["parts"])
-            except (ObjectMissing, PartialMismatch):
-                broken.append(marker)
-        if broken:
-            # Parts gone (a stale version's clean-up raced its re-mapping) or written for another definition
-            # of the job: drop those markers and retry; the reconcile maps a still-current version again.
-            log.warning("dropping markers with unusable parts", extra={"job": job.name, "keys": [m["key"] for m in broken]})
-            self.state.delete([layout.inbox_key(job.name, m["contribution"]) for m in broken])
-            self._delete_parts(job, tuple(m["contribution"] for m in broken))
-            raise CommitConflict("markers with unusable parts were dropped; retrying without them")
+        added = self._read_added_parts(job, plan)
         with _superseded_is_conflict():
             base = self.read_result(job, gathered.manifest)
         if not plan.retract:
@@ -232,6 +220,26 @@ class Reducer:
         report.merged, report.retracted = len(plan.add), len(plan.retract)
         log.info("applied changes", extra={"job": job.name, "generation": generation, "added": len(plan.add),
                                            "retracted": len(plan.retract), "rows": result.num_rows})
+
+    def _read_added_parts(self, job: Job, plan: ChangePlan) -> list[pa.Table]:
+        def read(marker: dict) -> list[pa.Table] | None:
+            try:
+                return [decode(self.state.get(key)[0], job.plan.fingerprint)[0] for key in marker["parts"]]
+            except (ObjectMissing, PartialMismatch):
+                return None
+
+        with ThreadPoolExecutor(8) as pool:
+            read_parts = list(pool.map(read, plan.add))
+        broken = [marker for marker, tables in zip(plan.add, read_parts) if tables is None]
+        if broken:
+            # Parts gone (a stale version's clean-up raced its re-mapping) or written for another definition
+            # of the job: drop those markers and retry; the reconcile maps a still-current version again.
+            log.warning("dropping markers with unusable parts",
+                        extra={"job": job.name, "keys": [m["key"] for m in broken]})
+            self.state.delete([layout.inbox_key(job.name, m["contribution"]) for m in broken])
+            self._delete_parts(job, tuple(m["contribution"] for m in broken))
+            raise CommitConflict("markers with unusable parts were dropped; retrying without them")
+        return [table for tables in read_parts for table in tables]
 
     def _commit(self, job: Job, gathered: Gathered, generation: int, result: pa.Table, ledger: pa.Table):
         result_key, ledger_key = layout.generation_keys(job.name, generation)
