@@ -45,6 +45,11 @@ def inbox_key(job: str, marker: str) -> str:
     return f"{inbox_prefix(job)}{marker}.json"
 
 
+def id_of(json_key: str) -> str:
+    """The marker or contribution id an inbox or quarantine key is named by."""
+    return json_key.rsplit("/", 1)[-1].removesuffix(".json")
+
+
 def removal_marker(key: str, sequencer: str | None) -> str:
     """Marker id of an ObjectRemoved event: S3's sequencer makes repeats of one event share it."""
     return contribution_id(key, "removed:" + (sequencer or uuid.uuid4().hex))

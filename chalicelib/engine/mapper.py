@@ -107,10 +107,10 @@ class Mapper:
             outcomes += self.map_object(record) if record.created else self.note_removal(record)
         return outcomes
 
-    def note_removal(self, event: ObjectEvent) -> list[MapOutcome]:
+    def note_removal(self, event: ObjectEvent, jobs: list[Job] | None = None) -> list[MapOutcome]:
         """ObjectRemoved: tell each job's reducer to retract whatever version of the key it holds."""
         outcomes = []
-        for job in self.jobs.for_key(event.key):
+        for job in self.jobs.for_key(event.key) if jobs is None else jobs:
             marker = layout.removal_marker(event.key, event.sequencer)
             body = {"kind": "removed", "contribution": marker, "key": event.key, "sequencer": event.sequencer,
                     "at": self.clock().isoformat()}

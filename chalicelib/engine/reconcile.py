@@ -8,14 +8,12 @@ have no marker, once they are old enough that no mapper can still be writing the
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable
 
-from ..errors import ObjectMissing
 from ..jobs import Job, JobCatalog
 from ..storage import ObjectStore, StoredObject
 from . import layout
@@ -59,9 +57,8 @@ class Reconciler:
         ledger = self.reducer.read_ledger(manifest).to_pylist()
         live = {(e["key"], e["etag"]) for e in ledger}
         live_contributions = {e["contribution"] for e in ledger}
-        waiting = {o.key.rsplit("/", 1)[-1].removesuffix(".json") for o in self.state.list(layout.inbox_prefix(job.name))}
-        quarantined = {o.key.rsplit("/", 1)[-1].removesuffix(".json")
-                       for o in self.state.list(layout.quarantine_prefix(job.name))}
+        waiting = {layout.id_of(o.key) for o in self.state.list(layout.inbox_prefix(job.name))}
+        quarantined = {layout.id_of(o.key) for o in self.state.list(layout.quarantine_prefix(job.name))}
         landed = [o for o in self.input.list(job.prefix) if job.matches(o.key)]
         settled = self.clock() - grace
         to_map = tuple(
@@ -95,24 +92,15 @@ class Reconciler:
             if progress:
                 progress(done + 1, len(plan.to_map))
         for key in plan.removed:
-            if self._still_gone(key):
-                marker = layout.removal_marker(key, None)
-                body = {"kind": "removed", "contribution": marker, "key": key, "sequencer": None,
-                        "at": self.clock().isoformat()}
-                self.state.put(layout.inbox_key(job.name, marker), json.dumps(body).encode(), "application/json")
-                report.removed += 1
+            if self.input.head(key) is None:  # still gone: not re-uploaded since the listing
+                event = ObjectEvent(self.input.bucket, key, "", 0, name="ObjectRemoved:Reconcile")
+                report.removed += len(self.mapper.note_removal(event, [job]))
         if plan.orphaned_parts:
             self.state.delete(list(plan.orphaned_parts))
             report.orphans_deleted = len(plan.orphaned_parts)
         log.info("reconciled", extra={"job": job.name, "mapped": len(report.mapped), "removed": report.removed,
                                       "orphans": report.orphans_deleted, "left": report.left})
         return report
-
-    def _still_gone(self, key: str) -> bool:
-        try:
-            return self.input.head(key) is None
-        except ObjectMissing:
-            return True
 
     def reconcile_all(self, max_seconds: float = 600.0) -> list[ReconcileReport]:
         deadline = time.monotonic() + max_seconds
