@@ -43,6 +43,10 @@ def s3_server():
 
     from moto.server import ThreadedMotoServer
 
+    from chalicelib.local.moto_server import cache_service_lookup
+
+    cache_service_lookup()
+
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

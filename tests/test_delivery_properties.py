@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from moto import mock_aws
 
 from chalicelib.engine.changes import plan_changes
+from chalicelib.engine.mapper import INLINE_LIMIT
 from chalicelib.engine.reducer import Reducer, ReduceReport
 from chalicelib.errors import CommitConflict
 from chalicelib.runtime import Runtime, utc_now
@@ -66,8 +67,9 @@ def served(runtime) -> dict[str, Decimal]:
     return dict(zip(table.column("sourceIP_prefix").to_pylist(), table.column("adRevenue").to_pylist()))
 
 
-def run(schedule, s3) -> Runtime:
+def run(schedule, s3, inline_limit: int) -> Runtime:
     runtime = Runtime(Settings(input_bucket=INPUT, state_bucket=STATE), s3_client=s3)
+    runtime.mapper.inline_limit = inline_limit
     job, uploads, pending = runtime.jobs.get(JOB), Uploader(s3), []
     for step in schedule:
         kind = step[0]
@@ -112,14 +114,15 @@ def run(schedule, s3) -> Runtime:
     return runtime
 
 
-@given(SCHEDULES)
-def test_after_any_schedule_the_result_is_the_query_over_the_bucket(schedule):
+# Partials in their own parts, or carried inline by markers and kept in packs by the reducer.
+@given(SCHEDULES, st.sampled_from([0, INLINE_LIMIT]))
+def test_after_any_schedule_the_result_is_the_query_over_the_bucket(schedule, inline_limit):
     note(f"schedule: {schedule}")
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=INPUT)
         s3.create_bucket(Bucket=STATE)
-        runtime = run(schedule, s3)
+        runtime = run(schedule, s3, inline_limit)
         # Whatever events are still undelivered are lost: the reconcile must make up for them.
         job = runtime.jobs.get(JOB)
         for _ in range(2):

@@ -1,6 +1,7 @@
 """The mapper Lambda: given objects in the input bucket and their S3 events, these partials and results."""
 from __future__ import annotations
 
+import base64
 import json
 from decimal import Decimal
 
@@ -41,11 +42,24 @@ def test_csv_object_becomes_one_partial_per_matching_job(lambdas, runtime, uploa
         ("bdb-agg-2a", "mapped", 4), ("bdb-agg-2b", "mapped", 4), ("bdb-agg-2c", "mapped", 4)]
     [key] = inbox(runtime, "bdb-agg-2a")
     marker = json.loads(runtime.state_store.get(key)[0])
-    [part] = marker["parts"]
-    partial, meta = decode(runtime.state_store.get(part)[0], runtime.jobs.get("bdb-agg-2a").plan.fingerprint)
+    # A small object's partial travels inside its marker: no part object, one PUT per job.
+    assert marker["parts"] == [] and list(runtime.state_store.list(layout.parts_prefix("bdb-agg-2a"))) == []
+    partial, meta = decode(base64.b64decode(marker["inline"]), runtime.jobs.get("bdb-agg-2a").plan.fingerprint)
     assert dict(zip(partial.column("sourceIP_prefix").to_pylist(), partial.column("adRevenue").to_pylist())) == {
         "158.112.": Decimal("3.750001"), "10.0.0.1": Decimal("100")}
     assert meta["key"] == "uservisits/part-0.csv" and meta["rows"] == 4
+
+
+def test_a_partial_above_the_inline_limit_is_written_as_a_part_the_marker_names(runtime, uploads):
+    runtime.mapper.inline_limit = 0
+    runtime.mapper.handle(uploads.event(uploads.put("uservisits/part-0.csv", CSV)))
+
+    [key] = inbox(runtime, "bdb-agg-2a")
+    marker = json.loads(runtime.state_store.get(key)[0])
+    [part] = marker["parts"]
+    assert "inline" not in marker
+    partial, _ = decode(runtime.state_store.get(part)[0], runtime.jobs.get("bdb-agg-2a").plan.fingerprint)
+    assert partial.num_rows == 2
 
 
 def test_gzip_csv_maps_like_plain_csv(lambdas, uploads):
@@ -208,8 +222,30 @@ def test_a_deleted_object_is_retracted_and_its_groups_disappear(lambdas, runtime
 
     assert results(lambdas, "bdb-agg-2a") == {("10.0.0.1",): {"adRevenue": Decimal("5")}}
     assert status(lambdas, "bdb-agg-2a")["idle"] is True
-    parts = [o.key for o in runtime.state_store.list("jobs/bdb-agg-2a/parts/")]
-    assert len(parts) == 1  # only b.csv's partial is kept
+    assert retained(runtime, "bdb-agg-2a") == {"10.0.0.1": Decimal("5")}  # only b.csv's partial is kept
+
+
+def retained(runtime, job: str) -> dict:
+    """What the reducer would rebuild the result from: the retained partials of every live version."""
+    manifest, _ = runtime.reducer.read_manifest(runtime.jobs.get(job))
+    entries = runtime.reducer.read_ledger(manifest).to_pylist()
+    tables = runtime.reducer.read_retained(runtime.jobs.get(job), entries)
+    return {k: v for t in tables for k, v in zip(t.column(0).to_pylist(), t.column(1).to_pylist())}
+
+
+def test_small_partials_are_kept_in_a_pack_until_no_live_version_needs_it(lambdas, runtime, uploads):
+    map_and_reduce(lambdas, uploads, uploads.put("uservisits/a.csv", CSV),
+                   uploads.put("uservisits/b.csv", uservisits_rows(("10.0.0.1", "5"))))
+    [pack] = [o.key for o in runtime.state_store.list(layout.packs_prefix("bdb-agg-2a"))]
+    map_and_reduce(lambdas, uploads, uploads.delete("uservisits/a.csv"))
+    assert [o.key for o in runtime.state_store.list(layout.packs_prefix("bdb-agg-2a"))] == [pack]  # b needs it
+
+    map_and_reduce(lambdas, uploads, uploads.put("uservisits/b.csv", uservisits_rows(("10.0.0.9", "7"))))
+
+    [newer] = [o.key for o in runtime.state_store.list(layout.packs_prefix("bdb-agg-2a"))]
+    assert newer != pack
+    assert retained(runtime, "bdb-agg-2a") == {"10.0.0.9": Decimal("7")}
+    assert results(lambdas, "bdb-agg-2a") == {("10.0.0.9",): {"adRevenue": Decimal("7")}}
 
 
 def test_a_removal_handled_before_the_creation_event_leaves_nothing(lambdas, uploads):

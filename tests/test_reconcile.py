@@ -68,16 +68,22 @@ def test_quarantined_objects_are_not_mapped_again_on_every_reconcile(runtime, up
     assert report.mapped == []
 
 
-def test_orphaned_parts_are_collected_only_once_no_mapper_can_still_be_writing_them(runtime, uploads):
+def test_orphaned_parts_and_packs_are_collected_only_once_nothing_can_still_be_writing_them(runtime, uploads):
+    runtime.mapper.handle(uploads.event(uploads.put("uservisits/a.csv", uservisits_rows(("1.1.1.1", "1")))))
+    runtime.reducer.reduce_job(runtime.jobs.get(JOB))
+    [live_pack] = [o.key for o in runtime.state_store.list(layout.packs_prefix(JOB))]
     runtime.state_store.put(layout.part_key(JOB, "orphan", "g1b1", 0), b"left by a crashed mapper")
+    runtime.state_store.put(layout.generation_keys(JOB, 9).pack, b"left by a reducer that lost its race")
     now = Reconciler(runtime.jobs, runtime.input_store, runtime.state_store, runtime.mapper, runtime.reducer,
                      utc_now)
     later = Reconciler(runtime.jobs, runtime.input_store, runtime.state_store, runtime.mapper, runtime.reducer,
                        lambda: utc_now() + dt.timedelta(hours=2))
 
     assert now.reconcile(runtime.jobs.get(JOB), grace=dt.timedelta(0)).orphans_deleted == 0
-    assert later.reconcile(runtime.jobs.get(JOB), grace=dt.timedelta(0)).orphans_deleted == 1
+    assert later.reconcile(runtime.jobs.get(JOB), grace=dt.timedelta(0)).orphans_deleted == 2
     assert list(runtime.state_store.list(layout.parts_prefix(JOB))) == []
+    assert [o.key for o in runtime.state_store.list(layout.packs_prefix(JOB))] == [live_pack]
+    assert served(runtime) == {"1.1.1.1": Decimal("1")}
 
 
 def test_tally_backfill_maps_a_prefix_through_the_s3_endpoint(s3_server, runtime, uploads, capsys):

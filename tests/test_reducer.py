@@ -165,3 +165,51 @@ def test_a_high_cardinality_object_is_mapped_in_parts_and_merged_once_whole(runt
     assert len(listing(runtime, layout.parts_prefix(JOB))) > 2  # kept: a later retraction may need them
     assert served(runtime) == expected({"uservisits/wide.csv": rows})
     assert listing(runtime, layout.inbox_prefix(JOB)) == []
+
+
+class CountingStore:
+    """Passes every call through to `store`, counting them by operation."""
+
+    def __init__(self, store):
+        self.store, self.calls = store, {}
+
+    def __getattr__(self, name):
+        target = getattr(self.store, name)
+        if not callable(target):
+            return target
+
+        def call(*args, **kwargs):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return target(*args, **kwargs)
+        return call
+
+
+@pytest.mark.parametrize("page", [1000, 3])  # a page that cannot cover the keys' range: the rest by HEAD
+def test_current_versions_from_a_listing_are_what_head_says(runtime, uploads, monkeypatch, page):
+    monkeypatch.setattr("chalicelib.engine.reducer.LIST_PAGE", page)
+    for i in range(90):
+        if i % 3:
+            uploads.put(f"uservisits/k{i:03d}.csv", uservisits_rows(("1.1.1.1", str(i))))
+    uploads.put("uservisits/k0.csv", "before the range")
+    uploads.put("uservisits/l.csv", "after the range")
+    keys = [f"uservisits/k{i:03d}.csv" for i in range(0, 90, 2)]  # 45 keys, a third of them absent
+    counting = CountingStore(runtime.input_store)
+
+    current = Reducer(runtime.jobs, runtime.state_store, counting, utc_now).current_versions(keys)
+
+    assert {k: c and c.etag for k, c in current.items()} == {
+        k: h and h.etag for k in keys for h in [runtime.input_store.head(k)]}
+    assert sum(c is None for c in current.values()) == 15
+    # Page 3: the budget (3 listed objects: k001, k002, k004) answers k000, k002 and k004; HEADs the rest.
+    assert counting.calls.get("head", 0) == (0 if page == 1000 else 45 - 3)
+
+
+def test_a_handful_of_keys_is_answered_by_head(runtime, uploads):
+    uploads.put("uservisits/a.csv", uservisits_rows(("1.1.1.1", "1")))
+    counting = CountingStore(runtime.input_store)
+
+    current = Reducer(runtime.jobs, runtime.state_store, counting, utc_now).current_versions(
+        ["uservisits/a.csv", "uservisits/b.csv"])
+
+    assert current["uservisits/b.csv"] is None and current["uservisits/a.csv"].version_id is None
+    assert counting.calls == {"head": 2}

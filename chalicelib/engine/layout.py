@@ -6,7 +6,11 @@
                                                mapper's memory bounded); kept while that version is live,
                                                so it can be retracted or a result rebuilt from them
     jobs/<job>/inbox/<marker>.json             a change to apply, written after its parts: an object version
-                                               was mapped (its parts are listed), or an object was removed
+                                               was mapped (its parts are listed, or a small partial is carried
+                                               inline), or an object was removed
+    jobs/<job>/packs/<generation>-<token>.arrow     the inline partials one reducer commit made live, kept
+                                               together (one row set per contribution) for the same reasons
+                                               as parts; deleted once none of them is live
     jobs/<job>/quarantine/<contribution>.json  why an input object version could not be mapped
     jobs/<job>/manifest.json                   the commit point: which result and ledger are current
     jobs/<job>/results/<generation>-<token>.arrow   merged state (immutable; the manifest names the live one)
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from typing import NamedTuple
 
 
 def contribution_id(key: str, version: str) -> str:
@@ -39,6 +44,15 @@ def part_key(job: str, contribution: str, split: str, index: int) -> str:
 
 def contribution_of_part(key: str) -> str:
     return key.rsplit("/", 2)[-2]
+
+
+def packs_prefix(job: str) -> str:
+    return f"jobs/{job}/packs/"
+
+
+def is_pack(ref: str) -> bool:
+    """Whether a ledger entry's reference names a pack (shared by contributions) rather than its own part."""
+    return "/packs/" in ref
 
 
 def inbox_key(job: str, marker: str) -> str:
@@ -76,11 +90,18 @@ def ledger_prefix(job: str) -> str:
     return f"jobs/{job}/ledger/"
 
 
-def generation_keys(job: str, generation: int) -> tuple[str, str]:
-    """Fresh keys for a result and its ledger: unique per attempt, so racing reducers never share one."""
+class GenerationKeys(NamedTuple):
+    result: str
+    ledger: str
+    pack: str
+
+
+def generation_keys(job: str, generation: int) -> GenerationKeys:
+    """Fresh keys for a result, its ledger and its pack: unique per attempt, so racing reducers never share
+    one."""
     token = uuid.uuid4().hex[:12]
     name = f"{generation:012d}-{token}.arrow"
-    return results_prefix(job) + name, ledger_prefix(job) + name
+    return GenerationKeys(results_prefix(job) + name, ledger_prefix(job) + name, packs_prefix(job) + name)
 
 
 def generation_of(key: str) -> int:

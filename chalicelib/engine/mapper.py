@@ -7,6 +7,7 @@ follows the number of groups, not the object's size. The partial is written unde
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from dataclasses import asdict, dataclass, replace
@@ -25,6 +26,9 @@ from . import layout
 from .events import ObjectEvent, parse_records
 
 log = logging.getLogger("tally.mapper")
+# A whole object's partial up to this size travels inside its marker. For small objects the requests are the
+# cost, not the bytes: this saves a PUT here and a GET in the reducer, which keeps such partials in packs.
+INLINE_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -82,21 +86,36 @@ class _PartWriter:
         self.written: list[str] = []
 
     def write(self, partial: pa.Table, meta: dict) -> None:
-        key = layout.part_key(self.job.name, self.contribution, self.split, len(self.written))
-        self.store.put(key, encode(partial, self.job.plan.fingerprint, {**meta, "part": len(self.written)}))
-        self.written.append(key)
+        self._put(self._encode(partial, meta))
 
-    def commit(self, marker: dict) -> None:
-        """The marker goes last: once it is in the inbox, every part it names is there."""
-        body = json.dumps({**marker, "kind": "put", "contribution": self.contribution, "parts": self.written})
-        self.store.put(layout.inbox_key(self.job.name, self.contribution), body.encode(), "application/json")
+    def commit(self, partial: pa.Table, meta: dict, inline_limit: int) -> None:
+        """The last part, then the marker: once the marker is in the inbox, every part it names is there.
+        An object that fits in one small partial needs no part at all: the marker carries it."""
+        data = self._encode(partial, meta)
+        marker = {**meta, "kind": "put", "contribution": self.contribution}
+        if not self.written and len(data) <= inline_limit:
+            marker["inline"] = base64.b64encode(data).decode()
+        else:
+            self._put(data)
+        marker["parts"] = self.written
+        self.store.put(layout.inbox_key(self.job.name, self.contribution), json.dumps(marker).encode(),
+                       "application/json")
+
+    def _encode(self, partial: pa.Table, meta: dict) -> bytes:
+        return encode(partial, self.job.plan.fingerprint, {**meta, "part": len(self.written)})
+
+    def _put(self, data: bytes) -> None:
+        key = layout.part_key(self.job.name, self.contribution, self.split, len(self.written))
+        self.store.put(key, data)
+        self.written.append(key)
 
 
 class Mapper:
     def __init__(self, jobs: JobCatalog, input_store: ObjectStore, state_store: ObjectStore,
-                 clock: Callable[[], datetime], max_groups: int = 500_000, block_size: int = BLOCK_SIZE):
+                 clock: Callable[[], datetime], max_groups: int = 500_000, block_size: int = BLOCK_SIZE,
+                 inline_limit: int = INLINE_LIMIT):
         self.jobs, self.input, self.state, self.clock = jobs, input_store, state_store, clock
-        self.max_groups, self.block_size = max_groups, block_size
+        self.max_groups, self.block_size, self.inline_limit = max_groups, block_size, inline_limit
 
     def handle(self, event: dict) -> list[MapOutcome]:
         """Every record of an S3 (or SQS-wrapped S3) event; the handler's whole job."""
@@ -183,8 +202,7 @@ class Mapper:
                    "mapped_at": self.clock().isoformat()}
         for job in jobs:
             partial = accumulators[job.name].result()
-            writers[job.name].write(partial, summary)
-            writers[job.name].commit(summary)
+            writers[job.name].commit(partial, summary, self.inline_limit)
             outcomes.append(MapOutcome(job.name, event.key, etag, "mapped", stats.rows, stats.bytes_read,
                                        partial.num_rows))
         return outcomes

@@ -3,8 +3,9 @@
 S3 may drop an event, a throttled Lambda may give up on one, and a job added later has never seen the objects
 already in its prefix. The reconcile lists the prefix and maps every object version that is neither live in
 the ledger, nor waiting in the inbox, nor quarantined (that is also the backfill), and notes the removal of
-every live key whose object is gone. It also deletes orphaned parts: those of versions that are not live and
-have no marker, once they are old enough that no mapper can still be writing them.
+every live key whose object is gone. It also deletes orphaned parts and packs: those of versions that are not
+live and have no marker (packs: that no live version references), once they are old enough that no mapper or
+reducer can still be writing them.
 """
 from __future__ import annotations
 
@@ -71,10 +72,14 @@ class Reconciler:
         # A live key missing from the listing was removed (S3 lists what it has, strongly consistent).
         removed = tuple(sorted({e["key"] for e in ledger} - present))
         cutoff = self.clock() - ORPHAN_AGE
+        referenced = {ref for e in ledger for ref in e["parts"]}
         orphaned = tuple(
             o.key for o in self.state.list(layout.parts_prefix(job.name))
             if layout.contribution_of_part(o.key) not in live_contributions | waiting
             and o.last_modified is not None and o.last_modified < cutoff
+        ) + tuple(
+            o.key for o in self.state.list(layout.packs_prefix(job.name))
+            if o.key not in referenced and o.last_modified is not None and o.last_modified < cutoff
         )
         return ReconcilePlan(job.name, to_map, removed, orphaned)
 

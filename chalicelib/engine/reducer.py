@@ -15,16 +15,20 @@ ledger turns into no-ops on the next run. Late duplicates are no-ops the same wa
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
-from typing import Callable
+from typing import Callable, Iterable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..aggregation.codec import decode, encode
 from ..errors import CommitConflict, ObjectMissing, PartialMismatch
@@ -41,6 +45,9 @@ LEDGER_SCHEMA = pa.schema([
     ("mapped_at", pa.string()), ("generation", pa.int64()), ("parts", pa.list_(pa.string())),
 ])
 _LEDGER_FINGERPRINT = "ledger-v2"
+# A listing page holds 1,000 keys: worth it over HEADs from about this many keys, if enough of a page is ours.
+LIST_PAGE, LIST_MIN_KEYS, LIST_MIN_KEYS_PER_PAGE = 1000, 20, 50
+_CONTRIBUTION = "__contribution"  # a pack's column: whose partial a row is
 
 
 @dataclass(frozen=True)
@@ -156,17 +163,48 @@ class Reducer:
             log.exception("reduce failed", extra={"job": job.name})
             return ReduceReport(job.name, errors=[f"{type(exc).__name__}: {exc}"])
 
-    def gather(self, job: Job) -> Gathered:
+    def gather(self, job: Job, listed: list[str] | None = None) -> Gathered:
+        if listed is None:
+            listed = self.list_inbox(job)
+        # The manifest may be read after the listing: the ledger, not the order of reads, makes a marker that
+        # another run applied meanwhile a no-op.
         manifest, etag = self.read_manifest(job)
         with _superseded_is_conflict():
             ledger = self.read_ledger(manifest)
-        listed = [o.key for o in self.state.list(layout.inbox_prefix(job.name))]
         with ThreadPoolExecutor(8) as pool:
             markers = [m for m in pool.map(self._read_marker, listed[: self.batch]) if m is not None]
-            keys = sorted({m["key"] for m in markers})
-            heads = dict(zip(keys, pool.map(self.input.head, keys)))
-        current = {key: head and Current(head.etag, head.version_id) for key, head in heads.items()}
+        # Read after the markers: S3's answer is then at least as new as every marker it is compared with.
+        current = self.current_versions(sorted({m["key"] for m in markers}))
         return Gathered(manifest, etag, ledger, markers, current, len(listed) > self.batch)
+
+    def current_versions(self, keys: list[str]) -> dict[str, Current | None]:
+        """What the input bucket holds now for each key (sorted). Objects that land together mostly sort
+        together (a prefix and a counter or a timestamp), so listing the keys' range answers for up to 1,000
+        keys a request where HEAD answers for one; a range that turns out sparse is finished with HEADs."""
+        current: dict[str, Current | None] = {}
+        covered = ""  # every key up to this one is answered by the listing
+        if len(keys) >= LIST_MIN_KEYS:
+            wanted, budget = set(keys), (len(keys) // LIST_MIN_KEYS_PER_PAGE + 1) * LIST_PAGE
+            covered = keys[-1]
+            listing = self.input.list(os.path.commonprefix(keys), start_after=keys[0][:-1])
+            for seen, obj in enumerate(listing):
+                if obj.key > keys[-1]:
+                    break
+                if seen >= budget:
+                    covered = previous
+                    break
+                if obj.key in wanted:
+                    current[obj.key] = Current(obj.etag)
+                previous = obj.key
+            current.update({key: None for key in keys if key <= covered and key not in current})
+        rest = [key for key in keys if key > covered]
+        with ThreadPoolExecutor(8) as pool:
+            for key, head in zip(rest, pool.map(self.input.head, rest)):
+                current[key] = head and Current(head.etag, head.version_id)
+        return current
+
+    def list_inbox(self, job: Job) -> list[str]:
+        return [o.key for o in self.state.list(layout.inbox_prefix(job.name))]
 
     def _read_marker(self, key: str) -> dict | None:
         try:
@@ -182,7 +220,10 @@ class Reducer:
         return None
 
     def reduce_job(self, job: Job) -> ReduceReport:
-        gathered = self.gather(job)
+        listed = self.list_inbox(job)
+        if not listed:
+            return ReduceReport(job.name)  # an idle tick costs one LIST
+        gathered = self.gather(job, listed)
         plan = plan_changes(gathered.entries, gathered.markers, gathered.current)
         report = ReduceReport(job.name, generation=gathered.manifest.generation if gathered.manifest else None,
                               more_pending=gathered.more_pending)
@@ -191,41 +232,69 @@ class Reducer:
         report.dropped = len(plan.processed) - report.merged
         # Committed, or nothing to commit. Clean-up only: a crash here is redone by the next run.
         self.state.delete([layout.inbox_key(job.name, marker) for marker in plan.processed])
-        self._delete_parts(job, plan.stale_contributions)
+        # Inline partials have no parts of their own; packs are freed by the commit that stops needing them.
+        with_parts = {m["contribution"] for m in gathered.markers if m.get("parts")} | {
+            e["contribution"] for e in plan.retract if not all(map(layout.is_pack, e["parts"]))}
+        self._delete_parts(job, tuple(c for c in plan.stale_contributions if c in with_parts))
         self._collect_garbage(job, gathered.manifest if not plan.changes_result else None)
         return report
 
     def execute(self, job: Job, gathered: Gathered, plan: ChangePlan, report: ReduceReport) -> None:
         generation = (gathered.manifest.generation if gathered.manifest else 0) + 1
+        keys = layout.generation_keys(job.name, generation)
         entries = gathered.entries
         for entry in plan.retract:
             entries.pop(entry["key"], None)
+        added_by_marker = self._read_added_parts(job, plan)
+        added = [table for tables in added_by_marker for table in tables]
+        inline = {m["contribution"]: tables[0] for m, tables in zip(plan.add, added_by_marker) if "inline" in m}
         for marker in plan.add:
-            entries[marker["key"]] = _ledger_entry(marker, generation)
-        added = self._read_added_parts(job, plan)
+            entries[marker["key"]] = _ledger_entry(marker, generation, keys.pack)
         with _superseded_is_conflict():
             base = self.read_result(job, gathered.manifest)
         if not plan.retract:
             result = job.plan.merge([base, *added])
         elif job.plan.subtractable:
-            removed = self.read_parts(job, [key for entry in plan.retract for key in entry["parts"]])
-            result = job.plan.retract(base, removed, added)
-        else:  # min/max: rebuild from every live version's retained parts
+            result = job.plan.retract(base, self.read_retained(job, plan.retract), added)
+        else:  # min/max: rebuild from every live version's retained partials
             log.info("rebuilding result from retained partials", extra={"job": job.name, "objects": len(entries)})
-            result = job.plan.merge(self.read_parts(job, [k for e in entries.values() for k in e["parts"]]))
+            added_ids = {m["contribution"] for m in plan.add}
+            kept = [e for e in entries.values() if e["contribution"] not in added_ids]
+            result = job.plan.merge([*self.read_retained(job, kept), *added])
         ledger = pa.Table.from_pylist(sorted(entries.values(), key=lambda e: e["key"]), LEDGER_SCHEMA)
-        manifest = self._commit(job, gathered, generation, result, ledger)
+        pack = _pack(inline) if inline else None
+        manifest = self._commit(job, gathered, keys, generation, result, ledger, pack)
+        self._delete_unreferenced_packs(gathered.entries.values(), entries.values())
         self._collect_garbage(job, manifest)
         report.generation, report.rows = generation, result.num_rows
         report.merged, report.retracted = len(plan.add), len(plan.retract)
         log.info("applied changes", extra={"job": job.name, "generation": generation, "added": len(plan.add),
                                            "retracted": len(plan.retract), "rows": result.num_rows})
 
-    def _read_added_parts(self, job: Job, plan: ChangePlan) -> list[pa.Table]:
+    def read_retained(self, job: Job, entries: list[dict]) -> list[pa.Table]:
+        """The partials of ledger entries: their own parts, or their rows of the packs they were kept in."""
+        parts = [ref for entry in entries for ref in entry["parts"] if not layout.is_pack(ref)]
+        in_pack: dict[str, set[str]] = {}
+        for entry in entries:
+            for ref in entry["parts"]:
+                if layout.is_pack(ref):
+                    in_pack.setdefault(ref, set()).add(entry["contribution"])
+
+        def read_pack(ref: str) -> pa.Table:
+            pack = decode(self.state.get(ref)[0], job.plan.fingerprint)[0]
+            wanted = pc.is_in(pack.column(_CONTRIBUTION), pa.array(sorted(in_pack[ref]), pa.string()))
+            return pack.filter(wanted).drop_columns([_CONTRIBUTION])
+
+        with ThreadPoolExecutor(8) as pool:
+            return [*self.read_parts(job, parts), *pool.map(read_pack, in_pack)]
+
+    def _read_added_parts(self, job: Job, plan: ChangePlan) -> list[list[pa.Table]]:
         def read(marker: dict) -> list[pa.Table] | None:
             try:
+                if "inline" in marker:
+                    return [decode(base64.b64decode(marker["inline"]), job.plan.fingerprint)[0]]
                 return [decode(self.state.get(key)[0], job.plan.fingerprint)[0] for key in marker["parts"]]
-            except (ObjectMissing, PartialMismatch):
+            except (ObjectMissing, PartialMismatch, binascii.Error):
                 return None
 
         with ThreadPoolExecutor(8) as pool:
@@ -239,13 +308,17 @@ class Reducer:
             self.state.delete([layout.inbox_key(job.name, m["contribution"]) for m in broken])
             self._delete_parts(job, tuple(m["contribution"] for m in broken))
             raise CommitConflict("markers with unusable parts were dropped; retrying without them")
-        return [table for tables in read_parts for table in tables]
+        return read_parts
 
-    def _commit(self, job: Job, gathered: Gathered, generation: int, result: pa.Table, ledger: pa.Table):
-        result_key, ledger_key = layout.generation_keys(job.name, generation)
-        self.state.put_if_absent(result_key, encode(result, job.plan.fingerprint))
-        self.state.put_if_absent(ledger_key, encode(ledger, _LEDGER_FINGERPRINT))
-        manifest = Manifest(generation, job.plan.fingerprint, result_key, ledger_key,
+    def _commit(self, job: Job, gathered: Gathered, keys: layout.GenerationKeys, generation: int,
+                result: pa.Table, ledger: pa.Table, pack: pa.Table | None) -> Manifest:
+        written = [(keys.result, encode(result, job.plan.fingerprint)),
+                   (keys.ledger, encode(ledger, _LEDGER_FINGERPRINT))]
+        if pack is not None:
+            written.append((keys.pack, encode(pack, job.plan.fingerprint)))
+        for key, data in written:
+            self.state.put_if_absent(key, data)
+        manifest = Manifest(generation, job.plan.fingerprint, keys.result, keys.ledger,
                             self.clock().isoformat(), result.num_rows, ledger.num_rows)
         try:
             if gathered.manifest_etag is None:
@@ -254,9 +327,17 @@ class Reducer:
                 self.state.put_if_match(layout.manifest_key(job.name), manifest.encode(),
                                         gathered.manifest_etag, "application/json")
         except CommitConflict:
-            self.state.delete([result_key, ledger_key])
+            self.state.delete([key for key, _ in written])
             raise
         return manifest
+
+    def _delete_unreferenced_packs(self, before: Iterable[dict], after: Iterable[dict]) -> None:
+        """Packs only retracted versions referenced. Clean-up only: a crash here leaves a pack that the
+        reconcile's orphan sweep collects."""
+        referenced = {ref for entry in after for ref in entry["parts"] if layout.is_pack(ref)}
+        unreferenced = {ref for entry in before for ref in entry["parts"] if layout.is_pack(ref)} - referenced
+        if unreferenced:
+            self.state.delete(sorted(unreferenced))
 
     def _delete_parts(self, job: Job, contributions: tuple[str, ...]) -> None:
         keys = [o.key for c in contributions for o in self.state.list(layout.parts_prefix(job.name, c))]
@@ -289,10 +370,18 @@ def _superseded_is_conflict():
         raise CommitConflict(f"state moved on while reading it: {exc}") from exc
 
 
-def _ledger_entry(marker: dict, generation: int) -> dict:
+def _pack(inline: dict[str, pa.Table]) -> pa.Table:
+    """One table of several contributions' partials, each row tagged with its contribution."""
+    return pa.concat_tables([
+        table.append_column(_CONTRIBUTION, pa.array([contribution] * table.num_rows, pa.string()))
+        for contribution, table in sorted(inline.items())
+    ])
+
+
+def _ledger_entry(marker: dict, generation: int, pack_key: str) -> dict:
     return {
         "contribution": marker["contribution"], "key": marker["key"], "etag": marker.get("etag"),
         "version_id": marker.get("version_id"), "sequencer": marker.get("sequencer"), "size": marker.get("size"),
         "rows": marker.get("rows"), "bad_rows": marker.get("bad_rows", 0), "mapped_at": marker.get("mapped_at"),
-        "generation": generation, "parts": marker["parts"],
+        "generation": generation, "parts": [pack_key] if "inline" in marker else marker["parts"],
     }

@@ -106,7 +106,7 @@ def wait_until_idle(api: TallyClient, jobs: list[str], timeout: float, progress:
                 progress.update(tasks[job], completed=status["objects"]["merged"])
         if done and all(s["idle"] for s in statuses.values()):
             return time.monotonic()
-        time.sleep(0.25)
+        time.sleep(0.5)  # each poll lists the input prefix: polling harder would slow what it waits for
     raise TimeoutError(f"jobs not idle after {timeout:.0f} s: {[j for j in jobs if not statuses[j]['idle']]}")
 
 

@@ -1,10 +1,10 @@
 """`tally local`: the whole service on one machine, driving the very handlers Lambda runs.
 
 - S3: moto's server on loopback (or any S3-compatible endpoint given with --s3-endpoint);
-- events: S3 bucket notifications to an SQS queue on that server, carrying S3's own event records, consumed
-  here and handed to `app.handler_map["map_object"]` in a pool of worker processes (a message is deleted
-  only after its mapper succeeded, so a crash means redelivery, as on Lambda; three failures send it to a
-  dead-letter queue);
+- events: S3 bucket notifications to an SQS queue on that server, carrying S3's own event records, taken
+  into an in-process queue (Lambda's asynchronous event queue) and handed to `app.handler_map["map_object"]`
+  in a pool of worker processes; a failed mapper is retried, three attempts in all as on Lambda, then the
+  event goes to a dead-letter queue;
 - the reducer: `app.handler_map["reduce_results"]` on a timer;
 - HTTP: the Chalice app's routes on 127.0.0.1.
 """
@@ -15,6 +15,7 @@ import json
 import logging
 import multiprocessing
 import os
+import queue as queue_module
 import socket
 import subprocess
 import sys
@@ -31,6 +32,8 @@ log = logging.getLogger("tally.local")
 
 QUEUE = "tally-events"
 DEAD_LETTERS = "tally-events-dlq"
+MAPPER_ATTEMPTS = 3  # Lambda's asynchronous invocation: the first try and two retries
+RECONCILE_AT_LEAST_EVERY = 300.0  # seconds, however busy the events are
 
 
 @dataclass
@@ -84,7 +87,7 @@ def _invoke_mapper(event: dict) -> list[dict]:
 def _start_moto(host: str, port: int) -> subprocess.Popen:
     """moto's S3 server in its own process: it serves every byte of input and state, and in ours it would
     contend for the GIL with the reducer and the API."""
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+    process = subprocess.Popen([sys.executable, "-m", "chalicelib.local.moto_server", "-H", host, "-p", str(port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -115,6 +118,10 @@ class LocalTally:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._moto = None
+        self._queue: str | None = None
+        self._dead_letters: str | None = None
+        # Events taken from S3, waiting for a mapper: (event, attempt), Lambda's asynchronous event queue.
+        self._events: queue_module.SimpleQueue = queue_module.SimpleQueue()
         self._http = None
         self.pool: ProcessPoolExecutor | None = None
         self.errors: list[str] = []
@@ -159,10 +166,11 @@ class LocalTally:
         self.pool = ProcessPoolExecutor(self.options.workers, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_init_worker, initargs=(environment,))
         if self._moto is not None:
-            queue = self._subscribe_queue()
-            self._spawn(self._pump, queue)
+            self._queue = self._subscribe_queue()
+            self._spawn(self._pump, self._queue)
         else:
             self._spawn(self._poll_listing)
+        self._spawn(self._dispatch_forever)
         self._spawn(self._reduce_forever)
         self._spawn(self._reconcile_forever)
         self._serve_http()
@@ -195,12 +203,8 @@ class LocalTally:
 
     def _subscribe_queue(self) -> str:
         sqs, s3 = self.client("sqs"), self.client()
-        dead = sqs.create_queue(QueueName=DEAD_LETTERS)["QueueUrl"]
-        dead_arn = sqs.get_queue_attributes(QueueUrl=dead, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        queue = sqs.create_queue(QueueName=QUEUE, Attributes={
-            "VisibilityTimeout": "900",
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dead_arn, "maxReceiveCount": "3"}),
-        })["QueueUrl"]
+        self._dead_letters = sqs.create_queue(QueueName=DEAD_LETTERS)["QueueUrl"]
+        queue = sqs.create_queue(QueueName=QUEUE)["QueueUrl"]
         arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         s3.put_bucket_notification_configuration(
             Bucket=self.options.input_bucket,
@@ -210,48 +214,54 @@ class LocalTally:
         return queue
 
     def _pump(self, queue: str) -> None:
+        """Takes S3's notifications off the SQS queue as soon as they arrive and acknowledges them, as
+        Lambda's asynchronous invocation takes events off S3's hands into its own queue; retries happen
+        from there. A backlog must not sit in moto's SQS, whose receive is quadratic in the queue's length."""
         sqs = self.client("sqs")
         while not self._stop.is_set():
             try:
                 messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1)
-            except Exception as exc:  # noqa: BLE001 - the server may be stopping
+                messages = messages.get("Messages", [])
+                for message in messages:
+                    body = json.loads(message["Body"])
+                    if "Records" in body:  # not the s3:TestEvent sent when the subscription is made
+                        self._events.put((body, 1))
+                if messages:
+                    sqs.delete_message_batch(QueueUrl=queue, Entries=[
+                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
+            except Exception as exc:  # noqa: BLE001 - the server may be stopping; undeleted messages come again
                 if not self._stop.is_set():
-                    log.warning("receive failed: %s", exc)
+                    log.warning("receiving events failed: %s", exc)
                     time.sleep(0.5)
+
+    def _dispatch_forever(self) -> None:
+        """Hands each event to a mapper in the pool, at most two per worker in flight. A failed invocation is
+        tried again, MAPPER_ATTEMPTS times in all as Lambda does, then sent to the dead-letter queue."""
+        while not self._stop.is_set():
+            try:
+                event, attempt = self._events.get(timeout=0.5)
+            except queue_module.Empty:
                 continue
-            for message in messages.get("Messages", []):
-                body = json.loads(message["Body"])
-                if "Records" not in body:  # s3:TestEvent when the subscription is made
-                    sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
-                    continue
-                self._dispatch(body, lambda ok, handle=message["ReceiptHandle"]: self._settle(sqs, queue, handle, ok))
+            while not self._in_flight.acquire(timeout=0.5):
+                if self._stop.is_set():
+                    return
+            future = self.pool.submit(_invoke_mapper, event)
+            future.add_done_callback(functools.partial(self._mapped, event, attempt))
 
-    def _settle(self, sqs, queue: str, handle: str, ok: bool) -> None:
-        try:
-            if ok:
-                sqs.delete_message(QueueUrl=queue, ReceiptHandle=handle)
-            else:  # make it visible again soon: redelivery is the retry
-                sqs.change_message_visibility(QueueUrl=queue, ReceiptHandle=handle, VisibilityTimeout=1)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("could not settle message: %s", exc)
-
-    def _dispatch(self, event: dict, settle) -> None:
-        while not self._in_flight.acquire(timeout=0.5):
-            if self._stop.is_set():
-                return
-        future = self.pool.submit(_invoke_mapper, event)
-
-        def done(f: Future) -> None:
-            self._in_flight.release()
-            error = f.exception()
-            if error is not None:
-                self.errors.append(f"mapper: {type(error).__name__}: {error}")
-                log.error("mapper failed (will be redelivered): %s", error)
-            else:
-                self.mapped_events += 1
-            settle(error is None)
-
-        future.add_done_callback(done)
+    def _mapped(self, event: dict, attempt: int, future: Future) -> None:
+        self._in_flight.release()
+        error = None if future.cancelled() else future.exception()
+        if error is None:
+            self.mapped_events += 1
+            return
+        self.errors.append(f"mapper: {type(error).__name__}: {error}")
+        if attempt < MAPPER_ATTEMPTS:
+            log.error("mapper failed (attempt %d, will retry): %s", attempt, error)
+            threading.Timer(1.0, self._events.put, [(event, attempt + 1)]).start()
+        else:
+            log.error("mapper failed %d times; event sent to %s: %s", attempt, DEAD_LETTERS, error)
+            if self._dead_letters:
+                self.client("sqs").send_message(QueueUrl=self._dead_letters, MessageBody=json.dumps(event))
 
     def _poll_listing(self) -> None:
         """With a foreign S3 endpoint there is no notification to subscribe to: list the input bucket and
@@ -267,7 +277,7 @@ class LocalTally:
                     record = {"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {
                         "bucket": {"name": self.options.input_bucket},
                         "object": {"key": item["Key"], "eTag": version[1], "size": item["Size"]}}}
-                    self._dispatch({"Records": [record]}, lambda ok, v=version: ok or dispatched.discard(v))
+                    self._events.put(({"Records": [record]}, 1))
             self._stop.wait(1.0)
 
     # -- reducer and HTTP ------------------------------------------------------------------------------------
@@ -288,7 +298,13 @@ class LocalTally:
     def _reconcile_forever(self) -> None:
         import app
 
+        last = time.monotonic()
         while not self._stop.wait(self.options.reconcile_every):
+            # Objects queued behind a backlog of events are late, not lost: mapping them here as well would only
+            # add to the backlog. Lost events are still made up for at least every RECONCILE_AT_LEAST_EVERY.
+            if self._events.qsize() and time.monotonic() - last < RECONCILE_AT_LEAST_EVERY:
+                continue
+            last = time.monotonic()
             try:
                 app.app.handler_map["reconcile_inputs"](scheduled_event(), LambdaContext("reconcile_inputs"))
             except Exception as exc:  # noqa: BLE001 - the next tick runs again
