@@ -8,7 +8,7 @@ from chalice import Chalice, IAMAuthorizer, Rate, Response
 
 from chalicelib.api import error_body, to_json
 from chalicelib.engine.mapper import outcomes_as_dicts
-from chalicelib.engine.results import ResultsQuery
+from chalicelib.engine.results import ResultsQuery, group_query_fresh
 from chalicelib.errors import TallyError
 from chalicelib.runtime import get_runtime
 from chalicelib.settings import Settings
@@ -85,8 +85,9 @@ def job_results(job):
 @json_api
 def job_group(job, key):
     runtime = get_runtime()
+    fresh = group_query_fresh(app.current_request.query_params)
     # API Gateway (and Chalice's local gateway) pass path parameters still percent-encoded.
-    return runtime.results.group(runtime.jobs.get(job), unquote(key))
+    return runtime.results.group(runtime.jobs.get(job), unquote(key), fresh)
 
 
 @app.route("/jobs/{job}/status", methods=["GET"], **ROUTE_AUTH)

@@ -138,3 +138,46 @@ def test_multi_key_groups_are_addressed_by_a_json_array(lambdas, uploads):
 
     status, body = get(lambdas.http, "/jobs/page-latency/results/" + quote(json.dumps(["/a b", "GET"]), safe=""))
     assert status == 200 and body["values"]["requests"] == 1
+
+
+def rows_of(http, job: str, query: str = "") -> dict:
+    status, body = get(http, f"/jobs/{job}/results?limit=1000{query}")
+    assert status == 200, body
+    return {tuple(row["key"].values()): row["values"] for row in body["rows"]}
+
+
+def test_fresh_results_include_partials_mapped_since_the_last_reducer_run(api, lambdas, runtime, uploads):
+    before = rows_of(api, "bdb-agg-2a")
+    lambdas.lambda_.invoke("map_object", uploads.event(
+        uploads.put("uservisits/b.csv", uservisits_rows(("250.1.1.1", "7.5"), ("1.4.7.1", "1"))),
+        uploads.delete("uservisits/a.csv")))
+    state = sorted(o.key for o in runtime.state_store.list(""))
+
+    fresh = rows_of(api, "bdb-agg-2a", "&fresh=true")
+
+    assert rows_of(api, "bdb-agg-2a") == before  # what the last reducer run committed
+    assert fresh == {("250.1.1.",): {"adRevenue": Decimal("7.5")}, ("1.4.7.1",): {"adRevenue": Decimal("1")}}
+    assert get(api, "/jobs/bdb-agg-2a/results/250.1.1.?fresh=1") == (
+        200, {"key": {"sourceIP_prefix": "250.1.1."}, "values": {"adRevenue": Decimal("7.5")}})
+    assert sorted(o.key for o in runtime.state_store.list("")) == state  # a fresh read writes nothing
+    lambdas.lambda_.invoke("reduce_results", scheduled_event())
+    assert rows_of(api, "bdb-agg-2a") == fresh
+
+
+def test_fresh_results_of_min_max_rebuild_from_retained_partials(lambdas, uploads):
+    def requests(*rows):
+        return "".join(json.dumps({"ts": "2026-01-01 10:00:00", "method": "get", "path": p, "status": 200,
+                                   "latency_ms": ms, "bytes": 1}) + "\n" for p, ms in rows)
+    lambdas.lambda_.invoke("map_object", uploads.event(uploads.put("requests/a.jsonl", requests(("/", 90.0)))))
+    lambdas.lambda_.invoke("map_object", uploads.event(uploads.put("requests/b.jsonl", requests(("/", 10.0)))))
+    lambdas.lambda_.invoke("reduce_results", scheduled_event())
+    lambdas.lambda_.invoke("map_object", uploads.event(uploads.delete("requests/a.jsonl")))
+
+    assert rows_of(lambdas.http, "page-latency")[("/", "GET")]["max_latency_ms"] == 90.0
+    assert rows_of(lambdas.http, "page-latency", "&fresh=true")[("/", "GET")]["max_latency_ms"] == 10.0
+
+
+@pytest.mark.parametrize("path", ["/jobs/bdb-agg-2a/results?fresh=maybe", "/jobs/bdb-agg-2a/results/1.4.7.1?x=1"])
+def test_bad_fresh_and_unknown_group_parameters_are_400(api, path):
+    status, body = get(api, path)
+    assert status == 400 and body["message"]

@@ -28,8 +28,11 @@ def rss_mb(pid: int | None = None) -> float:
         kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
     children = []
     for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as listing:
-            children += [int(child) for child in listing.read().split()]
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as listing:
+                children += [int(child) for child in listing.read().split()]
+        except FileNotFoundError:
+            pass  # a thread that ended since the listing
     return kb / 1024 + sum(rss_mb(child) for child in children)
 
 

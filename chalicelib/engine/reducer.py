@@ -82,6 +82,19 @@ class ReduceReport:
 
 
 @dataclass(frozen=True)
+class Applied:
+    result: pa.Table
+    entries: dict[str, dict]  # the live version of each input key
+    pack: pa.Table | None     # the inline partials made live, to keep
+
+
+class UnusableParts(Exception):
+    def __init__(self, markers: list[dict]):
+        super().__init__(f"{len(markers)} markers with unusable parts")
+        self.markers = markers
+
+
+@dataclass(frozen=True)
 class Gathered:
     """Everything a run decides from, read at its start."""
 
@@ -219,6 +232,14 @@ class Reducer:
         self.state.delete([key])
         return None
 
+    def _drop(self, job: Job, broken: list[dict]) -> None:
+        # Parts gone (a stale version's clean-up raced its re-mapping) or written for another definition of
+        # the job: drop those markers; the reconcile maps a still-current version again.
+        log.warning("dropping markers with unusable parts",
+                    extra={"job": job.name, "keys": [m["key"] for m in broken]})
+        self.state.delete([layout.inbox_key(job.name, m["contribution"]) for m in broken])
+        self._delete_parts(job, tuple(m["contribution"] for m in broken))
+
     def reduce_job(self, job: Job) -> ReduceReport:
         listed = self.list_inbox(job)
         if not listed:
@@ -228,7 +249,11 @@ class Reducer:
         report = ReduceReport(job.name, generation=gathered.manifest.generation if gathered.manifest else None,
                               more_pending=gathered.more_pending)
         if plan.changes_result:
-            self.execute(job, gathered, plan, report)
+            try:
+                self.execute(job, gathered, plan, report)
+            except UnusableParts as unusable:
+                self._drop(job, unusable.markers)
+                raise CommitConflict("markers with unusable parts were dropped; retrying without them") from None
         report.dropped = len(plan.processed) - report.merged
         # Committed, or nothing to commit. Clean-up only: a crash here is redone by the next run.
         self.state.delete([layout.inbox_key(job.name, marker) for marker in plan.processed])
@@ -242,6 +267,18 @@ class Reducer:
     def execute(self, job: Job, gathered: Gathered, plan: ChangePlan, report: ReduceReport) -> None:
         generation = (gathered.manifest.generation if gathered.manifest else 0) + 1
         keys = layout.generation_keys(job.name, generation)
+        applied = self.apply(job, gathered, plan, generation, keys.pack)
+        ledger = pa.Table.from_pylist(sorted(applied.entries.values(), key=lambda e: e["key"]), LEDGER_SCHEMA)
+        manifest = self._commit(job, gathered, keys, generation, applied.result, ledger, applied.pack)
+        self._delete_unreferenced_packs(gathered.entries.values(), applied.entries.values())
+        self._collect_garbage(job, manifest)
+        report.generation, report.rows = generation, applied.result.num_rows
+        report.merged, report.retracted = len(plan.add), len(plan.retract)
+        log.info("applied changes", extra={"job": job.name, "generation": generation, "added": len(plan.add),
+                                           "retracted": len(plan.retract), "rows": applied.result.num_rows})
+
+    def apply(self, job: Job, gathered: Gathered, plan: ChangePlan, generation: int, pack_key: str) -> Applied:
+        """The result and the live versions once `plan` is applied to the gathered state; writes nothing."""
         entries = gathered.entries
         for entry in plan.retract:
             entries.pop(entry["key"], None)
@@ -249,7 +286,7 @@ class Reducer:
         added = [table for tables in added_by_marker for table in tables]
         inline = {m["contribution"]: tables[0] for m, tables in zip(plan.add, added_by_marker) if "inline" in m}
         for marker in plan.add:
-            entries[marker["key"]] = _ledger_entry(marker, generation, keys.pack)
+            entries[marker["key"]] = _ledger_entry(marker, generation, pack_key)
         with _superseded_is_conflict():
             base = self.read_result(job, gathered.manifest)
         if not plan.retract:
@@ -261,15 +298,24 @@ class Reducer:
             added_ids = {m["contribution"] for m in plan.add}
             kept = [e for e in entries.values() if e["contribution"] not in added_ids]
             result = job.plan.merge([*self.read_retained(job, kept), *added])
-        ledger = pa.Table.from_pylist(sorted(entries.values(), key=lambda e: e["key"]), LEDGER_SCHEMA)
-        pack = _pack(inline) if inline else None
-        manifest = self._commit(job, gathered, keys, generation, result, ledger, pack)
-        self._delete_unreferenced_packs(gathered.entries.values(), entries.values())
-        self._collect_garbage(job, manifest)
-        report.generation, report.rows = generation, result.num_rows
-        report.merged, report.retracted = len(plan.add), len(plan.retract)
-        log.info("applied changes", extra={"job": job.name, "generation": generation, "added": len(plan.add),
-                                           "retracted": len(plan.retract), "rows": result.num_rows})
+        return Applied(result, entries, _pack(inline) if inline else None)
+
+    def preview(self, job: Job) -> tuple[Manifest | None, pa.Table]:
+        """The committed result with the inbox applied, not committed: what the next run will serve, current
+        to the last mapped object rather than the last reducer tick. Reads only."""
+        listed = self.list_inbox(job)
+        gathered = self.gather(job, listed) if listed else None
+        if gathered is None:
+            manifest, _ = self.read_manifest(job)
+            return manifest, self.read_result(job, manifest)
+        plan = plan_changes(gathered.entries, gathered.markers, gathered.current)
+        if not plan.changes_result:
+            return gathered.manifest, self.read_result(job, gathered.manifest)
+        try:
+            added = self.apply(job, gathered, plan, 0, "")
+        except UnusableParts:  # the next reducer run drops them; until then, serve what is committed
+            return gathered.manifest, self.read_result(job, gathered.manifest)
+        return gathered.manifest, added.result
 
     def read_retained(self, job: Job, entries: list[dict]) -> list[pa.Table]:
         """The partials of ledger entries: their own parts, or their rows of the packs they were kept in."""
@@ -301,13 +347,7 @@ class Reducer:
             read_parts = list(pool.map(read, plan.add))
         broken = [marker for marker, tables in zip(plan.add, read_parts) if tables is None]
         if broken:
-            # Parts gone (a stale version's clean-up raced its re-mapping) or written for another definition
-            # of the job: drop those markers and retry; the reconcile maps a still-current version again.
-            log.warning("dropping markers with unusable parts",
-                        extra={"job": job.name, "keys": [m["key"] for m in broken]})
-            self.state.delete([layout.inbox_key(job.name, m["contribution"]) for m in broken])
-            self._delete_parts(job, tuple(m["contribution"] for m in broken))
-            raise CommitConflict("markers with unusable parts were dropped; retrying without them")
+            raise UnusableParts(broken)
         return read_parts
 
     def _commit(self, job: Job, gathered: Gathered, keys: layout.GenerationKeys, generation: int,

@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import GroupNotFound, InvalidQuery, ObjectMissing
+from ..errors import CommitConflict, GroupNotFound, InvalidQuery, ObjectMissing
 from ..jobs import Job
 from .reducer import Manifest, Reducer
 
@@ -43,11 +43,14 @@ class ResultsQuery:
     desc: bool = False
     prefix: str | None = None
     cursor: str | None = None
+    # Include partials mapped but not yet merged: current to the last mapped object, at the cost of reading
+    # the inbox on every request (uncached).
+    fresh: bool = False
 
     @classmethod
     def from_params(cls, job: Job, params: dict[str, str] | None) -> "ResultsQuery":
         params = dict(params or {})
-        unknown = set(params) - {"limit", "order_by", "desc", "prefix", "cursor"}
+        unknown = set(params) - {"limit", "order_by", "desc", "prefix", "cursor", "fresh"}
         if unknown:
             raise InvalidQuery(f"unknown parameter(s): {', '.join(sorted(unknown))}")
         try:
@@ -60,13 +63,26 @@ class ResultsQuery:
         names = job.plan.key_names + list(job.aggregates)
         if order_by is not None and order_by not in names:
             raise InvalidQuery(f"order_by must be one of {names}, got {order_by!r}")
-        desc = params.get("desc", "false").lower()
-        if desc not in {"true", "false", "1", "0"}:
-            raise InvalidQuery(f"desc must be true or false, got {params['desc']!r}")
         prefix = params.get("prefix")
         if prefix is not None and _prefix_column(job) is None:
             raise InvalidQuery("prefix= needs a job whose first key is a string")
-        return cls(min(limit, MAX_LIMIT), order_by, desc in {"true", "1"}, prefix, params.get("cursor"))
+        return cls(min(limit, MAX_LIMIT), order_by, parse_flag(params, "desc"), prefix, params.get("cursor"),
+                   parse_flag(params, "fresh"))
+
+
+def group_query_fresh(params: dict[str, str] | None) -> bool:
+    """The single-group route takes one parameter: `fresh`."""
+    unknown = set(params or {}) - {"fresh"}
+    if unknown:
+        raise InvalidQuery(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+    return parse_flag(params, "fresh")
+
+
+def parse_flag(params: dict[str, str] | None, name: str) -> bool:
+    value = (params or {}).get(name, "false").lower()
+    if value not in {"true", "false", "1", "0"}:
+        raise InvalidQuery(f"{name} must be true or false, got {params[name]!r}")
+    return value in {"true", "1"}
 
 
 def _prefix_column(job: Job) -> str | None:
@@ -82,8 +98,17 @@ class ResultReader:
         self._cache_size = cache_size
         self._lock = threading.Lock()  # the local HTTP server is threaded
 
-    def current(self, job: Job) -> tuple[Manifest | None, pa.Table]:
-        """The served result, finalized. Retries once if a commit replaced it between our two reads."""
+    def current(self, job: Job, fresh: bool = False) -> tuple[Manifest | None, pa.Table]:
+        """The served result, finalized (`fresh`: with the inbox applied). Retries if a commit replaced the
+        result between two reads."""
+        if fresh:
+            for attempt in range(3):
+                try:
+                    manifest, table = self.reducer.preview(job)
+                    return manifest, job.plan.finalize(table)
+                except (ObjectMissing, CommitConflict):
+                    if attempt == 2:
+                        raise
         for attempt in range(3):
             manifest, _ = self.reducer.read_manifest(job)
             if manifest is None or not manifest.result_key:
@@ -103,15 +128,16 @@ class ResultReader:
         raise AssertionError("unreachable")
 
     def page(self, job: Job, query: ResultsQuery) -> Page:
-        manifest, table = self.current(job)
+        manifest, table = self.current(job, query.fresh)
         generation = manifest.generation if manifest else None
         sort_keys = _sort_keys(job, query)
         cache_key = (manifest.result_key if manifest else job.name, tuple(sort_keys))
         with self._lock:
-            ordered = self._sorted.get(cache_key)
+            ordered = None if query.fresh else self._sorted.get(cache_key)
         if ordered is None:
             ordered = table.take(pc.sort_indices(table, sort_keys=sort_keys))
-            self._remember(self._sorted, cache_key, ordered)
+            if not query.fresh:
+                self._remember(self._sorted, cache_key, ordered)
         if query.prefix is not None:
             ordered = ordered.filter(pc.starts_with(ordered.column(_prefix_column(job)), pattern=query.prefix))
         start = 0
@@ -124,8 +150,8 @@ class ResultReader:
             next_cursor = _encode_cursor([rows[-1][name] for name, _ in sort_keys], query)
         return Page([_row(job, r) for r in rows], next_cursor, generation, ordered.num_rows)
 
-    def group(self, job: Job, key_text: str) -> dict[str, Any]:
-        _, table = self.current(job)
+    def group(self, job: Job, key_text: str, fresh: bool = False) -> dict[str, Any]:
+        _, table = self.current(job, fresh)
         values = _parse_group_key(job, key_text)
         mask = None
         for name, value in zip(job.plan.key_names, values):
