@@ -16,7 +16,9 @@ from chalicelib.settings import Settings
 # Decorator arguments are evaluated at import, so the bucket name and the schedules come from the stage's
 # environment here.
 SETTINGS = Settings.from_env()
-app = Chalice(app_name="tally")
+# configure_logs=False: Chalice would add its own handler to the "tally" logger, which Powertools also writes
+# through, and every record would appear twice (once as "tally - INFO - ...", once as JSON).
+app = Chalice(app_name="tally", configure_logs=False)
 logger = make_logger(SETTINGS)
 observe = Observer(SETTINGS, logger, utc_now)
 ROUTE_AUTH = {"iam": {"authorizer": IAMAuthorizer()}, "api_key": {"api_key_required": True}, "none": {}}[
