@@ -12,7 +12,8 @@ from openapi_spec_validator import validate
 from chalicelib import openapi
 from chalicelib.engine.results import ResultsQuery
 
-# The query parameters each route's handler accepts, from the code that parses them.
+# The query parameters each route's handler accepts: ResultsQuery.from_params refuses any name that is not one of
+# its fields, so a parameter added there (window_from, fresh, ...) must be documented too.
 ACCEPTED_QUERY = {"/jobs/{job}/results": {f.name for f in dataclasses.fields(ResultsQuery)}}
 EXAMPLES = {"limit": "2", "order_by": "adRevenue", "desc": "true", "prefix": "1"}
 
