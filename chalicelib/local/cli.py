@@ -197,7 +197,8 @@ def _run_local(options: LocalOptions) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     with LocalTally(options) as tally:
         print(f"S3 endpoint: {tally.s3_endpoint}  (buckets {options.input_bucket}, {options.state_bucket})")
-        print(f"HTTP API:    {tally.api_url}/jobs")
+        print(f"HTTP API:    {tally.api_url}/jobs  (described at {tally.api_url}/openapi.json)")
+        print(f"dashboard:   {tally.api_url}/")
         print(f"upload with: aws s3 cp FILE s3://{options.input_bucket}/uservisits/ --endpoint-url "
               f"{tally.s3_endpoint}")
         try:
