@@ -6,8 +6,10 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 WHEELHOUSE := .cache/wheelhouse
 HYPOTHESIS_PROFILE ?= $(if $(CI),ci,dev)
+# Debian's Chromium for the dashboard's browser test (Playwright drives it; it never downloads a browser).
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo local test test-fast package clean
+.PHONY: demo local test test-fast package create-buckets clean
 
 $(INSTALLED): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,13 +24,18 @@ $(WHEELHOUSE)/.complete: requirements.txt constraints.txt $(INSTALLED)
 		-d $(WHEELHOUSE)
 	touch $@
 
+# Installed once per machine; skipped when present. Needs root (CI runs as root) and Debian's package lists.
+$(CHROMIUM):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+
 demo: $(INSTALLED)
 	$(BIN)/tally demo $(ARGS)
 
 local: $(INSTALLED)
 	$(BIN)/tally local $(ARGS)
 
-test: $(INSTALLED) $(WHEELHOUSE)/.complete
+test: $(INSTALLED) $(WHEELHOUSE)/.complete $(CHROMIUM)
 	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(BIN)/python -m pytest $(ARGS)
 
 test-fast: $(INSTALLED)
@@ -37,6 +44,10 @@ test-fast: $(INSTALLED)
 package: $(INSTALLED) $(WHEELHOUSE)/.complete
 	PIP_NO_INDEX=1 PIP_FIND_LINKS=$(CURDIR)/$(WHEELHOUSE) $(BIN)/chalice package --pkg-format terraform \
 		--stage $(or $(STAGE),dev) build/terraform
+
+# One-time creation of a stage's buckets (names from .chalice/config.json), e.g. `make create-buckets STAGE=prod`.
+create-buckets: $(INSTALLED)
+	$(BIN)/tally create-buckets --stage $(or $(STAGE),dev)
 
 clean:
 	rm -rf $(VENV) .cache build .tally

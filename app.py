@@ -2,26 +2,27 @@
 from functools import wraps
 from urllib.parse import unquote
 
-from aws_lambda_powertools import Logger
-from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from chalice import Chalice, IAMAuthorizer, Rate, Response
 
-from chalicelib.api import error_body, to_json
+from chalicelib import openapi
+from chalicelib.api import dashboard_html, error_body, to_json
 from chalicelib.engine.mapper import outcomes_as_dicts
 from chalicelib.engine.results import ResultsQuery, group_query_fresh
 from chalicelib.errors import TallyError
-from chalicelib.runtime import get_runtime
+from chalicelib.observability import Observer, make_logger
+from chalicelib.runtime import get_runtime, utc_now
 from chalicelib.settings import Settings
 
-# Decorator arguments are evaluated at import, so the bucket name comes from the stage's environment here.
+# Decorator arguments are evaluated at import, so the bucket name and the schedules come from the stage's
+# environment here.
 SETTINGS = Settings.from_env()
-app = Chalice(app_name="tally")
-logger = Logger(service="tally", level=SETTINGS.log_level)
+# configure_logs=False: Chalice would add its own handler to the "tally" logger, which Powertools also writes
+# through, and every record would appear twice (once as "tally - INFO - ...", once as JSON).
+app = Chalice(app_name="tally", configure_logs=False)
+logger = make_logger(SETTINGS)
+observe = Observer(SETTINGS, logger, utc_now)
 ROUTE_AUTH = {"iam": {"authorizer": IAMAuthorizer()}, "api_key": {"api_key_required": True}, "none": {}}[
     SETTINGS.api_auth]
-# The engine logs through the standard library ("tally.*"); give those loggers the same structured JSON.
-copy_config_to_registered_loggers(source_logger=logger,
-                                  include={"tally.mapper", "tally.reducer", "tally.reconcile"})
 
 
 def json_api(view):
@@ -41,18 +42,18 @@ def json_api(view):
 def map_object(event):
     # event.to_dict(), not event.key: Chalice's S3Event reads only Records[0].
     outcomes = outcomes_as_dicts(get_runtime().mapper.handle(event.to_dict()))
-    logger.info("mapped", extra={"outcomes": outcomes})
+    observe.mapped(outcomes)
     return outcomes
 
 
-@app.schedule(Rate(1, unit=Rate.MINUTES), name="reduce_results")
+@app.schedule(Rate(SETTINGS.reduce_every_minutes, unit=Rate.MINUTES), name="reduce_results")
 def reduce_results(event):
-    reports = [report.__dict__ for report in get_runtime().reducer.reduce_all()]
-    logger.info("reduced", extra={"reports": [r for r in reports if r["merged"] or r["dropped"]]})
+    reports = [dict(report.__dict__) for report in get_runtime().reducer.reduce_all()]
+    observe.reduced(reports)
     return reports
 
 
-@app.schedule(Rate(15, unit=Rate.MINUTES), name="reconcile_inputs")
+@app.schedule(Rate(SETTINGS.reconcile_every_minutes, unit=Rate.MINUTES), name="reconcile_inputs")
 def reconcile_inputs(event):
     # Maps what events missed (dropped, throttled, or before the job existed) and notes removals.
     reports = [
@@ -62,6 +63,18 @@ def reconcile_inputs(event):
     ]
     logger.info("reconciled", extra={"reports": reports})
     return reports
+
+
+@app.route("/", methods=["GET"])
+def dashboard():
+    # Public: a static page with no data in it; it reads the API below (with the key it asks for, if any).
+    return Response(body=dashboard_html(), status_code=200, headers={"Content-Type": "text/html; charset=utf-8"})
+
+
+@app.route("/openapi.json", methods=["GET"])
+@json_api
+def openapi_document():
+    return openapi.document(SETTINGS.api_auth)
 
 
 @app.route("/jobs", methods=["GET"], **ROUTE_AUTH)

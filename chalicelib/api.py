@@ -3,6 +3,8 @@ Kept apart from app.py so the handlers stay one call each; imports nothing from 
 from __future__ import annotations
 
 import datetime as dt
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import simplejson
@@ -28,3 +30,9 @@ def error_body(error: TallyError) -> tuple[int, dict[str, str]]:
         if isinstance(error, kind):
             return status, {"error": type(error).__name__, "message": str(error)}
     return 500, {"error": type(error).__name__, "message": str(error)}
+
+
+@lru_cache(maxsize=1)
+def dashboard_html() -> str:
+    """The dashboard: one static file (HTML, CSS and vanilla JS), shipped in the Lambda package."""
+    return (Path(__file__).parent / "dashboard.html").read_text(encoding="utf-8")

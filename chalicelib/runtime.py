@@ -58,7 +58,7 @@ class Runtime:
 
     @cached_property
     def status(self) -> StatusReader:
-        return StatusReader(self.reducer, self.input_store, self.state_store)
+        return StatusReader(self.reducer, self.input_store, self.state_store, utc_now)
 
 
 _runtime: Runtime | None = None

@@ -26,6 +26,12 @@ class Settings(BaseModel):
     # nearly every row is its own group.
     map_max_groups: int = Field(default=500_000, ge=1)
     log_level: str = "INFO"
+    # "json": Powertools' structured lines and CloudWatch EMF metrics (Lambda); "text": one readable line per
+    # log record and per metric set (local mode's terminal). Same records, same keys.
+    log_format: Literal["json", "text"] = "json"
+    # Schedules, read when app.py is imported (EventBridge takes the rate at deploy time): set per stage.
+    reduce_every_minutes: int = Field(default=1, ge=1, le=1440)
+    reconcile_every_minutes: int = Field(default=15, ge=1, le=1440)
     # How the deployed HTTP API is protected: AWS_IAM (SigV4-signed requests), an API Gateway API key, or
     # nothing (local mode only: it listens on loopback).
     api_auth: Literal["iam", "api_key", "none"] = "none"

@@ -20,6 +20,7 @@ class ObjectEvent:
     version_id: str | None = None
     sequencer: str | None = None
     name: str = "ObjectCreated:Put"
+    event_time: str | None = None  # when S3 saw the change (ISO 8601): the start of the lag metric
 
     @property
     def created(self) -> bool:
@@ -47,4 +48,5 @@ def _records(event: dict[str, Any]) -> Iterator[ObjectEvent]:
             version_id=obj.get("versionId"),
             sequencer=obj.get("sequencer"),
             name=record.get("eventName", "ObjectCreated:Put"),
+            event_time=record.get("eventTime"),
         )

@@ -171,7 +171,7 @@ class Mapper:
         contribution = layout.contribution_id(event.key, event.version_id or etag)
         stats = ReadStats()
         meta = {"key": event.key, "etag": etag, "version_id": event.version_id, "sequencer": event.sequencer,
-                "size": opened.size}
+                "size": opened.size, "event_time": event.event_time}
         split = f"g{self.max_groups}b{block_size}"
         writers = {job.name: _PartWriter(self.state, job, contribution, split) for job in jobs}
         accumulators = {

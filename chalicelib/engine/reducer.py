@@ -79,6 +79,7 @@ class ReduceReport:
     conflict: bool = False
     more_pending: bool = False
     errors: list[str] = field(default_factory=list)
+    landed: list[str] = field(default_factory=list)  # event times of the merged objects (lag metric)
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,7 @@ class Reducer:
         self._collect_garbage(job, manifest)
         report.generation, report.rows = generation, applied.result.num_rows
         report.merged, report.retracted = len(plan.add), len(plan.retract)
+        report.landed = [t for t in (m.get("event_time") or m.get("mapped_at") for m in plan.add) if t]
         log.info("applied changes", extra={"job": job.name, "generation": generation, "added": len(plan.add),
                                            "retracted": len(plan.retract), "rows": applied.result.num_rows})
 

@@ -13,7 +13,7 @@ import json
 import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -50,7 +50,8 @@ class ResultsQuery:
     @classmethod
     def from_params(cls, job: Job, params: dict[str, str] | None) -> "ResultsQuery":
         params = dict(params or {})
-        unknown = set(params) - {"limit", "order_by", "desc", "prefix", "cursor", "fresh"}
+        # The accepted parameters are this class's fields, which /openapi.json must list (tests/test_openapi.py).
+        unknown = set(params) - {f.name for f in fields(cls)}
         if unknown:
             raise InvalidQuery(f"unknown parameter(s): {', '.join(sorted(unknown))}")
         try:

@@ -1,11 +1,12 @@
 """A job's progress, computed from what is in the buckets (not from counters that could drift):
 objects landed in the input prefix, mapped, merged, quarantined, partials pending, and `idle`, true exactly
 when every object version that has landed is reflected in the served result (merged, or quarantined and
-reported)."""
+reported). `lag_seconds` is the age of the oldest object version not yet reflected (0 when idle)."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from datetime import datetime
+from typing import Any, Callable
 
 import pyarrow.compute as pc
 
@@ -19,14 +20,16 @@ MAX_LISTED_QUARANTINE = 100
 
 
 class StatusReader:
-    def __init__(self, reducer: Reducer, input_store: ObjectStore, state_store: ObjectStore):
-        self.reducer, self.input, self.state = reducer, input_store, state_store
+    def __init__(self, reducer: Reducer, input_store: ObjectStore, state_store: ObjectStore,
+                 clock: Callable[[], datetime]):
+        self.reducer, self.input, self.state, self.clock = reducer, input_store, state_store, clock
 
     def status(self, job: Job) -> dict[str, Any]:
         manifest, _ = self.reducer.read_manifest(job)
         ledger = self.reducer.read_ledger(manifest)
         merged = set(zip(ledger.column("key").to_pylist(), ledger.column("etag").to_pylist()))
-        landed = {(o.key, o.etag) for o in self.input.list(job.prefix) if job.matches(o.key)}
+        listed = [o for o in self.input.list(job.prefix) if job.matches(o.key)]
+        landed = {(o.key, o.etag) for o in listed}
         pending = [o.key for o in self.state.list(layout.inbox_prefix(job.name))]
         quarantined = self._quarantined(job, landed)
         reflected = merged | {(q["key"], q["etag"]) for q in quarantined}
@@ -52,7 +55,14 @@ class StatusReader:
             "generation": manifest.generation if manifest else None,
             "last_reduce_at": manifest.committed_at if manifest else None,
             "idle": not waiting and not gone and not pending,
+            "lag_seconds": self._lag(listed, waiting),
         }
+
+    def _lag(self, listed, waiting: set[tuple[str, str]]) -> float:
+        now = self.clock()
+        ages = [(now - o.last_modified).total_seconds() for o in listed
+                if (o.key, o.etag) in waiting and o.last_modified is not None]
+        return round(max(ages, default=0.0), 3)
 
     def _quarantined(self, job: Job, landed: set[tuple[str, str]]) -> list[dict[str, Any]]:
         records = []

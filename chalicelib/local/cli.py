@@ -1,4 +1,11 @@
-"""The `tally` command: `tally local` runs the service on this machine, `tally demo` runs the main job."""
+"""The `tally` command: `tally local` runs the service on this machine, `tally demo` runs the main job,
+`jobs` / `status` / `query` read the HTTP API (local mode's, or a deployed stage's with --api), `backfill`
+maps what a job is missing, `create-buckets` makes a stage's buckets once.
+
+Exit codes, for scripts: 0 done; 1 the command failed (an API error such as an unknown job, a failed demo
+check, a bucket name taken); 2 bad usage (argparse's code); 3 the service or S3 did not answer, or there are
+no credentials to sign with.
+"""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +17,9 @@ import threading
 from pathlib import Path
 
 from .stack import LocalOptions
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+LOCAL_API = "http://127.0.0.1:8000"
 
 
 def _local_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,17 +40,49 @@ def _positive(text: str) -> int:
     return value
 
 
+def _api_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api", default=LOCAL_API, metavar="URL",
+                        help=f"Tally's HTTP API: a deployed stage's URL, or local mode's (default {LOCAL_API})")
+    parser.add_argument("--auth", choices=["auto", "none", "iam", "api_key"], default="auto",
+                        help="auto: an API key if given, SigV4 (AWS credentials) for execute-api URLs, else none")
+    parser.add_argument("--api-key", default=os.environ.get("TALLY_API_KEY"),
+                        help="API Gateway key for an api_key stage (default: $TALLY_API_KEY)")
+    parser.add_argument("--region", default=None, help="signing region (default: from the URL)")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="tally", description="Tally: streaming map/reduce on S3 events")
+    root = argparse.ArgumentParser(prog="tally", description="Tally: streaming map/reduce on S3 events",
+                                   epilog="exit codes: 0 ok, 1 failed, 2 bad usage, 3 service unreachable")
     commands = root.add_subparsers(dest="command", required=True)
     local = commands.add_parser("local", help="run Tally on this machine (S3 on loopback, mappers, reducer, API)")
     _local_arguments(local)
+    jobs = commands.add_parser("jobs", help="the jobs and their definitions")
+    _api_arguments(jobs)
+    status = commands.add_parser("status", help="progress of every job (or one): a table")
+    status.add_argument("job", nargs="?")
+    _api_arguments(status)
+    query = commands.add_parser("query", help="a job's top groups")
+    query.add_argument("job")
+    query.add_argument("--top", type=_positive, default=10, metavar="N", help="groups to show (at most 1000)")
+    query.add_argument("--order-by", default=None, metavar="NAME", help="key or aggregate (default: the first "
+                       "aggregate)")
+    query.add_argument("--asc", action="store_true", help="ascending (default: descending)")
+    query.add_argument("--prefix", default=None, help="only groups whose first key starts with this")
+    _api_arguments(query)
     backfill = commands.add_parser("backfill", help="map what a job's results are missing from its input prefix")
     backfill.add_argument("job")
-    backfill.add_argument("--s3-endpoint", default="http://127.0.0.1:9000",
-                          help="S3 endpoint of the running local mode (default: its moto server)")
+    backfill.add_argument("--stage", default=None, help="a deployed stage: its buckets from .chalice/config.json, "
+                          "S3 through your AWS credentials (default: local mode)")
+    backfill.add_argument("--s3-endpoint", default=None,
+                          help="S3 endpoint (default: local mode's moto server, or AWS with --stage)")
     backfill.add_argument("--input-bucket", default="tally-input")
     backfill.add_argument("--state-bucket", default="tally-state")
+    buckets = commands.add_parser("create-buckets", help="create a stage's input and state buckets (once)")
+    buckets.add_argument("--stage", required=True)
+    buckets.add_argument("--config", type=Path, default=Path(".chalice/config.json"))
+    buckets.add_argument("--region", default=None, help="default: AWS_REGION / your AWS config")
+    buckets.add_argument("--endpoint-url", default=None, help="another S3-compatible endpoint")
     demo = commands.add_parser("demo", help="stream generated Big Data Benchmark data through local mode")
     _local_arguments(demo)
     demo.add_argument("--size-mb", type=_positive, default=256, help="uservisits data to generate")
@@ -60,49 +102,92 @@ def _local_options(args: argparse.Namespace) -> LocalOptions:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+    from rich.console import Console
+
+    from ..errors import TallyError
+    from .client import ApiError, Unreachable
+
+    console = Console(stderr=False)
+    try:
+        return _dispatch(args, console)
+    except ApiError as error:
+        console.print(f"[red]error:[/] {error}")
+        return EXIT_FAILED
+    except (Unreachable, EndpointConnectionError, NoCredentialsError) as error:
+        local = getattr(args, "api", None) == LOCAL_API or (args.command == "backfill" and not args.stage)
+        hint = " (is `tally local` running?)" if local else ""
+        console.print(f"[red]error:[/] {error}{hint}")
+        return EXIT_UNREACHABLE
+    except (TallyError, ClientError, BotoCoreError) as error:
+        console.print(f"[red]error:[/] {error}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, console) -> int:
     if args.command == "local":
         return _run_local(_local_options(args))
     if args.command == "backfill":
-        return _run_backfill(args)
+        return _run_backfill(args, console)
+    if args.command == "create-buckets":
+        return _run_create_buckets(args, console)
+    if args.command in ("jobs", "status", "query"):
+        from . import commands
+        from .client import TallyClient, signer_for
+
+        api = TallyClient(args.api, signer=signer_for(args.api, args.auth, args.api_key, args.region))
+        return getattr(commands, args.command)(api, args, console)
     from .demo import DemoOptions, run_demo
 
     options = DemoOptions(size_mb=args.size_mb, file_mb=args.file_mb, seed=args.seed,
                           upload_threads=args.upload_threads, data_dir=args.data_dir)
-    return 0 if run_demo(options, _local_options(args)) else 1
+    return EXIT_OK if run_demo(options, _local_options(args), console) else EXIT_FAILED
 
 
-def _run_backfill(args: argparse.Namespace) -> int:
+def _run_create_buckets(args: argparse.Namespace, console) -> int:
+    import boto3
+
+    from .buckets import create_buckets, stage_buckets
+
+    buckets = stage_buckets(args.stage, args.config)
+    session = boto3.session.Session()
+    region = args.region or session.region_name or "us-east-1"
+    client = session.client("s3", region_name=region, endpoint_url=args.endpoint_url)
+    for bucket, outcome in create_buckets(client, buckets, region).items():
+        console.print(f"{bucket}: {outcome}")
+    return EXIT_OK
+
+
+def _run_backfill(args: argparse.Namespace, console) -> int:
     from datetime import timedelta
 
-    from botocore.exceptions import EndpointConnectionError
-    from rich.console import Console
     from rich.progress import Progress
 
-    from ..errors import TallyError
     from ..runtime import Runtime
     from ..settings import Settings
 
-    console = Console()
-    runtime = Runtime(Settings(s3_endpoint=args.s3_endpoint, input_bucket=args.input_bucket,
-                               state_bucket=args.state_bucket))
-    try:
-        job = runtime.jobs.get(args.job)
-        with Progress(console=console) as progress:
-            task = progress.add_task(f"backfilling {job.name}", total=None)
-            report = runtime.reconciler.reconcile(
-                job, progress=lambda done, total: progress.update(task, completed=done, total=total),
-                grace=timedelta(0))
-    except TallyError as error:
-        console.print(f"[red]error:[/] {error}")
-        return 2
-    except EndpointConnectionError:
-        console.print(f"[red]error:[/] nothing answers at {args.s3_endpoint}: is `tally local` running?")
-        return 2
+    if args.stage:
+        from .buckets import stage_buckets
+
+        buckets = stage_buckets(args.stage)
+        settings = Settings(s3_endpoint=args.s3_endpoint, input_bucket=buckets.input, state_bucket=buckets.state)
+    else:
+        settings = Settings(s3_endpoint=args.s3_endpoint or "http://127.0.0.1:9000",
+                            input_bucket=args.input_bucket, state_bucket=args.state_bucket)
+    runtime = Runtime(settings)
+    job = runtime.jobs.get(args.job)
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"backfilling {job.name}", total=None)
+        report = runtime.reconciler.reconcile(
+            job, progress=lambda done, total: progress.update(task, completed=done, total=total),
+            grace=timedelta(0))
     quarantined = sum(1 for o in report.mapped if o.outcome == "quarantined")
     console.print(f"{job.name}: {len(report.mapped)} objects mapped ({quarantined} quarantined), "
                   f"{report.removed} removals noted, {report.orphans_deleted} orphaned parts deleted; "
                   "the reducer merges them on its next tick")
-    return 0
+    return EXIT_OK
 
 
 def _run_local(options: LocalOptions) -> int:
@@ -112,7 +197,8 @@ def _run_local(options: LocalOptions) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     with LocalTally(options) as tally:
         print(f"S3 endpoint: {tally.s3_endpoint}  (buckets {options.input_bucket}, {options.state_bucket})")
-        print(f"HTTP API:    {tally.api_url}/jobs")
+        print(f"HTTP API:    {tally.api_url}/jobs  (described at {tally.api_url}/openapi.json)")
+        print(f"dashboard:   {tally.api_url}/")
         print(f"upload with: aws s3 cp FILE s3://{options.input_bucket}/uservisits/ --endpoint-url "
               f"{tally.s3_endpoint}")
         try:

@@ -52,7 +52,8 @@ def run_demo(options: DemoOptions, local: LocalOptions, console: Console | None 
     total_bytes = sum(p.stat().st_size for p in paths)
     console.print(f"[bold]{len(paths)} files, {total_bytes / 1e6:.1f} MB[/] of BDB uservisits")
     with LocalTally(local) as tally:
-        console.print(f"S3 endpoint  {tally.s3_endpoint}\nHTTP API     {tally.api_url}")
+        console.print(f"S3 endpoint  {tally.s3_endpoint}\nHTTP API     {tally.api_url}\n"
+                      f"dashboard    {tally.api_url}/")
         api = TallyClient(tally.api_url)
         s3 = tally.client()
         started = time.monotonic()

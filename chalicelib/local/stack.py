@@ -138,8 +138,9 @@ class LocalTally:
 
     @property
     def settings(self) -> Settings:
+        # Text logs: the handlers' records and metric sets as readable lines in the terminal, not JSON/EMF.
         return Settings(input_bucket=self.options.input_bucket, state_bucket=self.options.state_bucket,
-                        s3_endpoint=self.s3_endpoint, log_level=self.options.log_level)
+                        s3_endpoint=self.s3_endpoint, log_level=self.options.log_level, log_format="text")
 
     def client(self, service: str = "s3"):
         if service == "s3":
@@ -312,17 +313,22 @@ class LocalTally:
                 log.error("reconcile failed: %s", exc)
 
     def _serve_http(self) -> None:
-        import app
-        from chalice.config import Config
-        from chalice.local import CustomLocalChalice, LocalDevServer, create_local_server
+        self._http = serve_http(self.options.host, self.options.port)
 
-        config = Config.create(chalice_stage="local", app_name="tally", chalice_app=app.app)
-        if isinstance(app.app, CustomLocalChalice):  # a second local server in this process: already adapted
-            self._http = LocalDevServer(app.app, config, self.options.host, self.options.port)
-        else:
-            self._http = create_local_server(app.app, config, self.options.host, self.options.port)
-        # Chalice's handler logs every request to stderr; local mode keeps the terminal for progress.
-        self._http.server.RequestHandlerClass = functools.partial(
-            _quiet_handler_class(), app_object=self._http.app_object, config=config)
-        thread = threading.Thread(target=self._http.server.serve_forever, daemon=True, name="http")
-        thread.start()
+
+def serve_http(host: str, port: int):
+    """The Chalice app's routes on host:port, served from a thread; `.shutdown()` stops it."""
+    import app
+    from chalice.config import Config
+    from chalice.local import CustomLocalChalice, LocalDevServer, create_local_server
+
+    config = Config.create(chalice_stage="local", app_name="tally", chalice_app=app.app)
+    if isinstance(app.app, CustomLocalChalice):  # a second local server in this process: already adapted
+        server = LocalDevServer(app.app, config, host, port)
+    else:
+        server = create_local_server(app.app, config, host, port)
+    # Chalice's handler logs every request to stderr; local mode keeps the terminal for progress.
+    server.server.RequestHandlerClass = functools.partial(
+        _quiet_handler_class(), app_object=server.app_object, config=config)
+    threading.Thread(target=server.server.serve_forever, daemon=True, name="http").start()
+    return server

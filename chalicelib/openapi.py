@@ -1,0 +1,113 @@
+"""The HTTP API described as an OpenAPI 3.0 document, served at /openapi.json.
+
+Written by hand (the descriptions are for people), kept equal to app.py's routes and to the parameters the
+handlers accept by tests/test_openapi.py: a route, a method or a query parameter added without a line here
+fails that test.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_JOB = {"name": "job", "in": "path", "required": True, "description": "job name, as in GET /jobs",
+        "schema": {"type": "string"}}
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+_FRESH = _query("fresh", "include partials mapped since the last reducer run (uncached: reads the inbox)",
+                {"type": "string", "enum": ["true", "false", "1", "0"]})
+
+PATHS: dict[str, dict[str, Any]] = {
+    "/": {"get": {
+        "operationId": "dashboard", "summary": "the dashboard: each job's status and top groups, refreshing live",
+        "security": [],
+        "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}},
+    }},
+    "/openapi.json": {"get": {
+        "operationId": "openapi", "summary": "this document", "security": [],
+        "responses": {"200": _json("OpenAPI 3.0 document", {"type": "object"})},
+    }},
+    "/jobs": {"get": {
+        "operationId": "listJobs", "summary": "every job and its definition",
+        "responses": {"200": _json("jobs", {"type": "object", "properties": {
+            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}}}})},
+    }},
+    "/jobs/{job}/results": {"get": {
+        "operationId": "jobResults", "summary": "a page of the job's current result",
+        "parameters": [
+            _JOB,
+            _query("limit", "rows per page (default 100, capped at 1000)", {"type": "integer", "minimum": 1}),
+            _query("order_by", "a key or aggregate name (default: the keys)", {"type": "string"}),
+            _query("desc", "descending order", {"type": "string", "enum": ["true", "false", "1", "0"]}),
+            _query("prefix", "only groups whose first key (a string) starts with this", {"type": "string"}),
+            _query("cursor", "next_cursor of the previous page, with the same other parameters", {"type": "string"}),
+            _FRESH,
+        ],
+        "responses": {"200": _json("a page", {"$ref": "#/components/schemas/Page"}), "400": _ERROR, "404": _ERROR},
+    }},
+    "/jobs/{job}/results/{key}": {"get": {
+        "operationId": "jobGroup", "summary": "one group",
+        "parameters": [_JOB, {"name": "key", "in": "path", "required": True, "schema": {"type": "string"},
+                              "description": "the group's key, URL-encoded; a JSON array for several keys"},
+                       _FRESH],
+        "responses": {"200": _json("the group", {"$ref": "#/components/schemas/Row"}), "400": _ERROR,
+                      "404": _ERROR},
+    }},
+    "/jobs/{job}/status": {"get": {
+        "operationId": "jobStatus", "summary": "progress, lag and quarantined inputs",
+        "parameters": [_JOB],
+        "responses": {"200": _json("status", {"$ref": "#/components/schemas/Status"}), "404": _ERROR},
+    }},
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error", "message"],
+              "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
+    "Job": {"type": "object", "properties": {"name": {"type": "string"}, "prefix": {"type": "string"},
+                                             "keys": {"type": "object"}, "aggregates": {"type": "object"}}},
+    "Row": {"type": "object", "required": ["key", "values"],
+            "properties": {"key": {"type": "object"}, "values": {"type": "object"}}},
+    "Page": {"type": "object", "required": ["job", "rows", "next_cursor", "total_rows", "generation"], "properties": {
+        "job": {"type": "string"}, "rows": {"type": "array", "items": {"$ref": "#/components/schemas/Row"}},
+        "next_cursor": {"type": "string", "nullable": True}, "total_rows": {"type": "integer"},
+        "generation": {"type": "integer", "nullable": True}}},
+    "Status": {"type": "object", "required": ["job", "objects", "idle", "lag_seconds"], "properties": {
+        "job": {"type": "string"},
+        "objects": {"type": "object", "description": "landed, seen, mapped, merged, quarantined, waiting, "
+                                                     "to_retract (counts of object versions)"},
+        "quarantined": {"type": "array", "items": {"type": "object"}},
+        "partials_pending": {"type": "integer"}, "rows": {"type": "integer"}, "rows_read": {"type": "integer"},
+        "bad_rows_skipped": {"type": "integer"}, "bytes_merged": {"type": "integer"},
+        "generation": {"type": "integer", "nullable": True},
+        "last_reduce_at": {"type": "string", "nullable": True},
+        "idle": {"type": "boolean", "description": "the result reflects every object version in the prefix"},
+        "lag_seconds": {"type": "number", "description": "age of the oldest object version not yet merged"}}},
+}
+
+SECURITY_SCHEMES = {
+    "iam": {"sigv4": {"type": "apiKey", "name": "Authorization", "in": "header",
+                      "description": "AWS Signature Version 4 (service execute-api)"}},
+    "api_key": {"api_key": {"type": "apiKey", "name": "x-api-key", "in": "header"}},
+    "none": {},
+}
+
+
+def document(auth: str) -> dict[str, Any]:
+    """The document for an API protected by `auth` (Settings.api_auth): the routes are the same, the
+    security requirement is the stage's."""
+    schemes = SECURITY_SCHEMES[auth]
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Tally", "version": "1",
+                 "description": "Streaming map/reduce on S3 events: current results of each job, and progress."},
+        "paths": PATHS,
+        "components": {"schemas": SCHEMAS, "securitySchemes": schemes},
+        "security": [{name: []} for name in schemes],
+    }
