@@ -3,7 +3,8 @@
 S3 may drop an event, a throttled Lambda may give up on one, and a job added later has never seen the objects
 already in its prefix. The reconcile lists the prefix and maps every object version that is neither live in
 the ledger, nor waiting in the inbox, nor quarantined (that is also the backfill), and notes the removal of
-every live key whose object is gone. It also deletes orphaned parts and packs: those of versions that are not
+every live key whose object is gone. It also deletes superseded results and ledgers a crashed reducer left, and
+orphaned parts and packs: those of versions that are not
 live and have no marker (packs: that no live version references), once they are old enough that no mapper or
 reducer can still be writing them.
 """
@@ -102,7 +103,7 @@ class Reconciler:
                 report.removed += len(self.mapper.note_removal(event, [job]))
         if plan.orphaned_parts:
             self.state.delete(list(plan.orphaned_parts))
-            report.orphans_deleted = len(plan.orphaned_parts)
+        report.orphans_deleted = len(plan.orphaned_parts) + self.reducer.collect_garbage(job)
         log.info("reconciled", extra={"job": job.name, "mapped": len(report.mapped), "removed": report.removed,
                                       "orphans": report.orphans_deleted, "left": report.left})
         return report

@@ -262,7 +262,6 @@ class Reducer:
         with_parts = {m["contribution"] for m in gathered.markers if m.get("parts")} | {
             e["contribution"] for e in plan.retract if not all(map(layout.is_pack, e["parts"]))}
         self._delete_parts(job, tuple(c for c in plan.stale_contributions if c in with_parts))
-        self._collect_garbage(job, gathered.manifest if not plan.changes_result else None)
         return report
 
     def execute(self, job: Job, gathered: Gathered, plan: ChangePlan, report: ReduceReport) -> None:
@@ -272,7 +271,8 @@ class Reducer:
         ledger = pa.Table.from_pylist(sorted(applied.entries.values(), key=lambda e: e["key"]), LEDGER_SCHEMA)
         manifest = self._commit(job, gathered, keys, generation, applied.result, ledger, applied.pack)
         self._delete_unreferenced_packs(gathered.entries.values(), applied.entries.values())
-        self._collect_garbage(job, manifest)
+        if gathered.manifest is not None:  # superseded now; left-overs of crashes go in collect_garbage
+            self.state.delete([k for k in (gathered.manifest.result_key, gathered.manifest.ledger_key) if k])
         report.generation, report.rows = generation, applied.result.num_rows
         report.merged, report.retracted = len(plan.add), len(plan.retract)
         report.landed = [t for t in (m.get("event_time") or m.get("mapped_at") for m in plan.add) if t]
@@ -386,11 +386,13 @@ class Reducer:
         if keys:
             self.state.delete(keys)
 
-    def _collect_garbage(self, job: Job, manifest: Manifest | None) -> None:
-        """Delete results and ledgers superseded by the committed generation, and orphans of lost races.
-        Newer generations are left alone: they may belong to a reducer that is about to commit."""
+    def collect_garbage(self, job: Job) -> int:
+        """Delete results and ledgers older than the committed generation that a run did not delete itself
+        (it crashed after committing, or lost a race and crashed before cleaning up). Newer generations are left
+        alone: they may belong to a reducer that is about to commit. Lists two prefixes: the reconcile's job."""
+        manifest, _ = self.read_manifest(job)
         if manifest is None:
-            return
+            return 0
         live = {manifest.result_key, manifest.ledger_key}
         garbage = [
             o.key
@@ -400,6 +402,7 @@ class Reducer:
         ]
         if garbage:
             self.state.delete(garbage)
+        return len(garbage)
 
 
 @contextmanager
