@@ -214,3 +214,23 @@ def test_a_handful_of_keys_is_answered_by_head(runtime, uploads):
 
     assert current["uservisits/b.csv"] is None and current["uservisits/a.csv"].version_id is None
     assert counting.calls == {"head": 2}
+
+
+def test_reading_the_committed_state_while_a_commit_deletes_it_reads_the_new_one(runtime, uploads):
+    job = runtime.jobs.get(JOB)
+    map_files(runtime, uploads, dict(list(FILES.items())[:1]))
+    runtime.reducer.reduce_job(job)
+    map_files(runtime, uploads, dict(list(FILES.items())[1:2]))
+
+    class CommitBeforeFirstLedgerRead(CountingStore):
+        def get(self, key):
+            if "/ledger/" in key and not self.calls:
+                self.calls["raced"] = 1
+                runtime.reducer.reduce_job(job)  # commits generation 2, deleting generation 1's ledger
+            return self.store.get(key)
+
+    racing = CommitBeforeFirstLedgerRead(runtime.state_store)
+    manifest, ledger = Reducer(runtime.jobs, racing, runtime.input_store, utc_now).read_committed(job)
+
+    assert racing.calls == {"raced": 1}
+    assert manifest.generation == 2 and ledger.num_rows == 2

@@ -55,8 +55,8 @@ class Reconciler:
         self.mapper, self.reducer, self.clock = mapper, reducer, clock
 
     def plan(self, job: Job, grace: timedelta = EVENT_GRACE) -> ReconcilePlan:
-        manifest, _ = self.reducer.read_manifest(job)
-        ledger = self.reducer.read_ledger(manifest).to_pylist()
+        _, ledger_table = self.reducer.read_committed(job)
+        ledger = ledger_table.to_pylist()
         live = {(e["key"], e["etag"]) for e in ledger}
         live_contributions = {e["contribution"] for e in ledger}
         waiting = {layout.id_of(o.key) for o in self.state.list(layout.inbox_prefix(job.name))}

@@ -135,6 +135,18 @@ class Reducer:
             return LEDGER_SCHEMA.empty_table()
         return decode(self.state.get(manifest.ledger_key)[0], _LEDGER_FINGERPRINT)[0]
 
+    def read_committed(self, job: Job) -> tuple[Manifest | None, pa.Table]:
+        """The manifest and the ledger it names, consistent: a commit between the two reads deletes the
+        ledger the first named, so read both again."""
+        for attempt in range(5):
+            manifest, _ = self.read_manifest(job)
+            try:
+                return manifest, self.read_ledger(manifest)
+            except ObjectMissing:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
     def read_result(self, job: Job, manifest: Manifest | None) -> pa.Table:
         if manifest is None or not manifest.result_key:
             return job.plan.empty()

@@ -25,8 +25,7 @@ class StatusReader:
         self.reducer, self.input, self.state, self.clock = reducer, input_store, state_store, clock
 
     def status(self, job: Job) -> dict[str, Any]:
-        manifest, _ = self.reducer.read_manifest(job)
-        ledger = self.reducer.read_ledger(manifest)
+        manifest, ledger = self.reducer.read_committed(job)
         merged = set(zip(ledger.column("key").to_pylist(), ledger.column("etag").to_pylist()))
         listed = [o for o in self.input.list(job.prefix) if job.matches(o.key)]
         landed = {(o.key, o.etag) for o in listed}
