@@ -45,7 +45,7 @@ class ObjectStore(Protocol):
     def put(self, key: str, data: bytes, content_type: str = ...) -> str: ...
     def put_if_absent(self, key: str, data: bytes, content_type: str = ...) -> str: ...
     def put_if_match(self, key: str, data: bytes, etag: str, content_type: str = ...) -> str: ...
-    def list(self, prefix: str, start_after: str | None = None) -> Iterator[StoredObject]: ...
+    def list(self, prefix: str, start_after: str | None = None, page_size: int = 1000) -> Iterator[StoredObject]: ...
     def delete(self, keys: list[str]) -> None: ...
 
 
@@ -92,10 +92,10 @@ class S3ObjectStore:
     def put_if_match(self, key, data, etag, content_type="application/octet-stream") -> str:
         return self._put(key, data, content_type, IfMatch=f'"{normalize_etag(etag)}"')
 
-    def list(self, prefix: str, start_after: str | None = None) -> Iterator[StoredObject]:
+    def list(self, prefix: str, start_after: str | None = None, page_size: int = 1000) -> Iterator[StoredObject]:
         """Keys under `prefix` in order, after `start_after` if given. Lazy: stopping early saves pages."""
         paginator = self._client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix,
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size},
                                        **({"StartAfter": start_after} if start_after else {})):
             for item in page.get("Contents", []):
                 yield StoredObject(item["Key"], normalize_etag(item["ETag"]), item["Size"], item.get("LastModified"))

@@ -185,9 +185,11 @@ class CountingStore:
         return call
 
 
-@pytest.mark.parametrize("page", [1000, 3])  # a page that cannot cover the keys' range: the rest by HEAD
-def test_current_versions_from_a_listing_are_what_head_says(runtime, uploads, monkeypatch, page):
-    monkeypatch.setattr("chalicelib.engine.reducer.LIST_PAGE", page)
+# A budget of 3 listed keys cannot cover the keys' range: the rest by HEAD.
+@pytest.mark.parametrize("budget", [None, 3])
+def test_current_versions_from_a_listing_are_what_head_says(runtime, uploads, monkeypatch, budget):
+    if budget:
+        monkeypatch.setattr("chalicelib.engine.reducer.LISTED_PER_KEY", budget / 45)
     for i in range(90):
         if i % 3:
             uploads.put(f"uservisits/k{i:03d}.csv", uservisits_rows(("1.1.1.1", str(i))))
@@ -201,11 +203,11 @@ def test_current_versions_from_a_listing_are_what_head_says(runtime, uploads, mo
     assert {k: c and c.etag for k, c in current.items()} == {
         k: h and h.etag for k in keys for h in [runtime.input_store.head(k)]}
     assert sum(c is None for c in current.values()) == 15
-    # Page 3: the budget (3 listed objects: k001, k002, k004) answers k000, k002 and k004; HEADs the rest.
-    assert counting.calls.get("head", 0) == (0 if page == 1000 else 45 - 3)
+    # Budget 3: the listed k001, k002 and k004 answer k000, k002 and k004; HEADs the rest.
+    assert counting.calls.get("head", 0) == (0 if budget is None else 45 - 3)
 
 
-def test_a_handful_of_keys_is_answered_by_head(runtime, uploads):
+def test_a_few_keys_are_answered_by_head(runtime, uploads):
     uploads.put("uservisits/a.csv", uservisits_rows(("1.1.1.1", "1")))
     counting = CountingStore(runtime.input_store)
 
@@ -234,3 +236,20 @@ def test_reading_the_committed_state_while_a_commit_deletes_it_reads_the_new_one
 
     assert racing.calls == {"raced": 1}
     assert manifest.generation == 2 and ledger.num_rows == 2
+
+
+def test_a_warm_reducer_does_not_fetch_the_result_and_ledger_it_committed(runtime, uploads):
+    job = runtime.jobs.get(JOB)
+    counting = CountingStore(runtime.state_store)
+    warm = Reducer(runtime.jobs, counting, runtime.input_store, utc_now)
+    fetched = []
+    counting.get = lambda key: fetched.append(key) or runtime.state_store.get(key)
+    map_files(runtime, uploads, dict(list(FILES.items())[:1]))
+    warm.reduce_job(job)
+    map_files(runtime, uploads, dict(list(FILES.items())[1:]))
+    fetched.clear()
+
+    warm.reduce_job(job)
+
+    assert [key for key in fetched if "/results/" in key or "/ledger/" in key] == []
+    assert served(runtime) == expected(FILES)

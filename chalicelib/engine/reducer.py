@@ -20,7 +20,9 @@ import binascii
 import json
 import logging
 import os
+import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -46,7 +48,8 @@ LEDGER_SCHEMA = pa.schema([
 ])
 _LEDGER_FINGERPRINT = "ledger-v2"
 # A listing page holds 1,000 keys: worth it over HEADs from about this many keys, if enough of a page is ours.
-LIST_PAGE, LIST_MIN_KEYS, LIST_MIN_KEYS_PER_PAGE = 1000, 20, 50
+# Listing the keys' range is worth it from a few keys on, while at least one listed key in LISTED_PER_KEY is ours.
+LIST_MIN_KEYS, LISTED_PER_KEY = 4, 20
 _CONTRIBUTION = "__contribution"  # a pack's column: whose partial a row is
 
 
@@ -115,6 +118,8 @@ class Reducer:
     def __init__(self, jobs: JobCatalog, state_store: ObjectStore, input_store: ObjectStore,
                  clock: Callable[[], datetime], batch: int = 500):
         self.jobs, self.state, self.input, self.clock, self.batch = jobs, state_store, input_store, clock, batch
+        self._recent: OrderedDict[str, pa.Table] = OrderedDict()
+        self._lock = threading.Lock()  # jobs reduce in parallel threads
 
     # -- reading committed state -------------------------------------------------------------------------
 
@@ -133,7 +138,7 @@ class Reducer:
     def read_ledger(self, manifest: Manifest | None) -> pa.Table:
         if manifest is None or not manifest.ledger_key:
             return LEDGER_SCHEMA.empty_table()
-        return decode(self.state.get(manifest.ledger_key)[0], _LEDGER_FINGERPRINT)[0]
+        return self._read_immutable(manifest.ledger_key, _LEDGER_FINGERPRINT)
 
     def read_committed(self, job: Job) -> tuple[Manifest | None, pa.Table]:
         """The manifest and the ledger it names, consistent: a commit between the two reads deletes the
@@ -150,7 +155,24 @@ class Reducer:
     def read_result(self, job: Job, manifest: Manifest | None) -> pa.Table:
         if manifest is None or not manifest.result_key:
             return job.plan.empty()
-        return decode(self.state.get(manifest.result_key)[0], job.plan.fingerprint)[0]
+        return self._read_immutable(manifest.result_key, job.plan.fingerprint)
+
+    def _read_immutable(self, key: str, fingerprint: str) -> pa.Table:
+        """Results and ledgers are never rewritten under a key, so the last ones read or written are kept:
+        a warm reducer (a Lambda container, local mode) does not fetch and decode its own result every run."""
+        with self._lock:
+            table = self._recent.get(key)
+        if table is None:
+            table = decode(self.state.get(key)[0], fingerprint)[0]
+            self._remember(key, table)
+        return table
+
+    def _remember(self, key: str, table: pa.Table) -> None:
+        with self._lock:
+            self._recent[key] = table
+            self._recent.move_to_end(key)
+            while len(self._recent) > 2 * len(self.jobs) + 2:
+                self._recent.popitem(last=False)
 
     def read_parts(self, job: Job, keys: list[str]) -> list[pa.Table]:
         with ThreadPoolExecutor(8) as pool:
@@ -210,9 +232,10 @@ class Reducer:
         current: dict[str, Current | None] = {}
         covered = ""  # every key up to this one is answered by the listing
         if len(keys) >= LIST_MIN_KEYS:
-            wanted, budget = set(keys), (len(keys) // LIST_MIN_KEYS_PER_PAGE + 1) * LIST_PAGE
+            wanted, budget = set(keys), max(1, int(len(keys) * LISTED_PER_KEY))
             covered = keys[-1]
-            listing = self.input.list(os.path.commonprefix(keys), start_after=keys[0][:-1])
+            listing = self.input.list(os.path.commonprefix(keys), start_after=keys[0][:-1],
+                                      page_size=min(1000, budget + 1))
             for seen, obj in enumerate(listing):
                 if obj.key > keys[-1]:
                     break
@@ -372,6 +395,8 @@ class Reducer:
             written.append((keys.pack, encode(pack, job.plan.fingerprint)))
         for key, data in written:
             self.state.put_if_absent(key, data)
+        self._remember(keys.result, result)
+        self._remember(keys.ledger, ledger)
         manifest = Manifest(generation, job.plan.fingerprint, keys.result, keys.ledger,
                             self.clock().isoformat(), result.num_rows, ledger.num_rows)
         try:
