@@ -2,15 +2,14 @@
 combine (merge) and what a state means (finalize), all as Arrow hash-aggregate calls so they vectorize."""
 from __future__ import annotations
 
-import ast
 from dataclasses import dataclass
-from typing import ClassVar, Iterable
+from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import JobDefinitionError
-from ..expressions import Expression, compile_expression
+from ..expressions import Expression
 
 # (state column, Arrow hash function, options): one step of a group-by aggregation.
 Step = tuple[str, str, pc.FunctionOptions | None]
@@ -38,6 +37,22 @@ class AggregateFunction:
     def input_type(self, value_type: pa.DataType) -> pa.DataType | None:
         """The type input values are cast to before lifting, if they need one."""
         return None
+
+    def inputs(self, value: str, values: pa.Array | pa.ChunkedArray) -> dict[str, pa.Array | pa.ChunkedArray]:
+        """The columns `lift` steps read, derived from the (cast) input values; most need only the values."""
+        return {value: values}
+
+    def with_parameters(self, parameters: tuple) -> "AggregateFunction":
+        """This function with literal parameters, as in `approx_quantile(x, 0.95)`; none by default."""
+        if parameters:
+            raise JobDefinitionError(f"{self.name}() takes exactly one expression")
+        return self
+
+    @property
+    def identity(self) -> str:
+        """What, beyond the aggregate's source text, decides the meaning of its state (a user function's code).
+        Part of the plan's fingerprint when not empty."""
+        return ""
 
     def lift(self, out: str, value: str) -> list[Step]:
         """Steps that turn the input column `value` into this aggregate's state columns."""
@@ -154,7 +169,7 @@ FUNCTIONS: dict[str, AggregateFunction] = {
     "mean": Mean("mean"),
     "avg": Mean("mean"),
 }
-_COUNT_ROWS = Count("count", takes_argument=False)
+COUNT_ROWS = Count("count", takes_argument=False)
 
 
 @dataclass(frozen=True)
@@ -172,26 +187,4 @@ class AggregateSpec:
 
 
 # Every partial also counts its rows per group, so a retraction knows when a group has no rows left.
-ROWS = AggregateSpec("__rows", "count()", _COUNT_ROWS, None)
-
-
-def parse_aggregate(out: str, source: str, columns: Iterable[str]) -> AggregateSpec:
-    """Parse `sum(adRevenue)`, `count()`, `mean(duration * 2)` into an AggregateSpec."""
-    columns = list(columns)
-    try:
-        node = ast.parse(source.strip(), mode="eval").body
-    except SyntaxError as exc:
-        raise JobDefinitionError(f"aggregate {out!r}: cannot parse {source!r}: {exc.msg}") from exc
-    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords):
-        raise JobDefinitionError(f"aggregate {out!r}: expected function(expression), got {source!r}")
-    name = node.func.id.lower()
-    if name not in FUNCTIONS:
-        raise JobDefinitionError(
-            f"aggregate {out!r}: unknown aggregate {name!r} (known: {', '.join(sorted(FUNCTIONS))})"
-        )
-    if name == "count" and not node.args:
-        return AggregateSpec(out, source, _COUNT_ROWS, None)
-    if len(node.args) != 1:
-        raise JobDefinitionError(f"aggregate {out!r}: {name}() takes exactly one expression")
-    argument = compile_expression(ast.unparse(node.args[0]), columns)
-    return AggregateSpec(out, source, FUNCTIONS[name], argument)
+ROWS = AggregateSpec("__rows", "count()", COUNT_ROWS, None)

@@ -6,12 +6,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import JobDefinitionError, PartialMismatch
 from ..expressions import Expression
 from .functions import ROWS, AggregateSpec
+from .grouped import GroupedAggregate
 
 # Bump when the meaning of state columns changes: old partials then refuse to merge instead of lying.
 STATE_FORMAT = 1
@@ -55,6 +57,9 @@ class AggregationPlan:
             "keys": [[name, expr.source] for name, expr in self.keys],
             "aggregates": [[spec.out, spec.source] for spec in self.aggregates],
         }
+        code = [spec.function.identity for spec in self.aggregates if spec.function.identity]
+        if code:  # only then, so the fingerprints of jobs without user code stay what they were
+            identity["code"] = code
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         object.__setattr__(self, "fingerprint", digest[:16])
 
@@ -89,17 +94,19 @@ class AggregationPlan:
         if batch.num_rows == 0:
             return self.empty()
         columns = {name: expr.evaluate_array(batch) for name, expr in self.keys}
-        steps, targets = [], []
+        steps, targets, per_group = [], [], {}
         for index, spec in enumerate(self.specs):
             value = f"__value{index}"
             expr = spec.argument if spec.argument is not None else self.keys[0][1]
             values = expr.evaluate_array(batch)
             cast_to = spec.function.input_type(values.type)
-            columns[value] = values if cast_to is None else pc.cast(values, cast_to)
+            columns.update(spec.function.inputs(value, values if cast_to is None else pc.cast(values, cast_to)))
+            if isinstance(spec.function, GroupedAggregate):
+                per_group[spec.out] = (spec.function.lift_groups, value)
             for (column, function, options), state in zip(spec.function.lift(spec.out, value), spec.states):
                 steps.append((column, function, options))
                 targets.append((state, f"{column}_{function}"))
-        grouped = pa.table(columns).group_by(self.key_names, use_threads=False).aggregate(steps)
+        grouped = self._group(pa.table(columns), steps, targets, per_group)
         return self._conform(grouped, targets)
 
     def merge(self, partials: Sequence[pa.Table]) -> pa.Table:
@@ -115,14 +122,18 @@ class AggregationPlan:
         combined = pa.concat_tables(partials)
         # Work on neutral column names: Arrow names outputs "<column>_<function>", which a key may also be.
         working = {name: combined.column(name) for name in self.key_names}
-        steps, targets = [], []
+        steps, targets, per_group = [], [], {}
         for spec in self.specs:
+            if isinstance(spec.function, GroupedAggregate):
+                alias = f"__state{len(working)}"
+                working[alias] = combined.column(spec.out)
+                per_group[spec.out] = (spec.function.merge_groups, alias)
             for column, function, options in spec.function.merge(spec.out):
-                alias = f"__state{len(steps)}"
+                alias = f"__state{len(working)}"
                 working[alias] = combined.column(column)
                 steps.append((alias, function, options))
                 targets.append((column, f"{alias}_{function}"))
-        grouped = pa.table(working).group_by(self.key_names, use_threads=False).aggregate(steps)
+        grouped = self._group(pa.table(working), steps, targets, per_group)
         return self._conform(grouped, targets)
 
     def retract(self, result: pa.Table, removed: Sequence[pa.Table], added: Sequence[pa.Table] = ()) -> pa.Table:
@@ -144,6 +155,25 @@ class AggregationPlan:
         for spec in self.aggregates:
             columns[spec.out] = spec.function.finalize(spec.out, partial)
         return pa.table(columns)
+
+    def _group(self, table: pa.Table, steps: list, targets: list[tuple[str, str]],
+               per_group: dict[str, tuple]) -> pa.Table:
+        """Arrow's hash aggregation, plus the states of grouped aggregates: Arrow lists each group's row
+        numbers once, and every grouped aggregate gets its column sorted by group with the group offsets."""
+        if per_group:
+            table = table.append_column("__row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+            steps = [*steps, ("__row", "list")]
+        grouped = table.group_by(self.key_names, use_threads=False).aggregate(steps)
+        if not per_group:
+            return grouped
+        rows = grouped.column("__row_list").combine_chunks()
+        offsets = np.asarray(rows.offsets)
+        order, offsets = rows.flatten(), offsets - offsets[0]
+        for state, (combine, column) in per_group.items():
+            values = table.column(column).take(order).combine_chunks()
+            grouped = grouped.append_column(f"__grouped.{state}", combine(values, offsets))
+            targets.append((state, f"__grouped.{state}"))
+        return grouped
 
     def _conform(self, grouped: pa.Table, targets: list[tuple[str, str]]) -> pa.Table:
         produced = dict(targets)
