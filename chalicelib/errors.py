@@ -41,6 +41,11 @@ class BadInput(TallyError):
         self.offset = offset
 
 
+class MapFunctionFailed(TallyError):
+    """A job's map function returned something other than its declared columns: a bug in the job, so the
+    mapper fails (and Lambda retries, then dead-letters) instead of guessing."""
+
+
 class PartialMismatch(TallyError):
     """Encoded state written for another job definition or format version: merging it would be wrong."""
 

@@ -10,15 +10,17 @@ import importlib
 import pkgutil
 import re
 from functools import cached_property
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Callable, Literal, Union
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
 
 from .aggregation import AggregationPlan, parse_aggregate
+from .aggregation.mapping import MapFunction
 from .errors import JobDefinitionError, JobNotFound
 from .expressions import compile_expression
 from .formats import TextFormat, strip_compression
+from .windows import WINDOW_KEY, Window
 
 _SIMPLE_TYPES = {
     "string": pa.string(), "str": pa.string(), "int64": pa.int64(), "int": pa.int64(),
@@ -91,6 +93,21 @@ class Job(BaseModel):
     filter: str | None = None
     keys: dict[str, str] = Field(min_length=1, description="group key name -> expression")
     aggregates: dict[str, str] = Field(min_length=1, description="output name -> aggregate(expression)")
+    window: Window | None = Field(default=None, description="event-time tumbling window: adds key window_start")
+    map: Callable[[pa.Table], Any] | None = Field(
+        default=None, description="Python over each batch (the slower path); keys etc. then read its columns")
+    map_columns: dict[str, str] | None = Field(default=None, description="the map function's output columns")
+
+    @field_validator("map_columns")
+    @classmethod
+    def _map_types_are_known(cls, columns: dict[str, str] | None) -> dict[str, str] | None:
+        for type_name in (columns or {}).values():
+            arrow_type(type_name)
+        return columns
+
+    @field_serializer("map")
+    def _map_name(self, function: Callable | None) -> str | None:
+        return None if function is None else f"{function.__module__}.{function.__qualname__}"
 
     def model_post_init(self, _context: Any) -> None:
         try:
@@ -100,12 +117,25 @@ class Job(BaseModel):
 
     @cached_property
     def plan(self) -> AggregationPlan:
-        columns = self.format.columns
+        if (self.map is None) != (self.map_columns is None):
+            raise JobDefinitionError("a map function needs map_columns (its output columns and types), "
+                                     "and map_columns need a map function")
+        mapped = None
+        if self.map is not None:
+            mapped = MapFunction(self.map, pa.schema([(n, arrow_type(t)) for n, t in self.map_columns.items()]))
+        schema = mapped.output_schema if mapped else self.format.schema
+        columns = schema.names
+        keys = tuple((name, compile_expression(source, columns)) for name, source in self.keys.items())
+        if self.window is not None:
+            if WINDOW_KEY in self.keys:
+                raise JobDefinitionError(f"{WINDOW_KEY!r} is the window's key; name the other keys otherwise")
+            keys = ((WINDOW_KEY, self.window.expression(schema)), *keys)
         return AggregationPlan(
             input_schema=self.format.schema,
-            keys=tuple((name, compile_expression(source, columns)) for name, source in self.keys.items()),
+            keys=keys,
             aggregates=tuple(parse_aggregate(out, source, columns) for out, source in self.aggregates.items()),
             filter=compile_expression(self.filter, columns) if self.filter else None,
+            map=mapped,
         )
 
     def matches(self, key: str) -> bool:

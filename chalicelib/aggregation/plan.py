@@ -14,6 +14,7 @@ from ..errors import JobDefinitionError, PartialMismatch
 from ..expressions import Expression
 from .functions import ROWS, AggregateSpec
 from .grouped import GroupedAggregate
+from .mapping import MapFunction
 
 # Bump when the meaning of state columns changes: old partials then refuse to merge instead of lying.
 STATE_FORMAT = 1
@@ -25,6 +26,7 @@ class AggregationPlan:
     keys: tuple[tuple[str, Expression], ...]
     aggregates: tuple[AggregateSpec, ...]
     filter: Expression | None = None
+    map: MapFunction | None = None  # runs first; keys, filter and aggregates then read its columns
     state_schema: pa.Schema = field(init=False, compare=False)
     fingerprint: str = field(init=False)
 
@@ -36,7 +38,7 @@ class AggregationPlan:
             raise JobDefinitionError("names starting with '__' are reserved for Tally's working columns")
         if not self.keys:
             raise JobDefinitionError("a job needs at least one group key")
-        empty = self.input_schema.empty_table()
+        empty = (self.map.output_schema if self.map else self.input_schema).empty_table()
         try:
             if self.filter is not None:
                 mask = self.filter.evaluate_array(empty)
@@ -58,6 +60,8 @@ class AggregationPlan:
             "aggregates": [[spec.out, spec.source] for spec in self.aggregates],
         }
         code = [spec.function.identity for spec in self.aggregates if spec.function.identity]
+        if self.map is not None:
+            code.append(f"map:{self.map.identity}:{self.map.output_schema}")
         if code:  # only then, so the fingerprints of jobs without user code stay what they were
             identity["code"] = code
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -75,6 +79,8 @@ class AggregationPlan:
     @property
     def columns(self) -> frozenset[str]:
         """The input columns this plan reads; the rest need not be parsed."""
+        if self.map is not None:
+            return frozenset(self.input_schema.names)  # a function may read any of them
         expressions = [expr for _, expr in self.keys] + [s.argument for s in self.aggregates if s.argument]
         if self.filter is not None:
             expressions.append(self.filter)
@@ -88,7 +94,9 @@ class AggregationPlan:
         return self.state_schema.empty_table()
 
     def lift(self, batch: pa.RecordBatch | pa.Table) -> pa.Table:
-        """One batch of input rows to a partial: filter, compute keys, aggregate per group."""
+        """One batch of input rows to a partial: map, filter, compute keys, aggregate per group."""
+        if self.map is not None:
+            batch = self.map.apply(batch)
         if self.filter is not None:
             batch = batch.filter(self.filter.evaluate_array(batch))
         if batch.num_rows == 0:
