@@ -278,7 +278,9 @@ def test_a_job_name_must_be_a_lowercase_slug():
 
 def test_the_bundled_jobs_load_with_their_definitions():
     catalog = load_jobs("reducers")
-    assert [job.name for job in catalog] == ["bdb-agg-2a", "bdb-agg-2b", "bdb-agg-2c", "page-latency"]
+    assert [job.name for job in catalog] == ["bdb-agg-2a", "bdb-agg-2b", "bdb-agg-2c", "duration-histogram",
+                                             "page-latency", "revenue-by-day", "visits-by-browser",
+                                             "visits-by-country"]
     for name, length in [("bdb-agg-2a", 8), ("bdb-agg-2b", 10), ("bdb-agg-2c", 12)]:
         job = catalog.get(name)
         assert job.keys == {"sourceIP_prefix": f"substr(sourceIP, 1, {length})"}
@@ -319,7 +321,8 @@ def test_a_job_with_a_suffix_reads_only_matching_objects(key, matches):
 
 def test_the_catalog_finds_every_job_reading_a_key():
     catalog = load_jobs("reducers")
-    assert [job.name for job in catalog.for_key("uservisits/part-1.csv")] == ["bdb-agg-2a", "bdb-agg-2b",
-                                                                              "bdb-agg-2c"]
+    assert [job.name for job in catalog.for_key("uservisits/part-1.csv")] == [
+        "bdb-agg-2a", "bdb-agg-2b", "bdb-agg-2c", "duration-histogram", "revenue-by-day", "visits-by-browser",
+        "visits-by-country"]
     assert [job.name for job in catalog.for_key("requests/x.jsonl.gz")] == ["page-latency"]
     assert catalog.for_key("elsewhere/x.csv") == []

@@ -87,6 +87,11 @@ class AggregationPlan:
         return frozenset().union(*(expr.columns for expr in expressions))
 
     @property
+    def result_schema(self) -> pa.Schema:
+        """The finalized columns: keys, then one value per aggregate."""
+        return self.finalize(self.empty()).schema
+
+    @property
     def key_names(self) -> list[str]:
         return [name for name, _ in self.keys]
 

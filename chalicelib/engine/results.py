@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from ..errors import CommitConflict, GroupNotFound, InvalidQuery, ObjectMissing
 from ..jobs import Job
+from ..windows import WINDOW_KEY
 from .reducer import Manifest, Reducer
 
 MAX_LIMIT = 1000
@@ -46,6 +47,8 @@ class ResultsQuery:
     # Include partials mapped but not yet merged: current to the last mapped object, at the cost of reading
     # the inbox on every request (uncached).
     fresh: bool = False
+    window_from: Any = None  # inclusive, on window_start
+    window_to: Any = None  # exclusive
 
     @classmethod
     def from_params(cls, job: Job, params: dict[str, str] | None) -> "ResultsQuery":
@@ -64,11 +67,14 @@ class ResultsQuery:
         names = job.plan.key_names + list(job.aggregates)
         if order_by is not None and order_by not in names:
             raise InvalidQuery(f"order_by must be one of {names}, got {order_by!r}")
+        if order_by is not None and pa.types.is_nested(job.plan.result_schema.field(order_by).type):
+            raise InvalidQuery(f"{order_by!r} is a list of values, which has no order; order by another column")
         prefix = params.get("prefix")
         if prefix is not None and _prefix_column(job) is None:
             raise InvalidQuery("prefix= needs a job whose first key is a string")
+        window_from, window_to = (_window_bound(job, params.get(name), name) for name in ("window_from", "window_to"))
         return cls(min(limit, MAX_LIMIT), order_by, parse_flag(params, "desc"), prefix, params.get("cursor"),
-                   parse_flag(params, "fresh"))
+                   parse_flag(params, "fresh"), window_from, window_to)
 
 
 def group_query_fresh(params: dict[str, str] | None) -> bool:
@@ -84,6 +90,20 @@ def parse_flag(params: dict[str, str] | None, name: str) -> bool:
     if value not in {"true", "false", "1", "0"}:
         raise InvalidQuery(f"{name} must be true or false, got {params[name]!r}")
     return value in {"true", "1"}
+
+
+def _window_bound(job: Job, text: str | None, name: str) -> Any:
+    """An ISO date or timestamp, typed like the job's window_start key."""
+    if text is None:
+        return None
+    if job.window is None:
+        raise InvalidQuery(f"{name}= needs a job with a window; {job.name!r} has none")
+    kind = job.plan.state_schema.field(WINDOW_KEY).type
+    try:
+        return pa.scalar(text).cast(kind).as_py()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise InvalidQuery(f"{name} must be an ISO {'date' if pa.types.is_date(kind) else 'timestamp'} "
+                           f"(e.g. 2001-02-03), got {text!r}") from None
 
 
 def _prefix_column(job: Job) -> str | None:
@@ -141,6 +161,10 @@ class ResultReader:
                 self._remember(self._sorted, cache_key, ordered)
         if query.prefix is not None:
             ordered = ordered.filter(pc.starts_with(ordered.column(_prefix_column(job)), pattern=query.prefix))
+        if query.window_from is not None:
+            ordered = ordered.filter(pc.greater_equal(ordered.column(WINDOW_KEY), pa.scalar(query.window_from)))
+        if query.window_to is not None:
+            ordered = ordered.filter(pc.less(ordered.column(WINDOW_KEY), pa.scalar(query.window_to)))
         start = 0
         if query.cursor:
             start = _position_after(ordered, sort_keys, _decode_cursor(query.cursor, sort_keys, query))
@@ -207,7 +231,7 @@ def _typed(value: Any) -> Any:
 
 def _encode_cursor(after: list[Any], query: ResultsQuery) -> str:
     body = {"after": [_plain(v) for v in after], "order_by": query.order_by, "desc": query.desc,
-            "prefix": query.prefix}
+            "prefix": query.prefix, "window": [_plain(query.window_from), _plain(query.window_to)]}
     return base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
@@ -217,8 +241,10 @@ def _decode_cursor(cursor: str, sort_keys, query: ResultsQuery) -> list[Any]:
         after = [_typed(v) for v in body["after"]]
     except (ValueError, KeyError, TypeError, binascii.Error, InvalidOperation):
         raise InvalidQuery("cursor is not one this API issued") from None
-    if (body.get("order_by"), body.get("desc"), body.get("prefix")) != (query.order_by, query.desc, query.prefix):
-        raise InvalidQuery("cursor belongs to a query with other order_by/desc/prefix parameters")
+    window = [_plain(query.window_from), _plain(query.window_to)]
+    if (body.get("order_by"), body.get("desc"), body.get("prefix"), body.get("window")) != (
+            query.order_by, query.desc, query.prefix, window):
+        raise InvalidQuery("cursor belongs to a query with other order_by/desc/prefix/window parameters")
     if len(after) != len(sort_keys):
         raise InvalidQuery("cursor is not one this API issued")
     return after
