@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 from collections import defaultdict
 from decimal import Decimal
 from functools import cache
@@ -19,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chalicelib.aggregation.codec import encode, decode
+from chalicelib.aggregation.grouped import GroupedAggregate
 from chalicelib.aggregation.plan import AggregationPlan
 from chalicelib.errors import PartialMismatch
 from chalicelib.jobs import CsvFormat, Job
@@ -38,6 +40,11 @@ AGGREGATES = {
     "low": "min(v)",
     "high": "max(v)",
     "average": "mean(v)",
+    "spread": "stddev_samp(v)",
+    "variance": "var_pop(v)",
+    "distinct": "approx_distinct(v)",
+    "median": "approx_quantile(v, 0.5)",
+    "top": "top_k(v, 3)",
 }
 VALUES = {
     # bounded so that no sum of a few hundred values overflows int64 or loses exactness in a float64 mean
@@ -79,8 +86,15 @@ def lifted(plan: AggregationPlan, rows: list[tuple]) -> pa.Table:
 
 def _float_sums(plan: AggregationPlan) -> set[str]:
     """State columns holding float sums: equal only up to rounding, whatever order the additions ran in."""
-    return {spec.states[0] for spec in plan.aggregates
-            if spec.function.name in ("sum", "mean") and plan.state_schema.field(spec.states[0]).type == pa.float64()}
+    return {state for spec in plan.aggregates if spec.function.name in ("sum", "mean", "var_samp", "var_pop",
+                                                                        "stddev_samp", "stddev_pop")
+            for state in spec.states if plan.state_schema.field(state).type == pa.float64()}
+
+
+def _sketches(plan: AggregationPlan) -> dict:
+    """Binary states (sketches, user aggregates): equal when they mean the same, i.e. finalize to the same value.
+    Their bytes may differ (a union's sketch is laid out otherwise than one built in a single pass)."""
+    return {spec.out: spec.function for spec in plan.aggregates if isinstance(spec.function, GroupedAggregate)}
 
 
 def _same_value(x, y, inexact: bool) -> bool:
@@ -99,10 +113,14 @@ def assert_same_partial(plan: AggregationPlan, actual: pa.Table, expected: pa.Ta
     order = [(name, "ascending") for name in plan.key_names]
     actual_rows, expected_rows = actual.sort_by(order).to_pylist(), expected.sort_by(order).to_pylist()
     assert len(actual_rows) == len(expected_rows), (actual_rows, expected_rows)
-    inexact = _float_sums(plan)
+    inexact, sketches = _float_sums(plan), _sketches(plan)
     for got, want in zip(actual_rows, expected_rows):
         for column in plan.state_schema.names:
-            assert _same_value(got[column], want[column], column in inexact), (column, got, want)
+            if column in sketches:
+                meaning = sketches[column].finalize_state
+                assert meaning(got[column]) == meaning(want[column]), (column, got, want)
+            else:
+                assert _same_value(got[column], want[column], column in inexact), (column, got, want)
 
 
 def check_monoid_laws(plan: AggregationPlan, a: pa.Table, b: pa.Table, c: pa.Table) -> None:
@@ -167,8 +185,23 @@ def recompute(rows: list[tuple], value_type: str) -> dict:
             "low": min(present) if present else None,
             "high": max(present) if present else None,
             "average": float(total) / len(present) if present else None,
+            "spread": statistics.stdev(present) if len(present) > 1 else None,
+            "variance": statistics.pvariance(present) if present else None,
+            # Below their compaction thresholds the sketches are exact: tens of values are.
+            "distinct": len(set(present)),
+            "median": float(sorted(present)[math.ceil(0.5 * len(present)) - 1]) if present else None,
+            "top": _top(present, value_type, 3),
         }
     return answer
+
+
+def _top(values: list, value_type: str, k: int) -> list[dict]:
+    """The k most frequent values as their Arrow text, ties to the smaller text."""
+    texts = pa.array(values, plan_for(value_type).input_schema.field("v").type).cast(pa.string()).to_pylist()
+    counts: dict = defaultdict(int)
+    for text in texts:
+        counts[text] += 1
+    return [{"value": v, "count": c} for v, c in sorted(counts.items(), key=lambda i: (-i[1], i[0]))[:k]]
 
 
 def assert_matches_recomputation(result: pa.Table, rows: list[tuple], value_type: str) -> None:
@@ -183,6 +216,24 @@ def assert_matches_recomputation(result: pa.Table, rows: list[tuple], value_type
         assert _same_value(actual["total"], expected["total"], value_type == "float64"), (key, actual, expected)
         assert _same_value(actual["average"], expected["average"], True), (key, actual, expected)
         assert (actual["average"] is None) == (expected["average"] is None), key
+        for name in ("spread", "variance"):
+            assert (actual[name] is None) == (expected[name] is None), (key, name, actual, expected)
+            if expected[name] is not None:
+                # Exact moments for int and decimal; float sums of squares lose digits to cancellation, so
+                # floats are held to the bound moments.py documents: relative to the mean square.
+                scale = math.fsum(float(v) ** 2 for v in rows_of_key(rows, key)) / expected["rows"]
+                tolerance = 1e-9 if value_type != "float64" else 1e-12 * max(scale, 1.0)
+                assert math.isclose(actual[name] ** (2 if name == "spread" else 1),
+                                    float(expected[name]) ** (2 if name == "spread" else 1),
+                                    rel_tol=1e-9, abs_tol=tolerance), (key, name, actual, expected)
+        assert actual["distinct"] == expected["distinct"], key
+        # Quantiles are of the values as float64 (Arrow's decimal cast may be off by an ulp).
+        assert _same_value(actual["median"], expected["median"], True), key
+        assert actual["top"] == expected["top"], key
+
+
+def rows_of_key(rows: list[tuple], key) -> list:
+    return [v for k, v in rows if k == key and v is not None]
 
 
 @pytest.mark.parametrize("value_type", VALUE_TYPES)
@@ -214,10 +265,13 @@ def test_sql_null_semantics_given_these_rows():
     result = plan.finalize(plan.lift(table_of(plan, rows))).sort_by("k").to_pylist()
     assert result == [
         {"k": "a", "rows": 2, "present": 1, "total": Decimal("1.5"), "low": Decimal("1.5"),
-         "high": Decimal("1.5"), "average": 1.5},
-        {"k": "b", "rows": 2, "present": 0, "total": None, "low": None, "high": None, "average": None},
+         "high": Decimal("1.5"), "average": 1.5, "spread": None, "variance": 0.0, "distinct": 1, "median": 1.5,
+         "top": [{"value": "1.500000", "count": 1}]},
+        {"k": "b", "rows": 2, "present": 0, "total": None, "low": None, "high": None, "average": None,
+         "spread": None, "variance": None, "distinct": 0, "median": None, "top": []},
         {"k": None, "rows": 1, "present": 1, "total": Decimal("2"), "low": Decimal("2"), "high": Decimal("2"),
-         "average": 2.0},
+         "average": 2.0, "spread": None, "variance": 0.0, "distinct": 1, "median": 2.0,
+         "top": [{"value": "2.000000", "count": 1}]},
     ]
 
 
@@ -226,7 +280,8 @@ def test_a_group_of_only_nulls_stays_null_after_merging_with_values_elsewhere():
     merged = plan.merge([lifted(plan, [("a", None)]), lifted(plan, [("b", 7)]), lifted(plan, [("a", None)])])
     result = {row["k"]: row for row in plan.finalize(merged).to_pylist()}
     assert result["a"] == {"k": "a", "rows": 2, "present": 0, "total": None, "low": None, "high": None,
-                           "average": None}
+                           "average": None, "spread": None, "variance": None, "distinct": 0, "median": None,
+                           "top": []}
     assert result["b"]["total"] == 7
 
 
@@ -374,7 +429,8 @@ def test_a_key_named_like_an_arrow_output_column_still_merges():
 
 # --- retraction: a deleted or overwritten object's contribution comes out exactly --------------------------
 
-ADDITIVE = {"rows": "count()", "present": "count(v)", "total": "sum(v)", "average": "mean(v)"}
+ADDITIVE = {"rows": "count()", "present": "count(v)", "total": "sum(v)", "average": "mean(v)",
+            "spread": "stddev_samp(v)"}
 
 
 def additive_plan(value_type: str) -> AggregationPlan:
@@ -395,8 +451,11 @@ def test_retracting_a_contribution_gives_the_result_without_it(data):
     assert final.sort_by("k").to_pylist() == plan.finalize(lifted(plan, kept)).sort_by("k").to_pylist()
 
 
-def test_min_and_max_refuse_retraction():
-    plan = plan_for("int64")
+@pytest.mark.parametrize("aggregate", ["min(v)", "max(v)", "approx_distinct(v)", "approx_quantile(v, 0.9)",
+                                       "top_k(v, 2)"])
+def test_min_max_and_sketches_refuse_retraction(aggregate):
+    plan = Job(name="t", prefix="p/", format=CsvFormat(columns={"k": "string", "v": "int64"}),
+               keys={"k": "k"}, aggregates={"a": aggregate, "n": "count()"}).plan
     assert not plan.subtractable
     with pytest.raises(PartialMismatch):
         plan.retract(plan.empty(), [plan.empty()])

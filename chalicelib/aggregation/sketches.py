@@ -123,7 +123,9 @@ class ApproxQuantile(GroupedAggregate):
         return pa.float64()
 
     def finalize_state(self, state):
-        return None if state is None else ds.kll_doubles_sketch.deserialize(state).get_quantile(self.q)
+        # Inclusive ranks: the smallest value with at least q of the values at or below it, as SQL's
+        # quantile_disc answers exactly.
+        return None if state is None else ds.kll_doubles_sketch.deserialize(state).get_quantile(self.q, True)
 
 
 TOP_K_TYPE = pa.list_(pa.struct([("value", pa.string()), ("count", pa.int64())]))
