@@ -46,7 +46,8 @@ class Moments(AggregateFunction):
         return [f"{out}.n", f"{out}.sum", f"{out}.sumsq"]
 
     def state_types(self, value_type):
-        return [pa.int64(), _sum_type(value_type), _square_type(value_type)[1]]
+        squares = _square_type(value_type)[1]  # first: its error names what variance needs
+        return [pa.int64(), _sum_type(value_type), squares]
 
     def inputs(self, value, values):
         square_in, sum_in = _square_type(values.type)
