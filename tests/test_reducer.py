@@ -254,3 +254,24 @@ def test_a_warm_reducer_does_not_fetch_the_result_and_ledger_it_committed(runtim
 
     assert [key for key in fetched if "/results/" in key or "/ledger/" in key] == []
     assert served(runtime) == expected(FILES)
+
+
+def test_deleting_an_object_rebuilds_sketch_results_from_the_retained_partials(runtime, uploads):
+    """Sketches cannot be subtracted: after a delete and an overwrite the served sketches are those of the
+    objects left, as if the removed rows had never come."""
+    files = {"uservisits/a.csv": [("1.1.1.1", "1"), ("2.2.2.2", "2")],
+             "uservisits/b.csv": [("3.3.3.3", "3"), ("4.4.4.4", "4"), ("5.5.5.5", "5")]}
+    map_files(runtime, uploads, files)
+    runtime.reducer.reduce_all()
+    job = runtime.jobs.get("visits-by-country")
+
+    def usa() -> dict:
+        _, table = runtime.results.current(job)
+        return table.to_pylist()[0]
+
+    assert usa()["visitors"] == 5
+    runtime.mapper.handle(uploads.event(uploads.delete("uservisits/b.csv")))
+    map_files(runtime, uploads, {"uservisits/a.csv": [("9.9.9.9", "9")]})  # overwritten
+    runtime.reducer.reduce_all()
+    assert usa()["visitors"] == 1 and usa()["top_words"] == [{"value": "word", "count": 1}]
+    assert usa()["revenue_stddev"] is None  # one value left: no sample stddev
