@@ -18,10 +18,19 @@ from rich.table import Table
 
 from .client import TallyClient
 from .datagen import write_uservisits
-from .referee import bdb_aggregation, differences
+from .referee import bdb_aggregation, differences, revenue_by_day
 from .stack import LocalOptions, LocalTally
 
 JOBS = {"bdb-agg-2a": 8, "bdb-agg-2b": 10, "bdb-agg-2c": 12}
+# The jobs of issue 5's features, over the same files: mapped in the same pass, waited for, shown or checked.
+FEATURE_JOBS = ["visits-by-country", "revenue-by-day", "duration-histogram", "visits-by-browser"]
+# job -> (DuckDB's answer over the files, a served row's (key, value) in the same shape)
+CHECKS = {
+    **{job: (lambda paths, n=length: bdb_aggregation(paths, n),
+             lambda row: (row["key"]["sourceIP_prefix"], row["values"]["adRevenue"])) for job, length in JOBS.items()},
+    "revenue-by-day": (revenue_by_day,
+                       lambda row: ((row["key"]["window_start"], row["key"]["countryCode"]), row["values"]["revenue"])),
+}
 
 
 @dataclass
@@ -32,7 +41,7 @@ class DemoOptions:
     upload_threads: int = 4
     data_dir: Path = Path(".tally/demo-data")
     timeout: float = 900.0
-    check: tuple[str, ...] = ("bdb-agg-2a",)
+    check: tuple[str, ...] = ("bdb-agg-2a", "revenue-by-day")
 
 
 def prepare_data(options: DemoOptions, console: Console) -> list[Path]:
@@ -60,7 +69,7 @@ def run_demo(options: DemoOptions, local: LocalOptions, console: Console | None 
         with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
                       TransferSpeedColumn(), TimeElapsedColumn(), console=console) as progress:
             uploaded = progress.add_task("uploaded (bytes)", total=total_bytes)
-            merged = {job: progress.add_task(f"merged {job}", total=len(paths)) for job in JOBS}
+            merged = {job: progress.add_task(f"merged {job}", total=len(paths)) for job in [*JOBS, *FEATURE_JOBS]}
 
             def upload(path: Path) -> float:
                 s3.upload_file(str(path), local.input_bucket, f"uservisits/{path.name}")
@@ -69,7 +78,7 @@ def run_demo(options: DemoOptions, local: LocalOptions, console: Console | None 
 
             with ThreadPoolExecutor(options.upload_threads) as uploads:
                 pending = [uploads.submit(upload, p) for p in paths]
-                idle_at = wait_until_idle(api, list(JOBS), options.timeout, progress, merged,
+                idle_at = wait_until_idle(api, [*JOBS, *FEATURE_JOBS], options.timeout, progress, merged,
                                           uploads_done=lambda: all(f.done() for f in pending))
             last_upload = max(f.result() for f in pending)
         elapsed = idle_at - started
@@ -77,11 +86,13 @@ def run_demo(options: DemoOptions, local: LocalOptions, console: Console | None 
                       f"[bold]{total_bytes / 1e6 / elapsed:.1f} MB/s[/] (first upload -> idle, "
                       f"{local.workers} mapper workers); last upload -> idle {idle_at - last_upload:.2f} s")
         _print_top(console, api, "bdb-agg-2a")
+        _print_countries(console, api)
         ok = True
         for job in options.check:
             with console.status(f"checking every group of {job} against DuckDB"):
-                expected = bdb_aggregation(paths, JOBS[job])
-                actual = {row["key"]["sourceIP_prefix"]: row["values"]["adRevenue"] for row in api.all_rows(job)}
+                referee, served = CHECKS[job]
+                expected = referee(paths)
+                actual = dict(served(row) for row in api.all_rows(job))
             problems = differences(expected, actual)
             if problems:
                 ok = False
@@ -99,11 +110,11 @@ def wait_until_idle(api: TallyClient, jobs: list[str], timeout: float, progress:
                     tasks: dict | None = None, uploads_done=lambda: True) -> float:
     """Poll status until every job is idle after the last upload; returns the monotonic time it was seen."""
     deadline = time.monotonic() + timeout
-    statuses: dict[str, dict] = {}
+    waiting, statuses = list(jobs), {}
     while time.monotonic() < deadline:
         done = uploads_done()
         statuses = {}
-        for job in jobs:
+        for job in waiting:
             statuses[job] = api.status(job)
             # Each status lists the input prefix; without progress bars to feed, one busy job is answer enough.
             if progress is None and not statuses[job]["idle"]:
@@ -111,10 +122,13 @@ def wait_until_idle(api: TallyClient, jobs: list[str], timeout: float, progress:
         if progress is not None:
             for job, status in statuses.items():
                 progress.update(tasks[job], completed=status["objects"]["merged"])
-        if done and len(statuses) == len(jobs) and all(s["idle"] for s in statuses.values()):
-            return time.monotonic()
+        if done:
+            # Nothing more is uploaded, so a job seen idle stays idle: stop asking about it.
+            waiting = [job for job in waiting if job not in statuses or not statuses[job]["idle"]]
+            if not waiting:
+                return time.monotonic()
         time.sleep(0.5)
-    raise TimeoutError(f"jobs not idle after {timeout:.0f} s: {statuses}")
+    raise TimeoutError(f"jobs not idle after {timeout:.0f} s: {waiting}")
 
 
 def _print_top(console: Console, api: TallyClient, job: str, count: int = 10) -> None:
@@ -124,4 +138,18 @@ def _print_top(console: Console, api: TallyClient, job: str, count: int = 10) ->
     table.add_column("SUM(adRevenue)", justify="right")
     for row in page["rows"]:
         table.add_row(row["key"]["sourceIP_prefix"], str(row["values"]["adRevenue"]))
+    console.print(table)
+
+
+def _print_countries(console: Console, api: TallyClient, count: int = 8) -> None:
+    page = api.results("visits-by-country", order_by="visitors", desc="true", limit=count)
+    table = Table(title=f"visits-by-country: top {count} of {page['total_rows']} countries by distinct visitors")
+    for column, justify in [("country", "left"), ("visitors (HLL)", "right"), ("p95 duration (KLL)", "right"),
+                            ("revenue stddev", "right"), ("top searchWords", "left")]:
+        table.add_column(column, justify=justify)
+    for row in page["rows"]:
+        values = row["values"]
+        words = ", ".join(f"{w['value']} {w['count']}" for w in values["top_words"][:3])
+        table.add_row(row["key"]["countryCode"], f"{values['visitors']:,}", f"{values['p95_duration']:g}",
+                      f"{float(values['revenue_stddev']):.2f}", words)
     console.print(table)

@@ -28,6 +28,26 @@ def bdb_aggregation(paths: Iterable[Path], prefix_length: int) -> dict[str, Deci
     return {key: value for key, value in rows}
 
 
+def revenue_by_day(paths: Iterable[Path]) -> dict[tuple[str, str], Decimal]:
+    """SELECT date_trunc('day', visitDate), countryCode, SUM(adRevenue) FROM uservisits GROUP BY 1, 2, keyed
+    by (ISO day, country) as the API serves them."""
+    return {(day.isoformat(), country): revenue for day, country, revenue in _query(
+        paths, "SELECT CAST(date_trunc('day', visitDate) AS DATE), countryCode, SUM(adRevenue) "
+               "FROM uservisits GROUP BY 1, 2")}
+
+
+def _query(paths: Iterable[Path], sql: str) -> list[tuple]:
+    import duckdb
+
+    files = [str(p) for p in paths]
+    if not files:
+        return []
+    connection = duckdb.connect()
+    relation = connection.read_csv(files, header=False, columns=USERVISITS_COLUMNS, delimiter=",", quotechar="")
+    connection.register("uservisits", relation)
+    return connection.execute(sql).fetchall()
+
+
 def differences(expected: dict, actual: dict, limit: int = 20) -> list[str]:
     """Human-readable differences between two {group: value} maps; empty when they are equal."""
     problems = []
