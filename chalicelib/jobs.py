@@ -97,6 +97,8 @@ class Job(BaseModel):
     map: Callable[[pa.Table], Any] | None = Field(
         default=None, description="Python over each batch (the slower path); keys etc. then read its columns")
     map_columns: dict[str, str] | None = Field(default=None, description="the map function's output columns")
+    map_reads: list[str] | None = Field(
+        default=None, description="input columns the map function reads (default: all); the rest are not parsed")
 
     @field_validator("map_columns")
     @classmethod
@@ -122,7 +124,11 @@ class Job(BaseModel):
                                      "and map_columns need a map function")
         mapped = None
         if self.map is not None:
-            mapped = MapFunction(self.map, pa.schema([(n, arrow_type(t)) for n, t in self.map_columns.items()]))
+            unknown = set(self.map_reads or ()) - set(self.format.columns)
+            if unknown:
+                raise JobDefinitionError(f"map_reads names unknown columns {sorted(unknown)}")
+            mapped = MapFunction(self.map, pa.schema([(n, arrow_type(t)) for n, t in self.map_columns.items()]),
+                                 tuple(self.map_reads or self.format.columns))
         schema = mapped.output_schema if mapped else self.format.schema
         columns = schema.names
         keys = tuple((name, compile_expression(source, columns)) for name, source in self.keys.items())

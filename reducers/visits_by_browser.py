@@ -25,6 +25,7 @@ JOB = Job(
     format=USERVISITS,
     map=browser_family,
     map_columns={"browser": "string", "adRevenue": "decimal(18,6)"},
+    map_reads=["userAgent", "adRevenue"],
     keys={"browser": "browser"},
     aggregates={"visits": "count()", "revenue": "sum(adRevenue)"},
 )

@@ -127,6 +127,23 @@ def test_the_map_function_code_is_part_of_the_fingerprint():
     assert map_job().plan.fingerprint != map_job(upper_words).plan.fingerprint
 
 
+def test_a_map_function_is_given_the_columns_it_declares_it_reads():
+    seen = []
+
+    def spy(batch):
+        seen.append(batch.column_names)
+        return pa.table({"word": batch["a"], "n": pa.repeat(pa.scalar(1, pa.int64()), batch.num_rows)})
+
+    job = Job(name="m", prefix="p/", format=CsvFormat(columns={"a": "string", "b": "string"}), map=spy,
+              map_columns={"word": "string", "n": "int64"}, map_reads=["a"], keys={"word": "word"},
+              aggregates={"count": "sum(n)"})
+    assert job.plan.columns == frozenset({"a"})
+    job.plan.lift(pa.table({"a": ["x"], "b": ["y"]}))
+    assert seen == [["a"]]
+    with pytest.raises(ValueError, match="unknown columns"):
+        Job(**{**job.model_dump(exclude={"map"}), "map": spy, "map_reads": ["nope"]})
+
+
 def test_map_columns_and_map_come_together():
     with pytest.raises(ValueError, match="map_columns"):
         Job(name="m", prefix="p/", format=CsvFormat(columns={"text": "string"}), map=words,

@@ -22,6 +22,7 @@ from .udaf import code_identity
 class MapFunction:
     function: Callable[[pa.Table], Any]
     output_schema: pa.Schema
+    reads: tuple[str, ...]  # the input columns it is given: a function reading others fails the same way always
 
     @property
     def identity(self) -> str:
@@ -29,7 +30,7 @@ class MapFunction:
         return hashlib.sha256(code_identity(self.function)).hexdigest()[:16]
 
     def apply(self, batch: pa.RecordBatch | pa.Table) -> pa.Table:
-        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        table = (batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])).select(list(self.reads))
         result = self.function(table)
         if hasattr(result, "to_arrow") and not isinstance(result, (pa.Table, pa.RecordBatch)):
             result = result.to_arrow()

@@ -61,7 +61,7 @@ class AggregationPlan:
         }
         code = [spec.function.identity for spec in self.aggregates if spec.function.identity]
         if self.map is not None:
-            code.append(f"map:{self.map.identity}:{self.map.output_schema}")
+            code.append(f"map:{self.map.identity}:{self.map.reads}:{self.map.output_schema}")
         if code:  # only then, so the fingerprints of jobs without user code stay what they were
             identity["code"] = code
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -80,7 +80,7 @@ class AggregationPlan:
     def columns(self) -> frozenset[str]:
         """The input columns this plan reads; the rest need not be parsed."""
         if self.map is not None:
-            return frozenset(self.input_schema.names)  # a function may read any of them
+            return frozenset(self.map.reads)
         expressions = [expr for _, expr in self.keys] + [s.argument for s in self.aggregates if s.argument]
         if self.filter is not None:
             expressions.append(self.filter)
