@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 import datasketches as ds
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..errors import JobDefinitionError
 from .grouped import GroupedAggregate, group_ids, group_slices, without_nulls
