@@ -13,7 +13,8 @@ JOB = Job(
         "visitors": "approx_distinct(sourceIP)",
         "p95_duration": "approx_quantile(duration, 0.95)",
         "revenue_stddev": "stddev_samp(adRevenue)",
-        # lg_max_k 13 tracks up to 6,144 words per country exactly: the BDB vocabulary fits.
-        "top_words": "top_k(searchWord, 5, 13)",
+        # Counts within ±0.46 % of a country's rows (lg_max_k 10). The generated BDB data draws words nearly
+        # uniformly from ~160,000, so its top 5 is noise within that bound; on skewed data it is the real top 5.
+        "top_words": "top_k(searchWord, 5)",
     },
 )
