@@ -2,6 +2,7 @@
 calls them (chalice.test.Client), and S3 events are built the way S3 builds them."""
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 from urllib.parse import quote_plus
@@ -68,6 +69,11 @@ def runtime(request):
     from chalicelib.settings import Settings
 
     rt = Runtime(Settings(input_bucket=INPUT, state_bucket=STATE), s3_client=s3)
+    if "s3_server" not in request.fixturenames:
+        # The in-process mock is not thread-safe (a LIST racing a DELETE fails inside moto), and with eight
+        # jobs reduce_all's parallel jobs hit that often: reduce one job at a time here. Tests of concurrent
+        # reducers ask for s3_server.
+        rt.reducer.reduce_all = functools.partial(rt.reducer.reduce_all, parallelism=1)
     set_runtime(rt)
     yield rt
     set_runtime(None)

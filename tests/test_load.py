@@ -24,8 +24,11 @@ OBJECTS, THREADS = int(os.environ.get("TALLY_LOAD_OBJECTS", 500)), 8
 def rss_mb(pid: int | None = None) -> float:
     """Resident memory of this process and all its descendants (moto, mapper workers), from /proc."""
     pid = pid or os.getpid()
-    with open(f"/proc/{pid}/status") as status:
-        kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    except (FileNotFoundError, StopIteration):
+        return 0.0  # the process ended while we looked (or is a zombie without memory)
     children = []
     for task in os.listdir(f"/proc/{pid}/task"):
         try:
