@@ -96,7 +96,8 @@ def test_the_deployed_handlers_emit_emf_for_a_real_map_and_reduce(lambdas, uploa
     blobs = emf_blobs("\n".join(line for line in capfd.readouterr().out.splitlines() if line.startswith("{")))
     mapped = {b["job"]: b for b in blobs if "ObjectsMapped" in b}
     merged = {b["job"]: b for b in blobs if "PartialsMerged" in b}
-    assert set(mapped) == set(merged) == {"bdb-agg-2a", "bdb-agg-2b", "bdb-agg-2c"}
+    assert set(mapped) == set(merged) == {"bdb-agg-2a", "bdb-agg-2b", "bdb-agg-2c", "duration-histogram",
+                                          "revenue-by-day", "visits-by-browser", "visits-by-country"}
     assert mapped["bdb-agg-2a"]["RowsMapped"] == [2]
     [lag] = merged["bdb-agg-2a"]["LagSeconds"]
     assert 5 <= lag < 60
