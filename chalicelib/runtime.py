@@ -9,6 +9,7 @@ from .engine.mapper import Mapper
 from .engine.reconcile import Reconciler
 from .engine.reducer import Reducer
 from .engine.results import ResultReader
+from .engine.scan_results import ScanReader
 from .engine.status import StatusReader
 from .jobs import JobCatalog, load_jobs
 from .settings import Settings
@@ -55,6 +56,10 @@ class Runtime:
     @cached_property
     def results(self) -> ResultReader:
         return ResultReader(self.reducer)
+
+    @cached_property
+    def scan_results(self) -> ScanReader:
+        return ScanReader(self.reducer)
 
     @cached_property
     def status(self) -> StatusReader:
