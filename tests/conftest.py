@@ -128,6 +128,11 @@ def uservisits_rows(*rows: tuple) -> str:
     )
 
 
+def rankings_rows(*rows: tuple) -> str:
+    """CSV text in the BDB rankings shape (pageURL, pageRank, avgDuration) from (pageURL, pageRank) pairs."""
+    return "".join(f"{url},{rank},{i % 50 + 1}\n" for i, (url, rank) in enumerate(rows))
+
+
 def scheduled_event() -> dict:
     from chalicelib.local.stack import scheduled_event as make
 
