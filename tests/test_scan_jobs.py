@@ -152,6 +152,18 @@ def test_scan_jobs_serve_exactly_duckdbs_rows_through_uploads_overwrites_and_del
     assert sorted(o["Key"] for o in runtime_state.get("Contents", [])) == sorted(f["file"] for f in live)
 
 
+def test_a_large_output_is_written_in_several_bounded_files_that_together_are_the_query(lambdas, runtime, uploads,
+                                                                                         tmp_path):
+    runtime.mapper.scan_part_bytes = 100_000  # Arrow bytes of output rows per file
+    runtime.mapper.block_size = 64 << 10  # files end at a batch boundary: make batches small too
+    [path] = write_rankings(tmp_path, 1 << 20, file_bytes=1 << 20, seed=8)
+    deliver(lambdas, uploads, upload_file(uploads, path, "rankings/big.csv"))
+    reduce(lambdas)
+    files = get(lambdas, "/jobs/bdb-scan-1c/results?view=files&limit=1000")["files"]
+    assert len(files) > 5 and len({f["key"] for f in files}) == 1
+    assert served_rows(lambdas, "bdb-scan-1c") == bdb_scan([path], 10)
+
+
 def test_output_files_are_parquet_any_engine_reads_and_never_travel_inline(lambdas, runtime, uploads):
     record = uploads.put("rankings/small.csv", rankings_rows(("a.com", 5), ("b.com", 500), ("c.com", 5000)))
     deliver(lambdas, uploads, record)

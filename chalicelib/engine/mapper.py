@@ -25,7 +25,7 @@ from ..jobs import Job, JobCatalog
 from ..storage import Opened, ObjectStore
 from . import layout
 from .events import ObjectEvent, parse_records
-from .scan import ScanWriter
+from .scan import PART_BYTES, ScanWriter
 
 log = logging.getLogger("tally.mapper")
 # A whole object's partial up to this size travels inside its marker. For small objects the requests are the
@@ -135,9 +135,10 @@ class _AggregateSink:
 class Mapper:
     def __init__(self, jobs: JobCatalog, input_store: ObjectStore, state_store: ObjectStore,
                  clock: Callable[[], datetime], max_groups: int = 500_000, block_size: int = BLOCK_SIZE,
-                 inline_limit: int = INLINE_LIMIT):
+                 inline_limit: int = INLINE_LIMIT, scan_part_bytes: int = PART_BYTES):
         self.jobs, self.input, self.state, self.clock = jobs, input_store, state_store, clock
         self.max_groups, self.block_size, self.inline_limit = max_groups, block_size, inline_limit
+        self.scan_part_bytes = scan_part_bytes
 
     def handle(self, event: dict) -> list[MapOutcome]:
         """Every record of an S3 (or SQS-wrapped S3) event; the handler's whole job."""
@@ -229,7 +230,7 @@ class Mapper:
 
     def _sink(self, job: Job, contribution: str, split: str, meta: dict):
         if job.is_scan:
-            return ScanWriter(self.state, job, contribution, split)
+            return ScanWriter(self.state, job, contribution, split, self.scan_part_bytes)
         return _AggregateSink(_PartWriter(self.state, job, contribution, split), self.max_groups, meta,
                               self.inline_limit)
 

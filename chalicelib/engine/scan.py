@@ -37,7 +37,9 @@ class ScanWriter:
     """One job's output for one object version: batches in, Parquet files out, then the marker."""
 
     def __init__(self, store: ObjectStore, job: Job, contribution: str, split: str, part_bytes: int = PART_BYTES):
-        self.store, self.job, self.contribution, self.split = store, job, contribution, split
+        # Where a file ends depends on the part budget too: name it, so files of attempts made with other
+        # settings never mix under one contribution (a marker's files are all of one attempt).
+        self.store, self.job, self.contribution, self.split = store, job, contribution, f"{split}p{part_bytes}"
         self.part_bytes = part_bytes
         self.written: list[str] = []
         self.outputs: list[dict] = []
