@@ -9,7 +9,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import boto3
-from hypothesis import given, note
+from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
@@ -20,7 +20,7 @@ from chalicelib.errors import CommitConflict
 from chalicelib.runtime import Runtime, utc_now
 from chalicelib.settings import Settings
 
-from .conftest import INPUT, STATE, Uploader, uservisits_rows
+from .conftest import INPUT, STATE, Uploader, rankings_rows, uservisits_rows
 from .faults import FaultyStore, Killed
 
 JOB = "bdb-agg-2a"
@@ -67,16 +67,19 @@ def served(runtime) -> dict[str, Decimal]:
     return dict(zip(table.column("sourceIP_prefix").to_pylist(), table.column("adRevenue").to_pylist()))
 
 
-def run(schedule, s3, inline_limit: int) -> Runtime:
+def run(schedule, s3, inline_limit: int, job_name: str = JOB, body=lambda key, rows: uservisits_rows(*rows)
+        ) -> Runtime:
     runtime = Runtime(Settings(input_bucket=INPUT, state_bucket=STATE), s3_client=s3)
     runtime.mapper.inline_limit = inline_limit
-    job, uploads, pending = runtime.jobs.get(JOB), Uploader(s3), []
+    job, uploads, pending = runtime.jobs.get(job_name), Uploader(s3), []
+    prefix = job.prefix
     for step in schedule:
         kind = step[0]
         if kind == "upload":
-            pending.append(uploads.put(step[1], uservisits_rows(*step[2]), compress=step[1].endswith(".gz")))
+            key = prefix + step[1].removeprefix("uservisits/")
+            pending.append(uploads.put(key, body(key, step[2]), compress=key.endswith(".gz")))
         elif kind == "delete":
-            pending.append(uploads.delete(step[1]))
+            pending.append(uploads.delete(prefix + step[1].removeprefix("uservisits/")))
         elif kind in ("deliver", "drop", "crash_mapper") and pending:
             record = pending.pop(step[1] % len(pending))
             if kind == "deliver":
@@ -101,7 +104,7 @@ def run(schedule, s3, inline_limit: int) -> Runtime:
                 plan = plan_changes(seen.entries, seen.markers, seen.current)
                 if plan.changes_result:
                     try:
-                        reducer.execute(job, seen, plan, ReduceReport(JOB))
+                        reducer.execute(job, seen, plan, ReduceReport(job.name))
                     except CommitConflict:
                         pass
         elif kind == "crash_reducer":
@@ -131,4 +134,56 @@ def test_after_any_schedule_the_result_is_the_query_over_the_bucket(schedule, in
                 pass
 
         assert served(runtime) == query_over_bucket(s3)
+        assert runtime.status.status(job)["idle"] is True
+
+
+# A scan job on the same machinery: the served output rows are exactly the query's rows over the bucket.
+SCAN_JOB = "bdb-scan-1b"
+RANKS = {"0.5": 5, "1": 100, "2.25": 101, "100.000001": 5000}  # the schedule's values, as pageRanks
+
+
+def scan_body(key: str, rows) -> str:
+    return rankings_rows(*[(f"{ip}/{key[-8:]}", RANKS[revenue]) for ip, revenue in rows])
+
+
+def scan_over_bucket(s3) -> list[tuple[str, int]]:
+    """SELECT pageURL, pageRank FROM rankings WHERE pageRank > 100, computed with the csv module."""
+    import gzip
+
+    rows = []
+    for item in s3.list_objects_v2(Bucket=INPUT).get("Contents", []):
+        body = s3.get_object(Bucket=INPUT, Key=item["Key"])["Body"].read()
+        text = (gzip.decompress(body) if item["Key"].endswith(".gz") and body else body).decode()
+        rows += [(row[0], int(row[1])) for row in csv.reader(io.StringIO(text)) if int(row[1]) > 100]
+    return sorted(rows)
+
+
+def served_scan(runtime) -> list[tuple[str, int]]:
+    from chalicelib.engine.scan_results import ScanQuery
+
+    job, rows, cursor = runtime.jobs.get(SCAN_JOB), [], None
+    while True:
+        page = runtime.scan_results.page(job, ScanQuery(limit=3, cursor=cursor))
+        rows += [(row["pageURL"], row["pageRank"]) for row in page["rows"]]
+        if page["next_cursor"] is None:
+            return sorted(rows)
+        cursor = ScanQuery.from_params({"cursor": page["next_cursor"]}).cursor
+
+
+@settings(max_examples=max(10, settings().max_examples // 3))  # ~30 s in the dev profile
+@given(SCHEDULES)
+def test_after_any_schedule_a_scan_jobs_output_is_the_query_over_the_bucket(schedule):
+    note(f"schedule: {schedule}")
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=INPUT)
+        s3.create_bucket(Bucket=STATE)
+        runtime = run(schedule, s3, INLINE_LIMIT, SCAN_JOB, scan_body)
+        job = runtime.jobs.get(SCAN_JOB)
+        for _ in range(2):
+            runtime.reconciler.reconcile(job, grace=timedelta(0))
+            while runtime.reducer.reduce_job(job).more_pending:
+                pass
+
+        assert served_scan(runtime) == scan_over_bucket(s3)
         assert runtime.status.status(job)["idle"] is True
