@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 from ..errors import BadInput
 
 Fetch = Callable[[int, int], bytes]
-# Reads shorter than this are rounded up to it: the footer and page headers come in many small reads, and
+# Reads shorter than this are rounded up to it: the footer comes in a few small reads, and
 # each ranged GET costs a request. Column chunks are read as asked (they are the bytes we came for).
-MIN_FETCH = 1 << 20
+MIN_FETCH = 64 << 10
 
 
 class RangeReader(io.RawIOBase):
