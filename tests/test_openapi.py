@@ -11,13 +11,16 @@ from openapi_spec_validator import validate
 
 from chalicelib import openapi
 from chalicelib.engine.results import ResultsQuery
+from chalicelib.engine.scan_results import ScanQuery
 
 # The query parameters each route's handler accepts: ResultsQuery.from_params refuses any name that is not one of
 # its fields, so a parameter added there (window_from, fresh, ...) must be documented too.
 # The single-group route accepts `fresh` only (results.group_query_fresh).
-ACCEPTED_QUERY = {"/jobs/{job}/results": {f.name for f in dataclasses.fields(ResultsQuery)},
+# Scan jobs' results take ScanQuery's fields instead (engine/scan_results.py).
+SCAN_ONLY = {f.name for f in dataclasses.fields(ScanQuery)} - {f.name for f in dataclasses.fields(ResultsQuery)}
+ACCEPTED_QUERY = {"/jobs/{job}/results": {f.name for f in dataclasses.fields(ResultsQuery)} | SCAN_ONLY,
                   "/jobs/{job}/results/{key}": {"fresh"}}
-EXAMPLES = {"limit": "2", "order_by": "adRevenue", "desc": "true", "prefix": "1", "fresh": "true"}
+EXAMPLES = {"limit": "2", "order_by": "adRevenue", "desc": "true", "prefix": "1", "fresh": "true", "view": "files"}
 
 
 def declared_routes() -> dict[tuple[str, str], object]:
@@ -74,7 +77,8 @@ def test_every_documented_results_parameter_is_accepted_and_others_are_refused(a
         if parameter == "cursor":
             continue  # needs a cursor from a previous page; covered by test_api
         assert parameter in EXAMPLES, f"add an example value for the new parameter {parameter!r} to EXAMPLES"
-        response = api.get(f"/jobs/bdb-agg-2a/results?{parameter}={EXAMPLES[parameter]}")
+        job = "bdb-scan-1a" if parameter in SCAN_ONLY else "bdb-agg-2a"
+        response = api.get(f"/jobs/{job}/results?{parameter}={EXAMPLES[parameter]}")
         assert response.status_code == 200, (parameter, response.body)
     assert api.get("/jobs/bdb-agg-2a/results?undocumented=1").status_code == 400
 
