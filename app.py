@@ -8,6 +8,7 @@ from chalicelib import openapi
 from chalicelib.api import dashboard_html, error_body, to_json
 from chalicelib.engine.mapper import outcomes_as_dicts
 from chalicelib.engine.results import ResultsQuery, group_query_fresh
+from chalicelib.engine.scan_results import ScanQuery
 from chalicelib.errors import TallyError
 from chalicelib.observability import Observer, make_logger
 from chalicelib.runtime import get_runtime, utc_now
@@ -88,6 +89,8 @@ def list_jobs():
 def job_results(job):
     runtime = get_runtime()
     definition = runtime.jobs.get(job)
+    if definition.is_scan:  # output rows (or the live output files), not groups
+        return runtime.scan_results.page(definition, ScanQuery.from_params(app.current_request.query_params))
     query = ResultsQuery.from_params(definition, app.current_request.query_params)
     page = runtime.results.page(definition, query)
     return {"job": job, "generation": page.generation, "total_rows": page.total_rows, "rows": page.rows,

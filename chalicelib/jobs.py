@@ -1,7 +1,8 @@
 """Job definitions: pydantic models validated once when `reducers/` is loaded.
 
-A job names the input objects it reads (prefix, optional suffix), how to parse them, and the aggregation to
-run. Loading compiles every expression against the declared columns, so a typo fails at load time with the
+A job names the input objects it reads (prefix, optional suffix), how to parse them, and what to compute:
+an aggregation (`keys` + `aggregates`) or a map-only scan (`select`, a projection), either after `filter`.
+Loading compiles every expression against the declared columns, so a typo fails at load time with the
 job's name, never inside a running mapper.
 """
 from __future__ import annotations
@@ -19,7 +20,8 @@ from .aggregation import AggregationPlan, parse_aggregate
 from .aggregation.mapping import MapFunction
 from .errors import JobDefinitionError, JobNotFound
 from .expressions import compile_expression
-from .formats import TextFormat, strip_compression
+from .formats import ParquetLayout, TextFormat, strip_compression
+from .scan import ScanPlan
 from .windows import WINDOW_KEY, Window
 
 _SIMPLE_TYPES = {
@@ -76,7 +78,18 @@ class JsonLinesFormat(_Format):
         return TextFormat("jsonl", self.schema, on_bad_row=self.on_bad_row)
 
 
-Format = Annotated[Union[CsvFormat, JsonLinesFormat], Field(discriminator="kind")]
+class ParquetFormat(_Format):
+    """Parquet objects. `columns` are the ones the job may use, with the types its expressions are checked
+    against; each file's own schema must have them (by name, in any order, castable to the declared type)
+    or the file is quarantined. Only the columns a job's expressions use are fetched from S3."""
+
+    kind: Literal["parquet"] = "parquet"
+
+    def reader(self) -> ParquetLayout:
+        return ParquetLayout(self.schema)
+
+
+Format = Annotated[Union[CsvFormat, JsonLinesFormat, ParquetFormat], Field(discriminator="kind")]
 
 
 class Job(BaseModel):
@@ -91,8 +104,11 @@ class Job(BaseModel):
     suffix: str | None = None
     format: Format
     filter: str | None = None
-    keys: dict[str, str] = Field(min_length=1, description="group key name -> expression")
-    aggregates: dict[str, str] = Field(min_length=1, description="output name -> aggregate(expression)")
+    keys: dict[str, str] | None = Field(default=None, min_length=1, description="group key name -> expression")
+    aggregates: dict[str, str] | None = Field(default=None, min_length=1,
+                                              description="output name -> aggregate(expression)")
+    select: dict[str, str] | None = Field(default=None, min_length=1,
+                                          description="map-only: output column -> expression")
     window: Window | None = Field(default=None, description="event-time tumbling window: adds key window_start")
     map: Callable[[pa.Table], Any] | None = Field(
         default=None, description="Python over each batch (the slower path); keys etc. then read its columns")
@@ -112,13 +128,31 @@ class Job(BaseModel):
         return None if function is None else f"{function.__module__}.{function.__qualname__}"
 
     def model_post_init(self, _context: Any) -> None:
+        if self.select is not None and (self.keys is not None or self.aggregates is not None):
+            raise ValueError("a job has either keys and aggregates (an aggregation) or select (a scan), not both")
+        if self.select is None and (self.keys is None or self.aggregates is None):
+            raise ValueError("a job needs keys and aggregates (an aggregation) or select (a scan)")
         try:
             self.plan  # compile now: a bad expression fails validation, not a running mapper
         except JobDefinitionError as exc:
             raise ValueError(str(exc)) from exc
 
+    @property
+    def is_scan(self) -> bool:
+        """Map-only: output rows per input object version, no reduce of values (see engine/scan.py)."""
+        return self.select is not None
+
     @cached_property
-    def plan(self) -> AggregationPlan:
+    def plan(self) -> AggregationPlan | ScanPlan:
+        if self.select is not None:
+            if self.map is not None or self.window is not None:
+                raise JobDefinitionError("a scan (select) takes neither a map function nor a window")
+            columns = self.format.columns
+            return ScanPlan(
+                input_schema=self.format.schema,
+                projection=tuple((name, compile_expression(source, columns)) for name, source in self.select.items()),
+                filter=compile_expression(self.filter, columns) if self.filter else None,
+            )
         if (self.map is None) != (self.map_columns is None):
             raise JobDefinitionError("a map function needs map_columns (its output columns and types), "
                                      "and map_columns need a map function")
@@ -150,7 +184,8 @@ class Job(BaseModel):
         return self.suffix is None or strip_compression(key).endswith(self.suffix)
 
     def describe(self) -> dict[str, Any]:
-        return {**self.model_dump(mode="json"), "fingerprint": self.plan.fingerprint}
+        return {**self.model_dump(mode="json"), "kind": "scan" if self.is_scan else "aggregation",
+                "fingerprint": self.plan.fingerprint}
 
 
 class JobCatalog:

@@ -9,6 +9,7 @@ from .engine.mapper import Mapper
 from .engine.reconcile import Reconciler
 from .engine.reducer import Reducer
 from .engine.results import ResultReader
+from .engine.scan_results import ScanReader
 from .engine.status import StatusReader
 from .jobs import JobCatalog, load_jobs
 from .settings import Settings
@@ -46,7 +47,8 @@ class Runtime:
 
     @cached_property
     def reducer(self) -> Reducer:
-        return Reducer(self.jobs, self.state_store, self.input_store, utc_now, self.settings.reduce_batch)
+        return Reducer(self.jobs, self.state_store, self.input_store, utc_now, self.settings.reduce_batch,
+                       self.settings.reduce_parallelism)
 
     @cached_property
     def reconciler(self) -> Reconciler:
@@ -55,6 +57,10 @@ class Runtime:
     @cached_property
     def results(self) -> ResultReader:
         return ResultReader(self.reducer)
+
+    @cached_property
+    def scan_results(self) -> ScanReader:
+        return ScanReader(self.reducer)
 
     @cached_property
     def status(self) -> StatusReader:

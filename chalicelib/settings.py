@@ -22,6 +22,8 @@ class Settings(BaseModel):
     jobs_package: str = "reducers"
     # Merge at most this many partials per reducer run so one run stays inside a Lambda's time and memory.
     reduce_batch: int = Field(default=500, ge=1)
+    # Jobs reduced side by side in one run (threads: Arrow and boto3 release the GIL).
+    reduce_parallelism: int = Field(default=4, ge=1, le=64)
     # A mapper writes its partial in parts of at most this many groups: its memory stays bounded even when
     # nearly every row is its own group.
     map_max_groups: int = Field(default=500_000, ge=1)

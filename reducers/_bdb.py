@@ -1,4 +1,5 @@
-"""The Big Data Benchmark's `uservisits` table (CSV, no header). adRevenue is money: decimal, summed exactly."""
+"""The Big Data Benchmark's tables (CSV, no header): `uservisits` (adRevenue is money: decimal, summed exactly)
+and `rankings`."""
 from chalicelib.jobs import CsvFormat
 
 USERVISITS = CsvFormat(
@@ -15,6 +16,22 @@ USERVISITS = CsvFormat(
     },
     header=False,
 )
+
+RANKINGS = CsvFormat(columns={"pageURL": "string", "pageRank": "int64", "avgDuration": "int64"}, header=False)
+
+
+def scan_query(name: str, threshold: int):
+    """SELECT pageURL, pageRank FROM rankings WHERE pageRank > X: a map-only job, output rows per object."""
+    from chalicelib.jobs import Job
+
+    return Job(
+        name=name,
+        description=f"Big Data Benchmark scan: pageURL, pageRank of rankings WHERE pageRank > {threshold}",
+        prefix="rankings/",
+        format=RANKINGS,
+        filter=f"pageRank > {threshold}",
+        select={"pageURL": "pageURL", "pageRank": "pageRank"},
+    )
 
 
 def aggregation_query(name: str, prefix_length: int):

@@ -2,7 +2,6 @@
 calls them (chalice.test.Client), and S3 events are built the way S3 builds them."""
 from __future__ import annotations
 
-import functools
 import gzip
 import os
 from urllib.parse import quote_plus
@@ -68,12 +67,11 @@ def runtime(request):
     from chalicelib.runtime import Runtime, set_runtime
     from chalicelib.settings import Settings
 
-    rt = Runtime(Settings(input_bucket=INPUT, state_bucket=STATE), s3_client=s3)
-    if "s3_server" not in request.fixturenames:
-        # The in-process mock is not thread-safe (a LIST racing a DELETE fails inside moto), and with eight
-        # jobs reduce_all's parallel jobs hit that often: reduce one job at a time here. Tests of concurrent
-        # reducers ask for s3_server.
-        rt.reducer.reduce_all = functools.partial(rt.reducer.reduce_all, parallelism=1)
+    # The in-process mock is not thread-safe (a LIST racing a DELETE fails inside moto), and with many jobs
+    # reduce_all's parallel jobs hit that often: reduce one job at a time there. Tests of concurrent reducers
+    # ask for s3_server.
+    parallelism = 4 if "s3_server" in request.fixturenames else 1
+    rt = Runtime(Settings(input_bucket=INPUT, state_bucket=STATE, reduce_parallelism=parallelism), s3_client=s3)
     set_runtime(rt)
     yield rt
     set_runtime(None)
@@ -132,6 +130,11 @@ def uservisits_rows(*rows: tuple) -> str:
         f"{ip},http://example.com/{i},2001-02-03,{revenue},Mozilla/5.0,USA,USA-EN,word,{i % 50 + 1}\n"
         for i, (ip, revenue) in enumerate(rows)
     )
+
+
+def rankings_rows(*rows: tuple) -> str:
+    """CSV text in the BDB rankings shape (pageURL, pageRank, avgDuration) from (pageURL, pageRank) pairs."""
+    return "".join(f"{url},{rank},{i % 50 + 1}\n" for i, (url, rank) in enumerate(rows))
 
 
 def scheduled_event() -> dict:

@@ -49,12 +49,15 @@ def test_jobs_lists_every_job_with_its_definition(api):
     status, body = get(api, "/jobs")
     assert status == 200
     jobs = {job["name"]: job for job in body["jobs"]}
-    assert set(jobs) == {"bdb-agg-2a", "bdb-agg-2b", "bdb-agg-2c", "duration-histogram", "page-latency",
-                         "revenue-by-day", "visits-by-browser", "visits-by-country"}
+    assert set(jobs) == {"bdb-agg-2a", "bdb-agg-2b", "bdb-agg-2c", "bdb-scan-1a", "bdb-scan-1b", "bdb-scan-1c",
+                         "duration-histogram", "page-latency", "revenue-by-day", "visits-by-browser",
+                         "visits-by-country"}
     assert jobs["revenue-by-day"]["window"] == {"column": "visitDate", "size": "1d"}
     assert jobs["visits-by-browser"]["map"] == "reducers.visits_by_browser.browser_family"
     assert jobs["bdb-agg-2a"]["keys"] == {"sourceIP_prefix": "substr(sourceIP, 1, 8)"}
     assert jobs["bdb-agg-2a"]["aggregates"] == {"adRevenue": "sum(adRevenue)"}
+    assert jobs["bdb-agg-2a"]["kind"] == "aggregation" and jobs["bdb-scan-1a"]["kind"] == "scan"
+    assert jobs["bdb-scan-1a"]["select"] == {"pageURL": "pageURL", "pageRank": "pageRank"}
 
 
 def test_results_are_every_group_with_exact_sums(api):

@@ -81,6 +81,21 @@ def test_query_shows_the_top_groups_by_the_first_aggregate(api_url, capsys):
     assert "top 2 of 4 groups by" in out  # ordered by the first aggregate, adRevenue
 
 
+def test_query_of_a_scan_job_shows_its_output_rows_and_refuses_ordering(api_url, lambdas, uploads, capsys):
+    from .conftest import rankings_rows
+
+    record = uploads.put("rankings/a.csv", rankings_rows(("a.com", 5), ("b.com", 5000), ("c.com", 2000)))
+    lambdas.lambda_.invoke("map_object", uploads.event(record))
+    lambdas.lambda_.invoke("reduce_results", scheduled_event())
+    code, out = run(capsys, "query", "bdb-scan-1a", "--api", api_url)
+    assert code == EXIT_OK
+    assert "b.com" in out and "c.com" in out and "a.com" not in out and "2 output rows" in out
+    code, out = run(capsys, "jobs", "--api", api_url)
+    assert code == EXIT_OK and "pageRank > 1000" in out
+    code, out = run(capsys, "query", "bdb-scan-1a", "--asc", "--api", api_url)
+    assert code == EXIT_FAILED and "scan job" in out
+
+
 def test_query_json_ascending_and_ordered_by_a_key(api_url, capsys):
     code, out = run(capsys, "query", "bdb-agg-2c", "--order-by", "sourceIP_prefix", "--asc", "--json",
                     "--api", api_url)

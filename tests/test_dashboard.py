@@ -86,7 +86,7 @@ def test_dashboard_shows_the_groups_and_updates_after_an_upload(local_tally, bro
     assert section.locator(".state").inner_text() == "idle"
     assert section.locator('dd[data-fact="merged"]').inner_text() == f"{len(paths)} / {len(paths)}"
     assert section.locator("svg.chart rect").count() == len(expected)  # one bar per group
-    for job in ("bdb-agg-2b", "bdb-agg-2c", "page-latency"):
+    for job in ("bdb-agg-2b", "bdb-agg-2c", "bdb-scan-1a", "page-latency"):
         assert page.locator(f'section[data-job="{job}"]').count() == 1
 
     # A new group far larger than any other arrives: the page shows it on top without being reloaded.

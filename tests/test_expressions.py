@@ -278,9 +278,9 @@ def test_a_job_name_must_be_a_lowercase_slug():
 
 def test_the_bundled_jobs_load_with_their_definitions():
     catalog = load_jobs("reducers")
-    assert [job.name for job in catalog] == ["bdb-agg-2a", "bdb-agg-2b", "bdb-agg-2c", "duration-histogram",
-                                             "page-latency", "revenue-by-day", "visits-by-browser",
-                                             "visits-by-country"]
+    assert [job.name for job in catalog] == ["bdb-agg-2a", "bdb-agg-2b", "bdb-agg-2c", "bdb-scan-1a", "bdb-scan-1b",
+                                             "bdb-scan-1c", "duration-histogram", "page-latency", "revenue-by-day",
+                                             "visits-by-browser", "visits-by-country"]
     for name, length in [("bdb-agg-2a", 8), ("bdb-agg-2b", 10), ("bdb-agg-2c", 12)]:
         job = catalog.get(name)
         assert job.keys == {"sourceIP_prefix": f"substr(sourceIP, 1, {length})"}

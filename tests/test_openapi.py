@@ -11,16 +11,19 @@ from openapi_spec_validator import validate
 
 from chalicelib import openapi
 from chalicelib.engine.results import ResultsQuery
+from chalicelib.engine.scan_results import ScanQuery
 
 # The query parameters each route's handler accepts: ResultsQuery.from_params refuses any name that is not one of
 # its fields, so a parameter added there (window_from, fresh, ...) must be documented too.
 # The single-group route accepts `fresh` only (results.group_query_fresh).
-ACCEPTED_QUERY = {"/jobs/{job}/results": {f.name for f in dataclasses.fields(ResultsQuery)},
+# Scan jobs' results take ScanQuery's fields instead (engine/scan_results.py).
+SCAN_ONLY = {f.name for f in dataclasses.fields(ScanQuery)} - {f.name for f in dataclasses.fields(ResultsQuery)}
+ACCEPTED_QUERY = {"/jobs/{job}/results": {f.name for f in dataclasses.fields(ResultsQuery)} | SCAN_ONLY,
                   "/jobs/{job}/results/{key}": {"fresh"}}
 EXAMPLES = {"limit": "2", "order_by": "adRevenue", "desc": "true", "prefix": "1", "fresh": "true",
-            "window_from": "2001-02-03", "window_to": "2001-02-04"}
+            "window_from": "2001-02-03", "window_to": "2001-02-04", "view": "files"}
 # Parameters that only some jobs take, and a job that takes them.
-JOB_FOR = {"window_from": "revenue-by-day", "window_to": "revenue-by-day"}
+JOB_FOR = {"window_from": "revenue-by-day", "window_to": "revenue-by-day", "view": "bdb-scan-1a"}
 
 
 def declared_routes() -> dict[tuple[str, str], object]:

@@ -5,6 +5,10 @@
                                                parts (a high-cardinality object spills parts to keep the
                                                mapper's memory bounded); kept while that version is live,
                                                so it can be retracted or a result rebuilt from them
+    jobs/<job>/parts/<contribution>/<split>-<n>.parquet
+                                               a scan job's output rows of one input object version; the
+                                               live ones are those the committed result (a file table)
+                                               names (see engine/scan.py)
     jobs/<job>/inbox/<marker>.json             a change to apply, written after its parts: an object version
                                                was mapped (its parts are listed, or a small partial is carried
                                                inline), or an object was removed
@@ -38,8 +42,8 @@ def parts_prefix(job: str, contribution: str = "") -> str:
     return f"jobs/{job}/parts/{contribution + '/' if contribution else ''}"
 
 
-def part_key(job: str, contribution: str, split: str, index: int) -> str:
-    return f"{parts_prefix(job, contribution)}{split}-{index:05d}.arrow"
+def part_key(job: str, contribution: str, split: str, index: int, extension: str = "arrow") -> str:
+    return f"{parts_prefix(job, contribution)}{split}-{index:05d}.{extension}"
 
 
 def contribution_of_part(key: str) -> str:

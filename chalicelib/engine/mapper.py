@@ -19,11 +19,13 @@ import pyarrow as pa
 from ..aggregation import AggregationPlan
 from ..aggregation.codec import encode
 from ..errors import BadInput, CommitConflict, ObjectMissing
-from ..formats import BLOCK_SIZE, MAX_BLOCK_SIZE, ReadStats, RowTooLong, compression_of, read_batches
+from ..formats import BLOCK_SIZE, MAX_BLOCK_SIZE, ParquetLayout, ReadStats, RowTooLong, batches
+from ..formats.parquet import RangeReader
 from ..jobs import Job, JobCatalog
-from ..storage import ObjectStore
+from ..storage import Opened, ObjectStore
 from . import layout
 from .events import ObjectEvent, parse_records
+from .scan import PART_BYTES, ScanWriter
 
 log = logging.getLogger("tally.mapper")
 # A whole object's partial up to this size travels inside its marker. For small objects the requests are the
@@ -39,7 +41,7 @@ class MapOutcome:
     outcome: str  # mapped | quarantined | superseded | removed
     rows: int = 0
     bytes_read: int = 0
-    groups: int = 0
+    groups: int = 0  # groups in the partial; for a scan job, its output rows
     reason: str | None = None
 
 
@@ -110,12 +112,33 @@ class _PartWriter:
         self.written.append(key)
 
 
+class _AggregateSink:
+    """One aggregation job's partial of one object version: folded batch by batch, spilled in parts."""
+
+    def __init__(self, writer: _PartWriter, max_groups: int, meta: dict, inline_limit: int):
+        self.writer, self.inline_limit = writer, inline_limit
+        self.accumulator = _Accumulator(writer.job.plan, max_groups, lambda part: writer.write(part, meta))
+
+    @property
+    def written(self) -> list[str]:
+        return self.writer.written
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self.accumulator.add(batch)
+
+    def commit(self, summary: dict) -> int:
+        partial = self.accumulator.result()
+        self.writer.commit(partial, summary, self.inline_limit)
+        return partial.num_rows
+
+
 class Mapper:
     def __init__(self, jobs: JobCatalog, input_store: ObjectStore, state_store: ObjectStore,
                  clock: Callable[[], datetime], max_groups: int = 500_000, block_size: int = BLOCK_SIZE,
-                 inline_limit: int = INLINE_LIMIT):
+                 inline_limit: int = INLINE_LIMIT, scan_part_bytes: int = PART_BYTES):
         self.jobs, self.input, self.state, self.clock = jobs, input_store, state_store, clock
         self.max_groups, self.block_size, self.inline_limit = max_groups, block_size, inline_limit
+        self.scan_part_bytes = scan_part_bytes
 
     def handle(self, event: dict) -> list[MapOutcome]:
         """Every record of an S3 (or SQS-wrapped S3) event; the handler's whole job."""
@@ -166,33 +189,33 @@ class Mapper:
                 block_size = min(block_size * 16, MAX_BLOCK_SIZE)
                 log.info("row longer than the block; mapping again", extra={"key": event.key, "block": block_size})
 
-    def _map_stream(self, event: ObjectEvent, jobs: list[Job], opened, block_size: int) -> list[MapOutcome]:
+    def _map_stream(self, event: ObjectEvent, jobs: list[Job], opened: Opened, block_size: int) -> list[MapOutcome]:
         etag = event.etag or opened.etag
         contribution = layout.contribution_id(event.key, event.version_id or etag)
         stats = ReadStats()
         meta = {"key": event.key, "etag": etag, "version_id": event.version_id, "sequencer": event.sequencer,
                 "size": opened.size, "event_time": event.event_time}
         split = f"g{self.max_groups}b{block_size}"
-        writers = {job.name: _PartWriter(self.state, job, contribution, split) for job in jobs}
-        accumulators = {
-            job.name: _Accumulator(job.plan, self.max_groups, lambda part, w=writers[job.name]: w.write(part, meta))
-            for job in jobs
-        }
+        sinks = {job.name: self._sink(job, contribution, split, meta) for job in jobs}
         used = frozenset().union(*(job.plan.columns for job in jobs))
         reader = replace(jobs[0].format.reader(), include=tuple(n for n in jobs[0].format.columns if n in used))
         try:
-            with opened.body as body:
-                for batch in read_batches(body, reader, compression_of(event.key), stats, block_size):
-                    for accumulator in accumulators.values():
-                        accumulator.add(batch)
+            with self._source(event, opened, reader) as source:
+                for batch in batches(source, reader, event.key, stats, block_size):
+                    for sink in sinks.values():
+                        sink.add(batch)
+                stats.bytes_read = getattr(source, "bytes_fetched", stats.bytes_read)
             if stats.rows == 0 and stats.bad_rows:
                 raise BadInput(f"no row could be parsed ({stats.bad_rows} malformed rows): "
                                + "; ".join(stats.bad_row_examples))
-        except BadInput as error:
-            for job in jobs:
-                self.state.delete(writers[job.name].written)  # parts spilled before the error: never whole
+        except (BadInput, ObjectMissing, CommitConflict) as error:
+            for sink in sinks.values():
+                self.state.delete(sink.written)  # parts spilled before the error: never whole
             if isinstance(error, RowTooLong) and block_size < MAX_BLOCK_SIZE:
                 raise
+            if not isinstance(error, BadInput):
+                # A ranged read found the version gone or replaced: the newer object's own event maps it.
+                return [MapOutcome(job.name, event.key, etag, "superseded") for job in jobs]
             for job in jobs:
                 self._quarantine(job, event, etag, contribution, error)
             return [MapOutcome(job.name, event.key, etag, "quarantined", reason=str(error)) for job in jobs]
@@ -201,11 +224,31 @@ class Mapper:
         summary = {**meta, "bytes_read": stats.bytes_read, "rows": stats.rows, "bad_rows": stats.bad_rows,
                    "mapped_at": self.clock().isoformat()}
         for job in jobs:
-            partial = accumulators[job.name].result()
-            writers[job.name].commit(partial, summary, self.inline_limit)
-            outcomes.append(MapOutcome(job.name, event.key, etag, "mapped", stats.rows, stats.bytes_read,
-                                       partial.num_rows))
+            produced = sinks[job.name].commit(summary)
+            outcomes.append(MapOutcome(job.name, event.key, etag, "mapped", stats.rows, stats.bytes_read, produced))
         return outcomes
+
+    def _sink(self, job: Job, contribution: str, split: str, meta: dict):
+        if job.is_scan:
+            return ScanWriter(self.state, job, contribution, split, self.scan_part_bytes)
+        return _AggregateSink(_PartWriter(self.state, job, contribution, split), self.max_groups, meta,
+                              self.inline_limit)
+
+    def _source(self, event: ObjectEvent, opened: Opened, reader):
+        """The object as the format needs it: the GET's stream for text; for Parquet (read from the footer
+        on) a seekable file of ranged GETs, each pinned to the version we opened, so an overwrite while we
+        read is a 412 (superseded), never a mix of two versions' bytes."""
+        if not isinstance(reader, ParquetLayout):
+            return opened.body
+        opened.body.close()  # the first GET told us the size and the ETag; Parquet starts at the end
+        pin = {"version_id": event.version_id} if event.version_id else {"if_match": opened.etag}
+
+        def fetch(start: int, end: int) -> bytes:
+            ranged = self.input.open(event.key, byte_range=(start, end), **pin)
+            with ranged.body as body:
+                return body.read()
+
+        return RangeReader(fetch, opened.size)
 
     def _quarantine(self, job: Job, event: ObjectEvent, etag: str, contribution: str, error: BadInput) -> None:
         record = {

@@ -36,7 +36,7 @@ from ..aggregation.codec import decode, encode
 from ..errors import CommitConflict, ObjectMissing, PartialMismatch
 from ..jobs import Job, JobCatalog
 from ..storage import ObjectStore
-from . import layout
+from . import layout, scan
 from .changes import ChangePlan, Current, plan_changes
 
 log = logging.getLogger("tally.reducer")
@@ -116,8 +116,9 @@ class Gathered:
 
 class Reducer:
     def __init__(self, jobs: JobCatalog, state_store: ObjectStore, input_store: ObjectStore,
-                 clock: Callable[[], datetime], batch: int = 500):
+                 clock: Callable[[], datetime], batch: int = 500, parallelism: int = 4):
         self.jobs, self.state, self.input, self.clock, self.batch = jobs, state_store, input_store, clock, batch
+        self.parallelism = parallelism
         self._recent: OrderedDict[str, pa.Table] = OrderedDict()
         self._lock = threading.Lock()  # jobs reduce in parallel threads
 
@@ -154,7 +155,7 @@ class Reducer:
 
     def read_result(self, job: Job, manifest: Manifest | None) -> pa.Table:
         if manifest is None or not manifest.result_key:
-            return job.plan.empty()
+            return scan.FILES_SCHEMA.empty_table() if job.is_scan else job.plan.empty()
         return self._read_immutable(manifest.result_key, job.plan.fingerprint)
 
     def _read_immutable(self, key: str, fingerprint: str) -> pa.Table:
@@ -180,7 +181,7 @@ class Reducer:
 
     # -- running -------------------------------------------------------------------------------------------
 
-    def reduce_all(self, max_seconds: float = 40.0, parallelism: int = 4) -> list[ReduceReport]:
+    def reduce_all(self, max_seconds: float = 40.0) -> list[ReduceReport]:
         """Every job, until nothing is pending or the time budget is spent. Jobs are independent, so they run
         side by side (Arrow and boto3 release the GIL). A failing job does not stop the others, but the run
         still fails at the end so the failure is seen (and Lambda records it)."""
@@ -194,7 +195,7 @@ class Reducer:
                 if not report.more_pending or report.errors or time.monotonic() > deadline:
                     return reports
 
-        with ThreadPoolExecutor(max(1, min(parallelism, len(self.jobs)))) as pool:
+        with ThreadPoolExecutor(max(1, min(self.parallelism, len(self.jobs)))) as pool:
             reports = [report for batch in pool.map(drain, self.jobs) for report in batch]
         failed = [r for r in reports if r.errors]
         if failed:
@@ -308,11 +309,11 @@ class Reducer:
         self._delete_unreferenced_packs(gathered.entries.values(), applied.entries.values())
         if gathered.manifest is not None:  # superseded now; left-overs of crashes go in collect_garbage
             self.state.delete([k for k in (gathered.manifest.result_key, gathered.manifest.ledger_key) if k])
-        report.generation, report.rows = generation, applied.result.num_rows
+        report.generation, report.rows = generation, manifest.rows
         report.merged, report.retracted = len(plan.add), len(plan.retract)
         report.landed = [t for t in (m.get("event_time") or m.get("mapped_at") for m in plan.add) if t]
         log.info("applied changes", extra={"job": job.name, "generation": generation, "added": len(plan.add),
-                                           "retracted": len(plan.retract), "rows": applied.result.num_rows})
+                                           "retracted": len(plan.retract), "rows": manifest.rows})
 
     def apply(self, job: Job, gathered: Gathered, plan: ChangePlan, generation: int, pack_key: str) -> Applied:
         """The result and the live versions once `plan` is applied to the gathered state; writes nothing."""
@@ -326,7 +327,9 @@ class Reducer:
             entries[marker["key"]] = _ledger_entry(marker, generation, pack_key)
         with _superseded_is_conflict():
             base = self.read_result(job, gathered.manifest)
-        if not plan.retract:
+        if job.is_scan:  # the result is the table of live output files; their rows are never read here
+            result = scan.live_files(base, [entry["contribution"] for entry in plan.retract], plan.add)
+        elif not plan.retract:
             result = job.plan.merge([base, *added])
         elif job.plan.subtractable:
             result = job.plan.retract(base, self.read_retained(job, plan.retract), added)
@@ -374,6 +377,8 @@ class Reducer:
     def _read_added_parts(self, job: Job, plan: ChangePlan) -> list[list[pa.Table]]:
         def read(marker: dict) -> list[pa.Table] | None:
             try:
+                if job.is_scan:  # output files are served, not merged: they need only be there
+                    return [] if all(self.state.head(key) for key in marker["parts"]) else None
                 if "inline" in marker:
                     return [decode(base64.b64decode(marker["inline"]), job.plan.fingerprint)[0]]
                 return [decode(self.state.get(key)[0], job.plan.fingerprint)[0] for key in marker["parts"]]
@@ -397,8 +402,9 @@ class Reducer:
             self.state.put_if_absent(key, data)
         self._remember(keys.result, result)
         self._remember(keys.ledger, ledger)
+        rows = scan.output_rows(result) if job.is_scan else result.num_rows
         manifest = Manifest(generation, job.plan.fingerprint, keys.result, keys.ledger,
-                            self.clock().isoformat(), result.num_rows, ledger.num_rows)
+                            self.clock().isoformat(), rows, ledger.num_rows)
         try:
             if gathered.manifest_etag is None:
                 self.state.put_if_absent(layout.manifest_key(job.name), manifest.encode(), "application/json")

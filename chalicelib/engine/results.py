@@ -176,6 +176,9 @@ class ResultReader:
         return Page([_row(job, r) for r in rows], next_cursor, generation, ordered.num_rows)
 
     def group(self, job: Job, key_text: str, fresh: bool = False) -> dict[str, Any]:
+        if job.is_scan:
+            raise InvalidQuery(f"{job.name} is a scan job: it has output rows, not groups; "
+                               f"page them at /jobs/{job.name}/results")
         _, table = self.current(job, fresh)
         values = _parse_group_key(job, key_text)
         mask = None

@@ -1,4 +1,5 @@
-"""Record batches from a byte stream: CSV or JSON lines, optionally gzip-compressed.
+"""Record batches from a byte stream: CSV or JSON lines, optionally gzip- or zstd-compressed; Parquet (which
+needs random access, not a stream) is read by `formats.parquet`, behind the same `batches` entry point.
 
 Readers take any `IO[bytes]` (an S3 body, a file, a BytesIO in a test) and stream it in blocks, so memory is
 bounded by the block size, never by the object's size. What cannot be parsed raises BadInput with the reason.
@@ -21,7 +22,7 @@ from ..errors import BadInput
 
 MAX_BLOCK_SIZE = 64 << 20  # the longest row Tally reads; a longer one quarantines its file
 BLOCK_SIZE = 2 << 20  # Arrow reads a few blocks ahead: 8 MB blocks cost ~300 MB more RSS on a 1 GB object
-_COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip"}
+_COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,18 @@ class TextFormat:
     # Convert only these columns (the ones the jobs use): the parser still checks every row's shape, but
     # skips building the other columns, which is most of a CSV reader's time.
     include: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ParquetLayout:
+    """Parquet: the declared columns (validated against each file's own schema) and those to read."""
+
+    schema: pa.Schema
+    include: tuple[str, ...] | None = None
+    kind: Literal["parquet"] = "parquet"
+
+
+InputFormat = TextFormat | ParquetLayout
 
 
 @dataclass
@@ -128,6 +141,21 @@ class _Prepended(io.RawIOBase):
         data = self._rest.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
+
+
+def batches(source: IO[bytes], fmt: InputFormat, key: str, stats: ReadStats | None = None,
+            block_size: int = BLOCK_SIZE) -> Iterator[pa.RecordBatch]:
+    """The one way to read an input object: by format, decompressing text by the key's extension. Parquet
+    needs a seekable `source` (a file, a BytesIO, or `parquet.RangeReader` over ranged GETs)."""
+    stats = stats if stats is not None else ReadStats()
+    if isinstance(fmt, TextFormat):
+        yield from read_batches(source, fmt, compression_of(key), stats, block_size)
+        return
+    from .parquet import parquet_batches  # imported here: text-only mappers never load pyarrow.parquet
+
+    for batch in parquet_batches(source, fmt.schema, fmt.include):
+        stats.rows += batch.num_rows
+        yield batch
 
 
 def read_batches(

@@ -18,13 +18,14 @@ def jobs(api: TallyClient, args: argparse.Namespace, console: Console) -> int:
         console.print_json(json.dumps(listed, default=str))
         return 0
     table = Table(title=f"{len(listed)} jobs at {api.base_url}")
-    for column in ("job", "input", "format", "keys", "aggregates"):
+    for column in ("job", "input", "format", "keys / filter", "aggregates / select"):
         table.add_column(column)
     for job in listed:
+        scan = job.get("kind") == "scan"
         table.add_row(job["name"], f"{job.get('prefix', '')}*{job.get('suffix') or ''}",
                       str((job.get("format") or {}).get("kind", "")),
-                      "\n".join(f"{k} = {v}" for k, v in job.get("keys", {}).items()),
-                      "\n".join(f"{k} = {v}" for k, v in job.get("aggregates", {}).items()))
+                      (job.get("filter") or "") if scan else "\n".join(f"{k} = {v}" for k, v in job["keys"].items()),
+                      "\n".join(f"{k} = {v}" for k, v in job["select" if scan else "aggregates"].items()))
     console.print(table)
     return 0
 
@@ -60,6 +61,8 @@ def query(api: TallyClient, args: argparse.Namespace, console: Console) -> int:
     if definition is None:
         console.print(f"[red]error:[/] no job named {args.job!r}; `tally jobs` lists them")
         return 1
+    if definition.get("kind") == "scan":
+        return _scan_query(api, args, definition, console)
     order_by = args.order_by or next(iter(definition["aggregates"]))
     page = api.results(args.job, limit=args.top, order_by=order_by, desc="false" if args.asc else "true",
                        prefix=args.prefix)
@@ -74,6 +77,25 @@ def query(api: TallyClient, args: argparse.Namespace, console: Console) -> int:
         table.add_column(name, justify="right")
     for row in page["rows"]:
         table.add_row(*(_cell(v) for v in row["key"].values()), *(_cell(v) for v in row["values"].values()))
+    console.print(table)
+    return 0
+
+
+def _scan_query(api: TallyClient, args: argparse.Namespace, definition: dict, console: Console) -> int:
+    """A scan job's first output rows (its rows have no order to rank them by)."""
+    if args.order_by or args.asc or args.prefix:
+        console.print(f"[red]error:[/] {args.job} is a scan job: it takes no --order-by, --asc or --prefix")
+        return 1
+    page = api.results(args.job, limit=args.top)
+    if args.json:
+        console.print_json(json.dumps(page, default=str))
+        return 0
+    table = Table(title=f"{args.job}: first {len(page['rows'])} of {page['total_rows']:,} output rows "
+                        f"in {page['files']} files (generation {page['generation']})")
+    for name in definition["select"]:
+        table.add_column(name)
+    for row in page["rows"]:
+        table.add_row(*(_cell(row[name]) for name in definition["select"]))
     console.print(table)
     return 0
 

@@ -1,8 +1,9 @@
-"""Big Data Benchmark-shaped `uservisits` files, deterministic for a given seed.
+"""Big Data Benchmark-shaped `uservisits` and `rankings` files, deterministic for a given seed.
 
-Columns and value shapes follow the benchmark's generator (sourceIP, destURL, visitDate, adRevenue, userAgent,
-countryCode, languageCode, searchWord, duration; CSV, no header, about 160-175 bytes a row). Built with numpy
-and Arrow so a few hundred MB take seconds, not minutes.
+Columns and value shapes follow the benchmark's generator (uservisits: sourceIP, destURL, visitDate,
+adRevenue, userAgent, countryCode, languageCode, searchWord, duration; CSV, no header, about 160-175 bytes a
+row; rankings: pageURL, pageRank, avgDuration). Built with numpy and Arrow so a few hundred MB take seconds,
+not minutes.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 
 BYTES_PER_ROW = 180
 _AGENTS = [
@@ -74,5 +76,45 @@ def write_uservisits(directory: Path, total_bytes: int, file_bytes: int = 8 << 2
         path = directory / f"part-{index:05d}.csv"
         table = uservisits_table(rows_per_file, rng)
         pa_csv.write_csv(table, path, pa_csv.WriteOptions(include_header=False, quoting_style="none"))
+        paths.append(path)
+    return paths
+
+
+RANKINGS_BYTES_PER_ROW = 56
+# pageRank: a Pareto tail, P(pageRank > x) ~ (x / 16.4) ** -1.93 above 26, plus a sliver of ranks 1-10, so
+# the scan queries select very different fractions, as in the benchmark (its published result sizes for
+# 1a/1b/1c are about 0.04% / 3.7% / 99.97% of rankings): here WHERE pageRank > 1000 keeps ~0.04% of the
+# rows, > 100 ~3.7%, > 10 ~99.97%.
+_RANK_TAIL, _RANK_SCALE, _LOW_RANKS = 1.93, 16.4, 0.0003
+
+
+def rankings_table(rows: int, rng: np.random.Generator) -> pa.Table:
+    tail = 10 + np.floor(_RANK_SCALE * (1.0 - rng.random(rows)) ** (-1.0 / _RANK_TAIL))
+    low = rng.random(rows) < _LOW_RANKS
+    rank = np.where(low, rng.integers(1, 11, size=rows), np.minimum(tail, 10_000_000)).astype(np.int64)
+    return pa.table({
+        "pageURL": _words(rng, rows, 10, 90),
+        "pageRank": pa.array(rank),
+        "avgDuration": pa.array(rng.integers(1, 101, size=rows)),
+    })
+
+
+def write_rankings(directory: Path, total_bytes: int, file_bytes: int = 8 << 20, seed: int = 42,
+                   parquet: bool = False) -> list[Path]:
+    """Files `part-NNNNN.csv` (CSV without header, as the benchmark ships them) or `.parquet` (the same rows)
+    of about `file_bytes` of CSV each, `total_bytes` in all. Same seed, same rows."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    files = max(1, round(total_bytes / file_bytes))
+    rows_per_file = max(1, file_bytes // RANKINGS_BYTES_PER_ROW)
+    paths = []
+    for index in range(files):
+        table = rankings_table(rows_per_file, rng)
+        if parquet:
+            path = directory / f"part-{index:05d}.parquet"
+            pq.write_table(table, path, compression="zstd", row_group_size=128 * 1024)
+        else:
+            path = directory / f"part-{index:05d}.csv"
+            pa_csv.write_csv(table, path, pa_csv.WriteOptions(include_header=False, quoting_style="none"))
         paths.append(path)
     return paths

@@ -27,6 +27,27 @@ def bdb_aggregation(paths: Iterable[Path], prefix_length: int) -> dict[str, Deci
     ).fetchall()
     return {key: value for key, value in rows}
 
+RANKINGS_COLUMNS = {"pageURL": "VARCHAR", "pageRank": "BIGINT", "avgDuration": "BIGINT"}
+
+
+def bdb_scan(paths: Iterable[Path], threshold: int) -> list[tuple[str, int]]:
+    """SELECT pageURL, pageRank FROM rankings WHERE pageRank > X over exactly these files (CSV without header,
+    or Parquet), sorted: a scan's output is a multiset of rows, compared in one order."""
+    import duckdb
+
+    files = [str(p) for p in paths]
+    if not files:
+        return []
+    connection = duckdb.connect()
+    if all(f.endswith(".parquet") for f in files):
+        relation = connection.read_parquet(files)
+    else:
+        relation = connection.read_csv(files, header=False, columns=RANKINGS_COLUMNS, delimiter=",", quotechar="")
+    connection.register("rankings", relation)
+    return connection.execute(
+        f"SELECT pageURL, pageRank FROM rankings WHERE pageRank > {int(threshold)} ORDER BY pageURL, pageRank"
+    ).fetchall()
+
 
 def revenue_by_day(paths: Iterable[Path]) -> dict[tuple[str, str], Decimal]:
     """SELECT date_trunc('day', visitDate), countryCode, SUM(adRevenue) FROM uservisits GROUP BY 1, 2, keyed
