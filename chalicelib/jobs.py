@@ -191,6 +191,11 @@ class Job(BaseModel):
 class JobCatalog:
     """All jobs, by name. Several jobs may read the same prefix."""
 
+    def select(self, names: str) -> "JobCatalog":
+        """The jobs named in a comma-separated list (all of them for an empty one)."""
+        wanted = [name.strip() for name in names.split(",") if name.strip()]
+        return JobCatalog([self.get(name) for name in wanted]) if wanted else self
+
     def __init__(self, jobs: list[Job]):
         self._jobs: dict[str, Job] = {}
         for job in jobs:

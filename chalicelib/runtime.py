@@ -31,7 +31,7 @@ class Runtime:
 
     @cached_property
     def jobs(self) -> JobCatalog:
-        return load_jobs(self.settings.jobs_package)
+        return load_jobs(self.settings.jobs_package).select(self.settings.jobs)
 
     @cached_property
     def input_store(self) -> S3ObjectStore:

@@ -20,6 +20,9 @@ class Settings(BaseModel):
     s3_endpoint: str | None = None
     region: str = "us-east-1"
     jobs_package: str = "reducers"
+    # Comma-separated job names to run; empty runs every job of jobs_package (a stage or a local run may
+    # serve a subset).
+    jobs: str = ""
     # Merge at most this many partials per reducer run so one run stays inside a Lambda's time and memory.
     reduce_batch: int = Field(default=500, ge=1)
     # Jobs reduced side by side in one run (threads: Arrow and boto3 release the GIL).

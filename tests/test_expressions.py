@@ -294,6 +294,16 @@ def test_the_catalog_refuses_an_unknown_job_name():
         load_jobs("reducers").get("no-such-job")
 
 
+def test_a_selection_of_jobs_serves_only_those_and_refuses_unknown_names():
+    catalog = load_jobs("reducers")
+    chosen = catalog.select(" bdb-agg-2a,bdb-scan-1a ")
+    assert [job.name for job in chosen] == ["bdb-agg-2a", "bdb-scan-1a"]
+    assert [job.name for job in chosen.for_key("uservisits/a.csv")] == ["bdb-agg-2a"]
+    assert catalog.select("") is catalog
+    with pytest.raises(JobNotFound):
+        catalog.select("bdb-agg-2a,no-such-job")
+
+
 @pytest.mark.parametrize("key, matches", [
     ("uservisits/part-00000.csv", True),
     ("uservisits/2024/01/part-00000.csv.gz", True),

@@ -31,6 +31,7 @@ def _local_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reconcile-every", type=float, default=30.0, metavar="SECONDS",
                         help="how often the input prefixes are compared with the results (lost events, backfill)")
     parser.add_argument("--log-level", default="WARNING", help="handlers' JSON log level (INFO shows every map)")
+    parser.add_argument("--jobs", default="", metavar="NAME,...", help="run only these jobs (default: all)")
 
 
 def _positive(text: str) -> int:
@@ -96,7 +97,7 @@ def parser() -> argparse.ArgumentParser:
 def _local_options(args: argparse.Namespace) -> LocalOptions:
     return LocalOptions(port=args.port, s3_port=args.s3_port, workers=max(1, args.workers),
                         reduce_every=args.reduce_every, reconcile_every=args.reconcile_every,
-                        s3_endpoint=args.s3_endpoint, log_level=args.log_level)
+                        s3_endpoint=args.s3_endpoint, log_level=args.log_level, jobs=args.jobs)
 
 
 def main(argv: list[str] | None = None) -> int:

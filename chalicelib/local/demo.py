@@ -60,6 +60,8 @@ def run_demo(options: DemoOptions, local: LocalOptions, console: Console | None 
     paths = prepare_data(options, console)
     total_bytes = sum(p.stat().st_size for p in paths)
     console.print(f"[bold]{len(paths)} files, {total_bytes / 1e6:.1f} MB[/] of BDB uservisits")
+    selected = {name.strip() for name in local.jobs.split(",") if name.strip()}
+    running = [job for job in [*JOBS, *FEATURE_JOBS] if not selected or job in selected]
     with LocalTally(local) as tally:
         console.print(f"S3 endpoint  {tally.s3_endpoint}\nHTTP API     {tally.api_url}\n"
                       f"dashboard    {tally.api_url}/")
@@ -69,7 +71,7 @@ def run_demo(options: DemoOptions, local: LocalOptions, console: Console | None 
         with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
                       TransferSpeedColumn(), TimeElapsedColumn(), console=console) as progress:
             uploaded = progress.add_task("uploaded (bytes)", total=total_bytes)
-            merged = {job: progress.add_task(f"merged {job}", total=len(paths)) for job in [*JOBS, *FEATURE_JOBS]}
+            merged = {job: progress.add_task(f"merged {job}", total=len(paths)) for job in running}
 
             def upload(path: Path) -> float:
                 s3.upload_file(str(path), local.input_bucket, f"uservisits/{path.name}")
@@ -78,17 +80,19 @@ def run_demo(options: DemoOptions, local: LocalOptions, console: Console | None 
 
             with ThreadPoolExecutor(options.upload_threads) as uploads:
                 pending = [uploads.submit(upload, p) for p in paths]
-                idle_at = wait_until_idle(api, [*JOBS, *FEATURE_JOBS], options.timeout, progress, merged,
+                idle_at = wait_until_idle(api, running, options.timeout, progress, merged,
                                           uploads_done=lambda: all(f.done() for f in pending))
             last_upload = max(f.result() for f in pending)
         elapsed = idle_at - started
         console.print(f"end to end: {total_bytes / 1e6:.1f} MB in {elapsed:.1f} s = "
                       f"[bold]{total_bytes / 1e6 / elapsed:.1f} MB/s[/] (first upload -> idle, "
                       f"{local.workers} mapper workers); last upload -> idle {idle_at - last_upload:.2f} s")
-        _print_top(console, api, "bdb-agg-2a")
-        _print_countries(console, api)
+        if "bdb-agg-2a" in running:
+            _print_top(console, api, "bdb-agg-2a")
+        if "visits-by-country" in running:
+            _print_countries(console, api)
         ok = True
-        for job in options.check:
+        for job in (job for job in options.check if job in running):
             with console.status(f"checking every group of {job} against DuckDB"):
                 referee, served = CHECKS[job]
                 expected = referee(paths)

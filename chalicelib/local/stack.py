@@ -48,6 +48,7 @@ class LocalOptions:
     input_bucket: str = "tally-input"
     state_bucket: str = "tally-state"
     log_level: str = "WARNING"
+    jobs: str = ""  # comma-separated job names; empty: every job
 
 
 @dataclass
@@ -140,7 +141,8 @@ class LocalTally:
     def settings(self) -> Settings:
         # Text logs: the handlers' records and metric sets as readable lines in the terminal, not JSON/EMF.
         return Settings(input_bucket=self.options.input_bucket, state_bucket=self.options.state_bucket,
-                        s3_endpoint=self.s3_endpoint, log_level=self.options.log_level, log_format="text")
+                        s3_endpoint=self.s3_endpoint, log_level=self.options.log_level, log_format="text",
+                        jobs=self.options.jobs)
 
     def client(self, service: str = "s3"):
         if service == "s3":
