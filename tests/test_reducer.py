@@ -275,3 +275,19 @@ def test_deleting_an_object_rebuilds_sketch_results_from_the_retained_partials(r
     runtime.reducer.reduce_all()
     assert usa()["visitors"] == 1 and usa()["top_words"] == [{"value": "word", "count": 1}]
     assert usa()["revenue_stddev"] is None  # one value left: no sample stddev
+
+
+def test_a_run_whose_retained_partials_an_overlapping_run_deleted_loses_the_race_cleanly(runtime, uploads):
+    job = runtime.jobs.get(JOB)
+    map_files(runtime, uploads, dict(list(FILES.items())[:2]))
+    runtime.reducer.reduce_job(job)  # both files' partials live in one pack
+    for key in list(FILES)[:2]:
+        runtime.mapper.handle(uploads.event(uploads.delete(key)))
+    slow, fast = reducer(runtime), reducer(runtime)
+    seen = slow.gather(job)
+
+    fast.reduce_job(job)  # retracts both and deletes the pack nobody needs any more
+    with pytest.raises(CommitConflict):
+        slow.execute(job, seen, plan_changes(seen.entries, seen.markers, seen.current), ReduceReport(JOB))
+
+    assert served(runtime) == {}

@@ -325,19 +325,22 @@ class Reducer:
         inline = {m["contribution"]: tables[0] for m, tables in zip(plan.add, added_by_marker) if "inline" in m}
         for marker in plan.add:
             entries[marker["key"]] = _ledger_entry(marker, generation, pack_key)
+        # Reading what the gathered generation names: an overlapping run that committed meanwhile may have
+        # deleted it (the result it superseded, the parts and packs only retracted versions used).
         with _superseded_is_conflict():
             base = self.read_result(job, gathered.manifest)
-        if job.is_scan:  # the result is the table of live output files; their rows are never read here
-            result = scan.live_files(base, [entry["contribution"] for entry in plan.retract], plan.add)
-        elif not plan.retract:
-            result = job.plan.merge([base, *added])
-        elif job.plan.subtractable:
-            result = job.plan.retract(base, self.read_retained(job, plan.retract), added)
-        else:  # min/max: rebuild from every live version's retained partials
-            log.info("rebuilding result from retained partials", extra={"job": job.name, "objects": len(entries)})
-            added_ids = {m["contribution"] for m in plan.add}
-            kept = [e for e in entries.values() if e["contribution"] not in added_ids]
-            result = job.plan.merge([*self.read_retained(job, kept), *added])
+            if job.is_scan:  # the result is the table of live output files; their rows are never read here
+                result = scan.live_files(base, [entry["contribution"] for entry in plan.retract], plan.add)
+            elif not plan.retract:
+                result = job.plan.merge([base, *added])
+            elif job.plan.subtractable:
+                result = job.plan.retract(base, self.read_retained(job, plan.retract), added)
+            else:  # min/max: rebuild from every live version's retained partials
+                log.info("rebuilding result from retained partials",
+                         extra={"job": job.name, "objects": len(entries)})
+                added_ids = {m["contribution"] for m in plan.add}
+                kept = [e for e in entries.values() if e["contribution"] not in added_ids]
+                result = job.plan.merge([*self.read_retained(job, kept), *added])
         return Applied(result, entries, _pack(inline) if inline else None)
 
     def preview(self, job: Job) -> tuple[Manifest | None, pa.Table]:
