@@ -283,7 +283,8 @@ def test_a_run_whose_retained_partials_an_overlapping_run_deleted_loses_the_race
     runtime.reducer.reduce_job(job)  # both files' partials live in one pack
     for key in list(FILES)[:2]:
         runtime.mapper.handle(uploads.event(uploads.delete(key)))
-    slow, fast = reducer(runtime), reducer(runtime)
+    # The slow run is the one that committed the pack's generation: it still holds that result in memory.
+    slow, fast = runtime.reducer, reducer(runtime)
     seen = slow.gather(job)
 
     fast.reduce_job(job)  # retracts both and deletes the pack nobody needs any more
