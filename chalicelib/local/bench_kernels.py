@@ -2,7 +2,8 @@
 
 Tally's kernel is the mapper's own code path minus S3 (`Mapper._map_stream`): the format's reader with only the
 used columns, `formats` streaming batches out of an in-memory body, each job's `_Accumulator` (AggregationPlan
-lift/merge, spilling at the mapper's group budget) and the partial codec's encode. Arrow runs with one CPU
+lift/merge, spilling at the mapper's group budget) and the partial codec's encode; scan jobs (filter and
+project) go through `engine.kernel.map_object_bytes`, output not encoded. Arrow runs with one CPU
 thread and one I/O thread while it is measured, so "per core" means one core.
 """
 from __future__ import annotations
@@ -88,7 +89,13 @@ def best_of(repeat: int, run: Callable[[], int]) -> Timed:
 
 def tally_kernel(body: bytes, key: str, jobs: list[Job], max_groups: int = 500_000,
                  block_size: int = formats.BLOCK_SIZE) -> dict[str, int]:
-    """Map `body` (an object named `key`) for `jobs` in one pass, as the mapper does; groups per job."""
+    """Map `body` (an object named `key`) for `jobs` in one pass, as the mapper does; groups (scans: output
+    rows) per job. Scan jobs run through `engine.kernel`, which has their plan's path without S3."""
+    if any(getattr(job, "is_scan", False) for job in jobs):
+        from ..engine.kernel import map_object_bytes  # arrives with the scan jobs
+
+        output = map_object_bytes(jobs, body, key, block_size)
+        return {name: table.num_rows for name, table in output.tables.items()}
     spilled: dict[str, int] = {job.name: 0 for job in jobs}
 
     def spill(job: Job, partial: pa.Table) -> None:
