@@ -226,10 +226,13 @@ def _map_in_child(endpoint: str, key: str, etag: str, size: int, job_name: str) 
     baseline = _status_mib("VmRSS")
     started = time.perf_counter()
     (outcome,) = mapper.map_object(ObjectEvent(INPUT, key, etag, size))
+    seconds, peak = time.perf_counter() - started, _status_mib("VmHWM")
     if outcome.outcome != "mapped":
         raise RuntimeError(f"{job_name}: {outcome}")
-    return {"job": job_name, "object_bytes": size, "peak_mib": _status_mib("VmHWM"), "baseline_mib": baseline,
-            "seconds": time.perf_counter() - started, "groups": outcome.groups}
+    # Counted after the peak was read: the outcome's groups are the last part's, spilled parts are not in it.
+    groups = partial_groups(S3ObjectStore(STATE, client), job)
+    return {"job": job_name, "object_bytes": size, "peak_mib": peak, "baseline_mib": baseline,
+            "seconds": seconds, "groups": groups}
 
 
 if __name__ == "__main__":
