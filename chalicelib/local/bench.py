@@ -71,7 +71,7 @@ class BenchResults:
 
 def run_bench(options: BenchOptions, console: Console | None = None) -> BenchResults:
     console = console or Console()
-    started = time.monotonic()
+    started, load_at_start = time.monotonic(), os.getloadavg()[0]
     results = BenchResults(options)
     catalog = load_jobs()
     datasets: dict[str, bench_data.Dataset] = {}
@@ -116,7 +116,9 @@ def run_bench(options: BenchOptions, console: Console | None = None) -> BenchRes
     render_console(console, sections)
     if options.markdown is not None:
         options.markdown.parent.mkdir(parents=True, exist_ok=True)
-        options.markdown.write_text(render_markdown(sections, machine(), _command_line()))
+        about = {**machine(), "load average at start": f"{load_at_start:.2f}",
+                 "bench took": f"{results.seconds / 60:.1f} min"}
+        options.markdown.write_text(render_markdown(sections, about, _command_line()))
         console.print(f"table written to {options.markdown}")
     return results
 
@@ -131,9 +133,11 @@ def _measure(query: str, fmt: str, job, data: bench_data.Dataset, path: Path, re
     row.duckdb = best_of(repeat, duckdb_runner(duckdb_sql(query, fmt, str(path), columns)))
     if any(t.replace(" ", "").lower().startswith("decimal(") for t in columns.values()):
         row.duckdb_double = best_of(repeat, duckdb_runner(duckdb_sql(query, fmt, str(path), columns, double=True)))
+    # The loops take seconds a run, so one run measures them well enough off CSV, where no target is set.
+    loop_runs = repeat if fmt == "csv" else 1
     split, csv_reader = (python_loop(body, fmt, query, list(columns), use_csv) for use_csv in (False, True))
-    row.python_split = best_of(repeat, split) if split else None
-    row.python_csv = best_of(repeat, csv_reader) if csv_reader else None
+    row.python_split = best_of(loop_runs, split) if split else None
+    row.python_csv = best_of(loop_runs, csv_reader) if csv_reader else None
     return row
 
 

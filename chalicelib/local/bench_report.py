@@ -61,7 +61,8 @@ def kernel_section(results) -> Section:
         "adRevenue DOUBLE instead.",
         "Python, BigLambda's loop: its mapper's own loop (src/python/mapper.py) in Python 3: the body split on "
         "newlines, each line on ',', float(adRevenue) summed into a dict (scans: rows kept in a list); JSON "
-        "lines: json.loads per line. Python csv.reader: the same with csv.reader over a text stream.",
+        "lines: json.loads per line. Python csv.reader: the same with csv.reader over a text stream. The loops "
+        "are timed best of N on CSV, once on the other formats.",
         "The 'one pass' row maps every job over uservisits/ at once, as the mapper does for one object.",
     ]
     if multicore:
@@ -186,6 +187,10 @@ def render_console(console: Console, sections: list[Section]) -> None:
 def render_markdown(sections: list[Section], machine: dict[str, str], command: str) -> str:
     lines = ["# Benchmark results", "", f"Command: `{command}`", "",
              "Machine: " + "; ".join(f"{k} {v}" for k, v in machine.items() if v), ""]
+    cores, load = int(machine.get("cores") or 1), float(machine.get("load average at start") or 0)
+    if load > 0.5 * cores:
+        lines += [f"**Busy machine: load average {load:.1f} on {cores} cores when the bench started. These "
+                  "figures are noisy; do not quote them.**", ""]
     for section in sections:
         lines += [f"## {section.title}", "", "| " + " | ".join(section.columns) + " |",
                   "|" + "---|" * len(section.columns)]
