@@ -112,7 +112,7 @@ def test_reducer_merge_rates(uservisits):
                                small=12, large=2)
     assert (small.partials, large.partials) == (12, 2)
     for rate in (small, large):
-        assert rate.seconds > 0 and rate.partials_s > 0 and rate.groups_s > 0
+        assert rate.seconds > 0 and rate.partials_s > 0 and rate.groups_s > 0 and rate.merge_groups_s > 0
         assert 0 < rate.result_groups <= rate.groups
 
 

@@ -88,14 +88,15 @@ def system_section(results) -> Section:
             f"reducer merge, {rate.label} partials ({rate.job})",
             f"{rate.partials_s:,.1f} partials/s, {rate.groups_s:,.0f} groups/s",
             f"{rate.partials} partials of {rate.groups:,} groups in all into {rate.result_groups:,} groups, "
-            f"{rate.seconds:.2f} s for one Reducer.reduce_job (S3 requests included)"])
+            f"{rate.seconds:.2f} s for one Reducer.reduce_job (S3 requests included); the merge alone, in "
+            f"memory: {rate.merge_groups_s:,.0f} groups/s"])
     if not results.merges:
         section.rows.append(["reducer merge", NA, "skipped"])
     for peak in results.memory:
         section.rows.append([
             f"mapper peak RSS, {peak.job}", f"{peak.peak_mib:,.0f} MiB",
             f"one {peak.object_bytes / 1e6:,.0f} MB object streamed from S3 in a child process (VmHWM); "
-            f"{peak.baseline_mib:,.0f} MiB after imports; {peak.seconds:.1f} s, {peak.groups:,} groups"])
+            f"{peak.baseline_mib:,.0f} MiB after imports; {peak.seconds:.1f} s, {peak.groups:,} groups in its parts"])
     if not results.memory:
         section.rows.append(["mapper peak RSS", NA, "skipped (--rss-object-mb 0)"])
     return section
@@ -126,7 +127,7 @@ def cost_section(results) -> Section:
         f"{d.mapper_memory_mb} MB (one vCPU) at the measured one-core CSV kernel rate, capped at "
         f"{d.s3_stream_mb_s:.0f} MB/s for the mapper's one S3 GET stream ('$ if CPU-bound' lifts that cap), plus "
         f"{d.invocation_overhead_s} s per invocation; waves of 1,000; then one {d.reducer_memory_mb} MB reducer "
-        f"merging every partial's groups at the reducer's rate ({merge_source}).",
+        f"merging every partial's groups at the rate of Reducer.reduce_job with its S3 requests ({merge_source}).",
         "BigLambda's figures are the seed's (published); it measured 1a/1b on rankings, the model uses the same "
         "dataset size for every query.",
     ]

@@ -7,6 +7,7 @@ input bucket for one job, exactly as the Lambda handler would, and prints its pe
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -91,9 +92,10 @@ class MergeRate:
     label: str
     job: str
     partials: int  # objects' partials merged (markers)
-    groups: int  # groups in those partials
+    groups: int  # groups in those partials' parts
     result_groups: int
     seconds: float  # Reducer.reduce_job wall time, S3 requests on loopback included
+    merge_seconds: float  # AggregationPlan.merge of the same partials, in memory
 
     @property
     def partials_s(self) -> float:
@@ -103,24 +105,28 @@ class MergeRate:
     def groups_s(self) -> float:
         return self.groups / self.seconds
 
+    @property
+    def merge_groups_s(self) -> float:
+        return self.groups / self.merge_seconds
 
-class _MotoThread:
-    def __enter__(self):
-        from moto.server import ThreadedMotoServer
 
-        from .moto_server import cache_service_lookup
+@contextlib.contextmanager
+def _moto_server():
+    """moto's S3 server in its own process, as local mode runs it: serving requests in this process would take
+    the GIL from the reducer being timed. Yields the endpoint and a client with both buckets made."""
+    from .stack import _start_moto
 
-        cache_service_lookup()
-        port = free_port()
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        self.server.start()
-        self.client = make_s3_client(f"http://127.0.0.1:{port}", REGION)
+    port = free_port()
+    process = _start_moto("127.0.0.1", port)
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        client = make_s3_client(endpoint, REGION)
         for bucket in (INPUT, STATE):
-            self.client.create_bucket(Bucket=bucket)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.stop()
+            client.create_bucket(Bucket=bucket)
+        yield endpoint, client
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def _split_lines(body: bytes, pieces: int) -> list[bytes]:
@@ -145,33 +151,42 @@ def _merge_rate(s3, label: str, job: Job, objects: list[bytes]) -> MergeRate:
 
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(map_one, enumerate(objects)))
-    groups = partial_groups(stores[1], job)
+    groups = sum(p.num_rows for p in _partials(stores[1], job))
     reducer = Reducer(JobCatalog([job]), stores[1], stores[0], utc_now, batch=max(500, len(objects)))
+    partials = _partials(stores[1], job)
+    started = time.perf_counter()
+    job.plan.merge(partials)
+    merge_seconds = time.perf_counter() - started
     started = time.perf_counter()
     report = reducer.reduce_job(job)
     seconds = time.perf_counter() - started
     if report.merged != len(objects):
         raise RuntimeError(f"reducer merged {report.merged} of {len(objects)} partials: {report}")
-    return MergeRate(label, job.name, len(objects), groups, report.rows, seconds)
+    return MergeRate(label, job.name, len(objects), groups, report.rows, seconds, merge_seconds)
 
 
-def partial_groups(state: S3ObjectStore, job: Job) -> int:
-    """Groups in every partial waiting in the job's inbox: inline in markers, or in their parts."""
-    total = 0
+def _partials(state: S3ObjectStore, job: Job) -> list:
+    """Every partial (part) waiting in the job's inbox: inline in its marker, or in its parts."""
+    tables = []
     for item in state.list(layout.inbox_prefix(job.name)):
         marker = json.loads(state.get(item.key)[0])
         blobs = [base64.b64decode(marker["inline"])] if "inline" in marker else [state.get(k)[0] for k in marker["parts"]]
-        total += sum(decode(blob, job.plan.fingerprint)[0].num_rows for blob in blobs)
-    return total
+        tables += [decode(blob, job.plan.fingerprint)[0] for blob in blobs]
+    return tables
+
+
+def partial_groups(state: S3ObjectStore, job: Job) -> int:
+    """Groups in every partial waiting in the job's inbox (parts of one object may repeat a group)."""
+    return sum(table.num_rows for table in _partials(state, job))
 
 
 def merge_rates(body: bytes, small_job: Job, large_job: Job, small: int = 200, large: int = 4) -> list[MergeRate]:
     """`small` partials of ~8 KB objects (kept inline in their markers), and `large` partials from `body`
     cut in `large` objects (2c: about one group per row)."""
-    with _MotoThread() as moto:
+    with _moto_server() as (_, client):
         head = body[: body.index(b"\n", min(len(body) - 1, small * 8192)) + 1]
-        return [_merge_rate(moto.client, "small", small_job, _split_lines(head, small)),
-                _merge_rate(moto.client, "large", large_job, _split_lines(body, large))]
+        return [_merge_rate(client, "small", small_job, _split_lines(head, small)),
+                _merge_rate(client, "large", large_job, _split_lines(body, large))]
 
 
 # -- mapper memory -----------------------------------------------------------------------------------------
@@ -188,15 +203,7 @@ class PeakMemory:
 
 def mapper_peak_memory(path: Path, jobs: list[str]) -> list[PeakMemory]:
     """Upload `path` to moto's server (its own process) and map it for each job in a fresh child process."""
-    from .stack import _start_moto
-
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    moto = _start_moto("127.0.0.1", port)
-    try:
-        s3 = make_s3_client(endpoint, REGION)
-        for bucket in (INPUT, STATE):
-            s3.create_bucket(Bucket=bucket)
+    with _moto_server() as (endpoint, s3):
         key = f"uservisits/{path.name}"
         s3.upload_file(str(path), INPUT, key)
         head = s3.head_object(Bucket=INPUT, Key=key)
@@ -206,9 +213,6 @@ def mapper_peak_memory(path: Path, jobs: list[str]) -> list[PeakMemory]:
                                    str(head["ContentLength"]), job], capture_output=True, text=True, check=True)
             results.append(PeakMemory(**json.loads(done.stdout.strip().splitlines()[-1])))
         return results
-    finally:
-        moto.terminate()
-        moto.wait(timeout=10)
 
 
 def _status_mib(field: str) -> float:
