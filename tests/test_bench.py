@@ -52,7 +52,8 @@ def test_bench_prints_the_table_with_every_query_and_format(tmp_path: Path):
     assert "Command: `tally bench" in text and "cores" in text
     tables = _tables(text)
     kernel = tables[next(t for t in tables if t.startswith("Map kernel"))]
-    assert [(r["query"], r["format"]) for r in kernel] == [("1a", "csv"), ("2a", "csv"), ("2a+2b+2c (one pass)", "csv")]
+    assert [(r["query"], r["format"]) for r in kernel][:2] == [("1a", "csv"), ("2a", "csv")]
+    assert len(kernel) == 3 and kernel[2]["query"].endswith("uservisits/ jobs (one pass)")
     scan_built = find_job(load_jobs(), "1a") is not None
     for row in kernel:
         if row["query"] == "1a" and not scan_built:

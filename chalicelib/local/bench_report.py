@@ -63,8 +63,10 @@ def kernel_section(results) -> Section:
         "newlines, each line on ',', float(adRevenue) summed into a dict (scans: rows kept in a list); JSON "
         "lines: json.loads per line. Python csv.reader: the same with csv.reader over a text stream. The loops "
         "are timed best of N on CSV, once on the other formats.",
-        "The 'one pass' row maps every job over uservisits/ at once, as the mapper does for one object.",
     ]
+    if results.one_pass is not None:
+        section.notes.append("The 'one pass' row maps every job over uservisits/ at once, as the mapper does "
+                             f"for one object and end to end does for every file: {', '.join(results.one_pass_jobs)}.")
     if multicore:
         section.notes.append("* CPU time exceeded wall time by more than 15%: more than one core worked.")
     return section
