@@ -9,7 +9,7 @@ HYPOTHESIS_PROFILE ?= $(if $(CI),ci,dev)
 # Debian's Chromium for the dashboard's browser test (Playwright drives it; it never downloads a browser).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo local test test-fast package create-buckets clean
+.PHONY: demo local bench test test-fast package create-buckets clean
 
 $(INSTALLED): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ demo: $(INSTALLED)
 
 local: $(INSTALLED)
 	$(BIN)/tally local $(ARGS)
+
+# The performance report of issue 4 (tally bench), written to benchmarks/RESULTS.md.
+bench: $(INSTALLED)
+	$(BIN)/tally bench --markdown benchmarks/RESULTS.md $(ARGS)
 
 test: $(INSTALLED) $(WHEELHOUSE)/.complete $(CHROMIUM)
 	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(BIN)/python -m pytest $(ARGS)

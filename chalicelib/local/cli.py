@@ -1,6 +1,6 @@
 """The `tally` command: `tally local` runs the service on this machine, `tally demo` runs the main job,
 `jobs` / `status` / `query` read the HTTP API (local mode's, or a deployed stage's with --api), `backfill`
-maps what a job is missing, `create-buckets` makes a stage's buckets once.
+maps what a job is missing, `create-buckets` makes a stage's buckets once, `bench` measures Tally.
 
 Exit codes, for scripts: 0 done; 1 the command failed (an API error such as an unknown job, a failed demo
 check, a bucket name taken); 2 bad usage (argparse's code); 3 the service or S3 did not answer, or there are
@@ -91,7 +91,27 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=42)
     demo.add_argument("--upload-threads", type=_positive, default=4)
     demo.add_argument("--data-dir", type=Path, default=Path(".tally/demo-data"))
+    bench = commands.add_parser("bench", help="measure the map kernel, local mode, the reducer and the cost model")
+    bench.add_argument("--size-mb", type=_positive, default=256, help="data per table and format")
+    bench.add_argument("--formats", type=_names, default="csv,csv.gz,jsonl,parquet",
+                       help="comma-separated: csv, csv.gz, jsonl, parquet")
+    bench.add_argument("--queries", type=_names, default="1a,1b,1c,2a,2b,2c", help="comma-separated BDB queries")
+    bench.add_argument("--repeat", type=_positive, default=3, help="runs per measurement; the best is kept")
+    bench.add_argument("--skip-e2e", action="store_true", help="skip local mode end to end")
+    bench.add_argument("--skip-reduce", action="store_true", help="skip the reducer merge rate")
+    bench.add_argument("--rss-object-mb", type=int, default=1024,
+                       help="size of the object whose mapper peak RSS is measured (0: skip)")
+    bench.add_argument("--workers", type=_positive, default=2, help="mapper processes end to end")
+    bench.add_argument("--object-mb", type=_positive, default=256,
+                       help="cost model: size of each input object (one mapper invocation each)")
+    bench.add_argument("--seed", type=int, default=42)
+    bench.add_argument("--data-dir", type=Path, default=Path(".tally/bench-data"), help="generated data cache")
+    bench.add_argument("--markdown", type=Path, default=None, metavar="PATH", help="also write the tables here")
     return root
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def _local_options(args: argparse.Namespace) -> LocalOptions:
@@ -140,6 +160,8 @@ def _dispatch(args: argparse.Namespace, console) -> int:
 
         api = TallyClient(args.api, signer=signer_for(args.api, args.auth, args.api_key, args.region))
         return getattr(commands, args.command)(api, args, console)
+    if args.command == "bench":
+        return _run_bench(args, console)
     from .demo import DemoOptions, run_demo
 
     options = DemoOptions(size_mb=args.size_mb, file_mb=args.file_mb, seed=args.seed,
@@ -158,6 +180,26 @@ def _run_create_buckets(args: argparse.Namespace, console) -> int:
     client = session.client("s3", region_name=region, endpoint_url=args.endpoint_url)
     for bucket, outcome in create_buckets(client, buckets, region).items():
         console.print(f"{bucket}: {outcome}")
+    return EXIT_OK
+
+
+def _run_bench(args: argparse.Namespace, console) -> int:
+    from rich.console import Console
+
+    from .bench import BenchOptions, run_bench
+    from .bench_data import FORMATS
+    from .bench_kernels import QUERIES
+
+    unknown = [f for f in args.formats if f not in FORMATS] + [q for q in args.queries if q not in QUERIES]
+    if unknown:
+        console.print(f"[red]error:[/] unknown format or query: {', '.join(unknown)}")
+        return EXIT_USAGE
+    if not console.is_terminal:  # piped to a file or a CI log: the tables are wide, do not fold them
+        console = Console(width=200)
+    run_bench(BenchOptions(size_mb=args.size_mb, formats=args.formats, queries=args.queries, repeat=args.repeat,
+                           seed=args.seed, data_dir=args.data_dir, skip_e2e=args.skip_e2e,
+                           skip_reduce=args.skip_reduce, rss_object_mb=args.rss_object_mb, workers=args.workers,
+                           object_mb=args.object_mb, markdown=args.markdown), console)
     return EXIT_OK
 
 
