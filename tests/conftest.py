@@ -141,3 +141,26 @@ def scheduled_event() -> dict:
     from chalicelib.local.stack import scheduled_event as make
 
     return make()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def running_local_tally(**options):
+    """`tally local` on free ports for one test (a generator for a fixture to yield from); the process-wide
+    runtime and environment it sets are put back afterwards."""
+    from chalicelib.local.stack import LocalOptions, LocalTally
+    from chalicelib.runtime import set_runtime
+
+    saved = dict(os.environ)
+    set_runtime(None)
+    with LocalTally(LocalOptions(port=free_port(), s3_port=free_port(), **options)) as tally:
+        yield tally
+    set_runtime(None)
+    os.environ.clear()
+    os.environ.update(saved)

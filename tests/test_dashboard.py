@@ -2,8 +2,6 @@
 from local mode; it shows each job's status and top groups, and updates by itself after a new upload."""
 from __future__ import annotations
 
-import os
-import socket
 from decimal import Decimal
 from pathlib import Path
 
@@ -12,8 +10,8 @@ import pytest
 from chalicelib.local.client import TallyClient
 from chalicelib.local.datagen import write_uservisits
 from chalicelib.local.demo import JOBS, wait_until_idle
-from chalicelib.local.stack import LocalOptions, LocalTally
-from chalicelib.runtime import set_runtime
+
+from .conftest import running_local_tally
 
 CHROMIUM = "/usr/bin/chromium"
 # As root on a closed network: no sandbox, and no background requests Chromium would make to Google's hosts.
@@ -31,22 +29,9 @@ def test_the_page_is_self_contained_html(lambdas):
     assert "src=\"http" not in page and "href=\"http" not in page  # no CDN: everything is inline
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def local_tally():
-    saved = dict(os.environ)
-    set_runtime(None)
-    options = LocalOptions(port=free_port(), s3_port=free_port(), workers=1, reduce_every=0.3)
-    with LocalTally(options) as tally:
-        yield tally
-    set_runtime(None)
-    os.environ.clear()
-    os.environ.update(saved)
+    yield from running_local_tally(workers=1, reduce_every=0.3)
 
 
 @pytest.fixture

@@ -15,11 +15,8 @@ import pytest
 
 from chalicelib.local.client import TallyClient
 from chalicelib.local.demo import wait_until_idle
-from chalicelib.local.stack import LocalOptions, LocalTally
-from chalicelib.runtime import set_runtime
 
-from .conftest import uservisits_rows
-from .test_local_e2e import free_port
+from .conftest import running_local_tally, uservisits_rows
 
 OBJECTS, THREADS = int(os.environ.get("TALLY_LOAD_OBJECTS", 2000)), 8
 JOBS = ["bdb-agg-2a", "bdb-agg-2b", "bdb-agg-2c"]
@@ -27,14 +24,7 @@ JOBS = ["bdb-agg-2a", "bdb-agg-2b", "bdb-agg-2c"]
 
 @pytest.fixture
 def local_tally():
-    saved = dict(os.environ)
-    set_runtime(None)
-    options = LocalOptions(port=free_port(), s3_port=free_port(), workers=2, reduce_every=2.0, jobs=",".join(JOBS))
-    with LocalTally(options) as tally:
-        yield tally
-    set_runtime(None)
-    os.environ.clear()
-    os.environ.update(saved)
+    yield from running_local_tally(workers=2, reduce_every=2.0, jobs=",".join(JOBS))
 
 
 def rss_mb(pid: int | None = None) -> float:

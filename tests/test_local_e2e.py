@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,26 +13,13 @@ from chalicelib.local.client import TallyClient
 from chalicelib.local.datagen import write_uservisits
 from chalicelib.local.demo import JOBS, wait_until_idle
 from chalicelib.local.referee import bdb_aggregation, differences
-from chalicelib.local.stack import LocalOptions, LocalTally
-from chalicelib.runtime import set_runtime
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .conftest import running_local_tally
 
 
 @pytest.fixture
 def local_tally():
-    saved = dict(os.environ)
-    set_runtime(None)
-    options = LocalOptions(port=free_port(), s3_port=free_port(), workers=2, reduce_every=0.3)
-    with LocalTally(options) as tally:
-        yield tally
-    set_runtime(None)
-    os.environ.clear()
-    os.environ.update(saved)
+    yield from running_local_tally(workers=2, reduce_every=0.3)
 
 
 def test_uploaded_files_are_served_exactly_as_duckdb_computes_them(local_tally, tmp_path: Path):
