@@ -57,12 +57,7 @@ class ResultsQuery:
         unknown = set(params) - {f.name for f in fields(cls)}
         if unknown:
             raise InvalidQuery(f"unknown parameter(s): {', '.join(sorted(unknown))}")
-        try:
-            limit = int(params.get("limit", DEFAULT_LIMIT))
-        except ValueError:
-            raise InvalidQuery(f"limit must be an integer, got {params['limit']!r}") from None
-        if limit < 1:
-            raise InvalidQuery("limit must be at least 1")
+        limit = parse_limit(params)
         order_by = params.get("order_by")
         names = job.plan.key_names + list(job.aggregates)
         if order_by is not None and order_by not in names:
@@ -73,8 +68,19 @@ class ResultsQuery:
         if prefix is not None and _prefix_column(job) is None:
             raise InvalidQuery("prefix= needs a job whose first key is a string")
         window_from, window_to = (_window_bound(job, params.get(name), name) for name in ("window_from", "window_to"))
-        return cls(min(limit, MAX_LIMIT), order_by, parse_flag(params, "desc"), prefix, params.get("cursor"),
+        return cls(limit, order_by, parse_flag(params, "desc"), prefix, params.get("cursor"),
                    parse_flag(params, "fresh"), window_from, window_to)
+
+
+def parse_limit(params: dict[str, str]) -> int:
+    """The page size asked for, capped at MAX_LIMIT."""
+    try:
+        limit = int(params.get("limit", DEFAULT_LIMIT))
+    except ValueError:
+        raise InvalidQuery(f"limit must be an integer, got {params['limit']!r}") from None
+    if limit < 1:
+        raise InvalidQuery("limit must be at least 1")
+    return min(limit, MAX_LIMIT)
 
 
 def group_query_fresh(params: dict[str, str] | None) -> bool:

@@ -21,7 +21,7 @@ from ..errors import InvalidQuery, ObjectMissing
 from ..jobs import Job
 from ..scan import decode_rows
 from .reducer import Reducer
-from .results import DEFAULT_LIMIT, MAX_LIMIT
+from .results import DEFAULT_LIMIT, parse_limit
 
 
 @dataclass(frozen=True)
@@ -37,17 +37,12 @@ class ScanQuery:
         if unknown:
             raise InvalidQuery(f"unknown parameter(s) for a scan job: {', '.join(sorted(unknown))} "
                                "(it takes limit, cursor and view=rows|files)")
-        try:
-            limit = int(params.get("limit", DEFAULT_LIMIT))
-        except ValueError:
-            raise InvalidQuery(f"limit must be an integer, got {params['limit']!r}") from None
-        if limit < 1:
-            raise InvalidQuery("limit must be at least 1")
+        limit = parse_limit(params)
         view = params.get("view", "rows")
         if view not in {"rows", "files"}:
             raise InvalidQuery(f"view must be rows or files, got {view!r}")
         cursor = _decode_cursor(params["cursor"], view) if params.get("cursor") else None
-        return cls(min(limit, MAX_LIMIT), view, cursor)
+        return cls(limit, view, cursor)
 
 
 class ScanReader:
