@@ -89,6 +89,14 @@ def served_visitors(runtime) -> dict[str, tuple[int, float | None]]:
     return {row["countryCode"]: (row["visitors"], row["revenue_stddev"]) for row in table.to_pylist()}
 
 
+def settle(runtime, job) -> None:
+    """Whatever events are still undelivered are lost: the reconcile makes up for them, the reducer drains."""
+    for _ in range(2):
+        runtime.reconciler.reconcile(job, grace=timedelta(0))
+        while runtime.reducer.reduce_job(job).more_pending:
+            pass
+
+
 def run(schedule, s3, inline_limit: int, job_name: str = JOB, body=lambda key, rows: uservisits_rows(*rows)
         ) -> Runtime:
     runtime = Runtime(Settings(input_bucket=INPUT, state_bucket=STATE), s3_client=s3)
@@ -150,10 +158,7 @@ def test_after_any_schedule_the_result_is_the_query_over_the_bucket(schedule, in
         runtime = run(schedule, s3, inline_limit)
         # Whatever events are still undelivered are lost: the reconcile must make up for them.
         job = runtime.jobs.get(JOB)
-        for _ in range(2):
-            runtime.reconciler.reconcile(job, grace=timedelta(0))
-            while runtime.reducer.reduce_job(job).more_pending:
-                pass
+        settle(runtime, job)
 
         assert served(runtime) == query_over_bucket(s3)
         assert runtime.status.status(job)["idle"] is True
@@ -171,10 +176,7 @@ def test_after_any_schedule_a_sketch_result_is_the_query_over_the_bucket(schedul
         s3.create_bucket(Bucket=STATE)
         runtime = run(schedule, s3, inline_limit, "visits-by-country")
         job = runtime.jobs.get("visits-by-country")
-        for _ in range(2):
-            runtime.reconciler.reconcile(job, grace=timedelta(0))
-            while runtime.reducer.reduce_job(job).more_pending:
-                pass
+        settle(runtime, job)
 
         expected, got = distinct_visitors_over_bucket(s3), served_visitors(runtime)
         assert got.keys() == expected.keys()
@@ -228,10 +230,7 @@ def test_after_any_schedule_a_scan_jobs_output_is_the_query_over_the_bucket(sche
         s3.create_bucket(Bucket=STATE)
         runtime = run(schedule, s3, INLINE_LIMIT, SCAN_JOB, scan_body)
         job = runtime.jobs.get(SCAN_JOB)
-        for _ in range(2):
-            runtime.reconciler.reconcile(job, grace=timedelta(0))
-            while runtime.reducer.reduce_job(job).more_pending:
-                pass
+        settle(runtime, job)
 
         assert served_scan(runtime) == scan_over_bucket(s3)
         assert runtime.status.status(job)["idle"] is True
