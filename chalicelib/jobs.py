@@ -115,6 +115,10 @@ class Job(BaseModel):
     map_columns: dict[str, str] | None = Field(default=None, description="the map function's output columns")
     map_reads: list[str] | None = Field(
         default=None, description="input columns the map function reads (default: all); the rest are not parsed")
+    shards: int = Field(
+        default=1, ge=1, le=256,
+        description="aggregations: the result is kept in this many parts by key hash, each merged on its own and "
+                    "in parallel; not part of the fingerprint, so a change re-partitions the kept result")
 
     @field_validator("map_columns")
     @classmethod
@@ -132,6 +136,8 @@ class Job(BaseModel):
             raise ValueError("a job has either keys and aggregates (an aggregation) or select (a scan), not both")
         if self.select is None and (self.keys is None or self.aggregates is None):
             raise ValueError("a job needs keys and aggregates (an aggregation) or select (a scan)")
+        if self.select is not None and self.shards != 1:
+            raise ValueError("a scan (select) keeps a table of output files, not groups: it takes no shards")
         try:
             self.plan  # compile now: a bad expression fails validation, not a running mapper
         except JobDefinitionError as exc:

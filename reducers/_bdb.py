@@ -34,7 +34,7 @@ def scan_query(name: str, threshold: int):
     )
 
 
-def aggregation_query(name: str, prefix_length: int):
+def aggregation_query(name: str, prefix_length: int, shards: int = 1):
     """SELECT SUBSTR(sourceIP, 1, X), SUM(adRevenue) FROM uservisits GROUP BY SUBSTR(sourceIP, 1, X)"""
     from chalicelib.jobs import Job
 
@@ -45,4 +45,5 @@ def aggregation_query(name: str, prefix_length: int):
         format=USERVISITS,
         keys={"sourceIP_prefix": f"substr(sourceIP, 1, {prefix_length})"},
         aggregates={"adRevenue": "sum(adRevenue)"},
+        shards=shards,
     )
