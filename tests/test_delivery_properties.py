@@ -25,6 +25,7 @@ from .conftest import INPUT, STATE, Uploader, rankings_rows, uservisits_rows
 from .faults import FaultyStore, Killed
 
 JOB = "bdb-agg-2a"
+SHARDED_JOB = "bdb-agg-2c"
 KEYS = ["uservisits/a.csv", "uservisits/b c.csv", "uservisits/ü.csv.gz"]
 ROWS = st.lists(st.tuples(st.sampled_from(["1.1.1.1", "1.1.1.2", "22.2.2.2", "33.3.3.3"]),
                           st.sampled_from(["0.5", "1", "2.25", "100.000001"])), min_size=0, max_size=4)
@@ -50,8 +51,8 @@ SCHEDULES = st.lists(ROUND, min_size=1, max_size=5).map(
     lambda rounds: [step for changes, events, reducers in rounds for step in (*changes, *events, *reducers)])
 
 
-def query_over_bucket(s3) -> dict[str, Decimal]:
-    """SELECT SUBSTR(sourceIP, 1, 8), SUM(adRevenue) GROUP BY 1, computed with the csv module."""
+def query_over_bucket(s3, prefix_length: int = 8) -> dict[str, Decimal]:
+    """SELECT SUBSTR(sourceIP, 1, prefix_length), SUM(adRevenue) GROUP BY 1, computed with the csv module."""
     import gzip
 
     totals: dict[str, Decimal] = {}
@@ -59,12 +60,13 @@ def query_over_bucket(s3) -> dict[str, Decimal]:
         body = s3.get_object(Bucket=INPUT, Key=item["Key"])["Body"].read()
         text = (gzip.decompress(body) if item["Key"].endswith(".gz") and body else body).decode()
         for row in csv.reader(io.StringIO(text)):
-            totals[row[0][:8]] = totals.get(row[0][:8], Decimal(0)) + Decimal(row[3])
+            prefix = row[0][:prefix_length]
+            totals[prefix] = totals.get(prefix, Decimal(0)) + Decimal(row[3])
     return totals
 
 
-def served(runtime) -> dict[str, Decimal]:
-    _, table = runtime.results.current(runtime.jobs.get(JOB))
+def served(runtime, job_name: str = JOB) -> dict[str, Decimal]:
+    _, table = runtime.results.current(runtime.jobs.get(job_name))
     return dict(zip(table.column("sourceIP_prefix").to_pylist(), table.column("adRevenue").to_pylist()))
 
 
@@ -161,6 +163,25 @@ def test_after_any_schedule_the_result_is_the_query_over_the_bucket(schedule, in
         settle(runtime, job)
 
         assert served(runtime) == query_over_bucket(s3)
+        assert runtime.status.status(job)["idle"] is True
+
+
+@settings(max_examples=max(10, settings.default.max_examples // 4))
+@given(SCHEDULES, st.sampled_from([0, INLINE_LIMIT]))
+def test_after_any_schedule_a_sharded_result_is_the_query_over_the_bucket(schedule, inline_limit):
+    """bdb-agg-2c keeps its result in 16 shards, each commit rewriting only those its changes reach: overlapping
+    reducers, crashes between shard writes and the manifest, retractions, all end as the query over the bucket."""
+    note(f"schedule: {schedule}")
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=INPUT)
+        s3.create_bucket(Bucket=STATE)
+        runtime = run(schedule, s3, inline_limit, SHARDED_JOB)
+        job = runtime.jobs.get(SHARDED_JOB)
+        assert job.shards > 1
+        settle(runtime, job)
+
+        assert served(runtime, SHARDED_JOB) == query_over_bucket(s3, 12)
         assert runtime.status.status(job)["idle"] is True
 
 

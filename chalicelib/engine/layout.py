@@ -17,7 +17,10 @@
                                                as parts; deleted once none of them is live
     jobs/<job>/quarantine/<contribution>.json  why an input object version could not be mapped
     jobs/<job>/manifest.json                   the commit point: which result and ledger are current
-    jobs/<job>/results/<generation>-<token>.arrow   merged state (immutable; the manifest names the live one)
+    jobs/<job>/results/<generation>-<token>-s<shard>.arrow
+                                               merged state, one object per shard of the groups by key hash
+                                               (immutable; the manifest names the live one of each shard, and
+                                               a commit rewrites only the shards it changes)
     jobs/<job>/ledger/<generation>-<token>.arrow    the live object version of every input key in that result
 
 A contribution id is derived from (input key, version or ETag): a duplicated event rewrites the same parts and
@@ -95,17 +98,21 @@ def ledger_prefix(job: str) -> str:
 
 
 class GenerationKeys(NamedTuple):
-    result: str
+    results: str  # <results prefix><generation>-<token>, which each shard's key extends
     ledger: str
     pack: str
 
+    def result(self, shard: int) -> str:
+        return f"{self.results}-s{shard:03d}.arrow"
+
 
 def generation_keys(job: str, generation: int) -> GenerationKeys:
-    """Fresh keys for a result, its ledger and its pack: unique per attempt, so racing reducers never share
-    one."""
+    """Fresh keys for a result's shards, its ledger and its pack: unique per attempt, so racing reducers never
+    share one."""
     token = uuid.uuid4().hex[:12]
-    name = f"{generation:012d}-{token}.arrow"
-    return GenerationKeys(results_prefix(job) + name, ledger_prefix(job) + name, packs_prefix(job) + name)
+    name = f"{generation:012d}-{token}"
+    return GenerationKeys(results_prefix(job) + name, ledger_prefix(job) + name + ".arrow",
+                          packs_prefix(job) + name + ".arrow")
 
 
 def generation_of(key: str) -> int:

@@ -4,7 +4,7 @@ A run gathers the committed state, the inbox markers and what S3 says is current
 plans the changes as data (`changes.plan_changes`), then executes in steps whose order is the correctness
 argument:
 
-1. write the new result and ledger under fresh, never-shared keys;
+1. write the new result (the shards it changes) and ledger under fresh, never-shared keys;
 2. commit by replacing the manifest with a conditional write (If-Match the ETag read at the start, or
    If-None-Match for the first commit): of two overlapping reducers exactly one commits, the other discards
    its work and applies nothing twice;
@@ -33,11 +33,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..aggregation.codec import decode, encode
+from ..aggregation.partition import shard_of
 from ..errors import CommitConflict, ObjectMissing, PartialMismatch
 from ..jobs import Job, JobCatalog
 from ..storage import ObjectStore
 from . import layout, scan
 from .changes import ChangePlan, Current, plan_changes
+from .sharded import Changes, ShardedUpdate, update_shards
 
 log = logging.getLogger("tally.reducer")
 
@@ -57,7 +59,7 @@ _CONTRIBUTION = "__contribution"  # a pack's column: whose partial a row is
 class Manifest:
     generation: int
     fingerprint: str
-    result_key: str
+    result_keys: tuple[str, ...]  # the result's object of each shard, "" for an empty one
     ledger_key: str
     committed_at: str
     rows: int
@@ -68,7 +70,15 @@ class Manifest:
 
     @classmethod
     def decode(cls, data: bytes) -> "Manifest":
-        return cls(**json.loads(data))
+        fields = json.loads(data)
+        if "result_key" in fields:  # committed before results were sharded: one shard
+            fields["result_keys"] = [fields.pop("result_key")]
+        return cls(**{**fields, "result_keys": tuple(fields["result_keys"])})
+
+    @property
+    def result_id(self) -> str:
+        """Names this result's content: a cache key for what is computed from it."""
+        return "|".join(self.result_keys)
 
 
 @dataclass
@@ -87,7 +97,7 @@ class ReduceReport:
 
 @dataclass(frozen=True)
 class Applied:
-    result: pa.Table
+    result: ShardedUpdate     # the new table of each shard the changes touch
     entries: dict[str, dict]  # the live version of each input key
     pack: pa.Table | None     # the inline partials made live, to keep
 
@@ -119,6 +129,8 @@ class Reducer:
                  clock: Callable[[], datetime], batch: int = 500, parallelism: int = 4):
         self.jobs, self.state, self.input, self.clock, self.batch = jobs, state_store, input_store, clock, batch
         self.parallelism = parallelism
+        # Every shard and the ledger of every job, plus room for a run's superseded and conflicting objects.
+        self._recent_size = 2 * sum(job.shards + 1 for job in jobs) + 2
         self._recent: OrderedDict[str, pa.Table] = OrderedDict()
         self._lock = threading.Lock()  # jobs reduce in parallel threads
 
@@ -133,7 +145,7 @@ class Reducer:
         if manifest.fingerprint != job.plan.fingerprint:
             # The job's definition changed: state computed under the old one must not leak into the new.
             log.warning("job definition changed; starting a new result", extra={"job": job.name})
-            return replace(manifest, result_key="", ledger_key="", rows=0, objects=0), etag
+            return replace(manifest, result_keys=(), ledger_key="", rows=0, objects=0), etag
         return manifest, etag
 
     def read_ledger(self, manifest: Manifest | None) -> pa.Table:
@@ -154,9 +166,32 @@ class Reducer:
         raise AssertionError("unreachable")
 
     def read_result(self, job: Job, manifest: Manifest | None) -> pa.Table:
-        if manifest is None or not manifest.result_key:
-            return scan.FILES_SCHEMA.empty_table() if job.is_scan else job.plan.empty()
-        return self._read_immutable(manifest.result_key, job.plan.fingerprint)
+        """The whole committed result: every shard's rows (in no particular order)."""
+        keys = [key for key in (manifest.result_keys if manifest else ()) if key]
+        if not keys:
+            return self._empty_result(job)
+        with ThreadPoolExecutor(max(1, min(8, len(keys)))) as pool:
+            shards = list(pool.map(lambda key: self._read_immutable(key, job.plan.fingerprint), keys))
+        return shards[0] if len(shards) == 1 else pa.concat_tables(shards)
+
+    def result_key_holding(self, job: Job, manifest: Manifest | None, key: dict) -> str:
+        """The object of the shard that holds the group `key` (its key columns' values), "" if none: one read
+        answers for one group however large the result is."""
+        if manifest is None or not any(manifest.result_keys):
+            return ""
+        if len(manifest.result_keys) == 1:
+            return manifest.result_keys[0]
+        types = job.plan.state_schema
+        row = pa.table({name: pa.array([key[name]], types.field(name).type) for name in job.plan.key_names})
+        return manifest.result_keys[int(shard_of(row, job.plan.key_names, len(manifest.result_keys))[0])]
+
+    def read_result_object(self, job: Job, key: str) -> pa.Table:
+        """One committed shard of a result ("": an empty one)."""
+        return self._read_immutable(key, job.plan.fingerprint) if key else self._empty_result(job)
+
+    @staticmethod
+    def _empty_result(job: Job) -> pa.Table:
+        return scan.FILES_SCHEMA.empty_table() if job.is_scan else job.plan.empty()
 
     def _read_immutable(self, key: str, fingerprint: str) -> pa.Table:
         """Results and ledgers are never rewritten under a key, so the last ones read or written are kept:
@@ -172,8 +207,13 @@ class Reducer:
         with self._lock:
             self._recent[key] = table
             self._recent.move_to_end(key)
-            while len(self._recent) > 2 * len(self.jobs) + 2:
+            while len(self._recent) > self._recent_size:
                 self._recent.popitem(last=False)
+
+    def _forget(self, keys: Iterable[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._recent.pop(key, None)
 
     def read_parts(self, job: Job, keys: list[str]) -> list[pa.Table]:
         with ThreadPoolExecutor(8) as pool:
@@ -308,7 +348,9 @@ class Reducer:
         manifest = self._commit(job, gathered, keys, generation, applied.result, ledger, applied.pack)
         self._delete_unreferenced_packs(gathered.entries.values(), applied.entries.values())
         if gathered.manifest is not None:  # superseded now; left-overs of crashes go in collect_garbage
-            self.state.delete([k for k in (gathered.manifest.result_key, gathered.manifest.ledger_key) if k])
+            superseded = [*applied.result.superseded(gathered.manifest.result_keys), gathered.manifest.ledger_key]
+            self._forget(superseded)
+            self.state.delete([key for key in superseded if key])
         report.generation, report.rows = generation, manifest.rows
         report.merged, report.retracted = len(plan.add), len(plan.retract)
         report.landed = [t for t in (m.get("event_time") or m.get("mapped_at") for m in plan.add) if t]
@@ -328,20 +370,30 @@ class Reducer:
         # Reading what the gathered generation names: an overlapping run that committed meanwhile may have
         # deleted it (the result it superseded, the parts and packs only retracted versions used).
         with _superseded_is_conflict():
-            base = self.read_result(job, gathered.manifest)
             if job.is_scan:  # the result is the table of live output files; their rows are never read here
-                result = scan.live_files(base, [entry["contribution"] for entry in plan.retract], plan.add)
-            elif not plan.retract:
-                result = job.plan.merge([base, *added])
-            elif job.plan.subtractable:
-                result = job.plan.retract(base, self.read_retained(job, plan.retract), added)
-            else:  # min/max: rebuild from every live version's retained partials
-                log.info("rebuilding result from retained partials",
-                         extra={"job": job.name, "objects": len(entries)})
-                added_ids = {m["contribution"] for m in plan.add}
-                kept = [e for e in entries.values() if e["contribution"] not in added_ids]
-                result = job.plan.merge([*self.read_retained(job, kept), *added])
+                base = self.read_result(job, gathered.manifest)
+                files = scan.live_files(base, [entry["contribution"] for entry in plan.retract], plan.add)
+                result = ShardedUpdate((files,), ("",), scan.output_rows(files))
+            else:
+                result = self._update_shards(job, gathered.manifest, self._changes(job, plan, added, entries))
         return Applied(result, entries, _pack(inline) if inline else None)
+
+    def _changes(self, job: Job, plan: ChangePlan, added: list[pa.Table], entries: dict[str, dict]) -> Changes:
+        if not plan.retract:
+            return Changes(added)
+        removed = self.read_retained(job, plan.retract)
+        if job.plan.subtractable:
+            return Changes(added, removed)
+        # min/max, sketches: rebuild the shards the changes reach from every live version's retained partials
+        log.info("rebuilding result from retained partials", extra={"job": job.name, "objects": len(entries)})
+        added_ids = {m["contribution"] for m in plan.add}
+        kept = [e for e in entries.values() if e["contribution"] not in added_ids]
+        return Changes(added, removed, self.read_retained(job, kept))
+
+    def _update_shards(self, job: Job, manifest: Manifest | None, changes: Changes) -> ShardedUpdate:
+        return update_shards(job.plan, job.shards, manifest.result_keys if manifest else (),
+                             manifest.rows if manifest else 0,
+                             lambda key: self._read_immutable(key, job.plan.fingerprint), changes, self.parallelism)
 
     def preview(self, job: Job) -> tuple[Manifest | None, pa.Table]:
         """The committed result with the inbox applied, not committed: what the next run will serve, current
@@ -358,7 +410,10 @@ class Reducer:
             added = self.apply(job, gathered, plan, 0, "")
         except UnusableParts:  # the next reducer run drops them; until then, serve what is committed
             return gathered.manifest, self.read_result(job, gathered.manifest)
-        return gathered.manifest, added.result
+        shards = [self.read_result_object(job, key) if table is None else table
+                  for key, table in zip(added.result.previous, added.result.tables)]
+        shards = [table for table in shards if table.num_rows] or [self._empty_result(job)]
+        return gathered.manifest, shards[0] if len(shards) == 1 else pa.concat_tables(shards)
 
     def read_retained(self, job: Job, entries: list[dict]) -> list[pa.Table]:
         """The partials of ledger entries: their own parts, or their rows of the packs they were kept in."""
@@ -396,18 +451,20 @@ class Reducer:
         return read_parts
 
     def _commit(self, job: Job, gathered: Gathered, keys: layout.GenerationKeys, generation: int,
-                result: pa.Table, ledger: pa.Table, pack: pa.Table | None) -> Manifest:
-        written = [(keys.result, encode(result, job.plan.fingerprint)),
-                   (keys.ledger, encode(ledger, _LEDGER_FINGERPRINT))]
+                result: ShardedUpdate, ledger: pa.Table, pack: pa.Table | None) -> Manifest:
+        result_keys = result.result_keys(keys.result)
+        shards = {key: table for key, table in zip(result_keys, result.tables) if table is not None and key}
+        objects = [*((key, table, job.plan.fingerprint) for key, table in shards.items()),
+                   (keys.ledger, ledger, _LEDGER_FINGERPRINT)]
         if pack is not None:
-            written.append((keys.pack, encode(pack, job.plan.fingerprint)))
-        for key, data in written:
-            self.state.put_if_absent(key, data)
-        self._remember(keys.result, result)
-        self._remember(keys.ledger, ledger)
-        rows = scan.output_rows(result) if job.is_scan else result.num_rows
-        manifest = Manifest(generation, job.plan.fingerprint, keys.result, keys.ledger,
-                            self.clock().isoformat(), rows, ledger.num_rows)
+            objects.append((keys.pack, pack, job.plan.fingerprint))
+        written = [key for key, _, _ in objects]
+        with ThreadPoolExecutor(max(1, min(self.parallelism, len(objects)))) as pool:  # encoding releases the GIL
+            list(pool.map(lambda o: self.state.put_if_absent(o[0], encode(o[1], o[2])), objects))
+        for key, table in [*shards.items(), (keys.ledger, ledger)]:
+            self._remember(key, table)
+        manifest = Manifest(generation, job.plan.fingerprint, result_keys, keys.ledger,
+                            self.clock().isoformat(), result.rows, ledger.num_rows)
         try:
             if gathered.manifest_etag is None:
                 self.state.put_if_absent(layout.manifest_key(job.name), manifest.encode(), "application/json")
@@ -415,7 +472,8 @@ class Reducer:
                 self.state.put_if_match(layout.manifest_key(job.name), manifest.encode(),
                                         gathered.manifest_etag, "application/json")
         except CommitConflict:
-            self.state.delete([key for key, _ in written])
+            self._forget(written)
+            self.state.delete(written)
             raise
         return manifest
 
@@ -433,13 +491,14 @@ class Reducer:
             self.state.delete(keys)
 
     def collect_garbage(self, job: Job) -> int:
-        """Delete results and ledgers older than the committed generation that a run did not delete itself
-        (it crashed after committing, or lost a race and crashed before cleaning up). Newer generations are left
+        """Delete result shards and ledgers the manifest does not name, up to the committed generation, that a run
+        did not delete itself (it crashed after committing, or lost a race and crashed before cleaning up); a
+        shard no commit since has touched keeps its older generation and stays live. Newer generations are left
         alone: they may belong to a reducer that is about to commit. Lists two prefixes: the reconcile's job."""
         manifest, _ = self.read_manifest(job)
         if manifest is None:
             return 0
-        live = {manifest.result_key, manifest.ledger_key}
+        live = {*manifest.result_keys, manifest.ledger_key}
         garbage = [
             o.key
             for prefix in (layout.results_prefix(job.name), layout.ledger_prefix(job.name))

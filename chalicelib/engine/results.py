@@ -1,7 +1,8 @@
 """Serving the current result: pages ordered by a key or an aggregate, a prefix filter, single groups.
 
 Results are immutable objects named by the manifest, so a decoded, finalized and sorted copy is cached per
-result key and reused until the manifest names a newer one. Paging is keyset-based: the cursor holds the
+result (its shards' keys) and reused until the manifest names a newer one. A single group is read from the one
+shard that holds it. Paging is keyset-based: the cursor holds the
 sort position of the last row served, so a page boundary stays put while the reducer keeps committing.
 """
 from __future__ import annotations
@@ -138,27 +139,21 @@ class ResultReader:
                         raise
         for attempt in range(3):
             manifest, _ = self.reducer.read_manifest(job)
-            if manifest is None or not manifest.result_key:
+            if manifest is None or not any(manifest.result_keys):
                 return manifest, job.plan.finalize(job.plan.empty())
-            with self._lock:
-                cached = self._finalized.get(manifest.result_key)
-            if cached is not None:
-                return manifest, cached
             try:
-                table = job.plan.finalize(self.reducer.read_result(job, manifest))
+                return manifest, self._finalized_copy(job, manifest.result_id,
+                                                      lambda: self.reducer.read_result(job, manifest))
             except ObjectMissing:
                 if attempt == 2:
                     raise
-                continue
-            self._remember(self._finalized, manifest.result_key, table)
-            return manifest, table
         raise AssertionError("unreachable")
 
     def page(self, job: Job, query: ResultsQuery) -> Page:
         manifest, table = self.current(job, query.fresh)
         generation = manifest.generation if manifest else None
         sort_keys = _sort_keys(job, query)
-        cache_key = (manifest.result_key if manifest else job.name, tuple(sort_keys))
+        cache_key = (manifest.result_id if manifest else job.name, tuple(sort_keys))
         with self._lock:
             ordered = None if query.fresh else self._sorted.get(cache_key)
         if ordered is None:
@@ -185,8 +180,8 @@ class ResultReader:
         if job.is_scan:
             raise InvalidQuery(f"{job.name} is a scan job: it has output rows, not groups; "
                                f"page them at /jobs/{job.name}/results")
-        _, table = self.current(job, fresh)
         values = _parse_group_key(job, key_text)
+        table = self.current(job, fresh)[1] if fresh else self._shard_holding(job, values)
         mask = None
         for name, value in zip(job.plan.key_names, values):
             column = table.column(name)
@@ -196,6 +191,29 @@ class ResultReader:
         if not found:
             raise GroupNotFound(job.name, key_text)
         return _row(job, found[0])
+
+    def _shard_holding(self, job: Job, values: list[Any]) -> pa.Table:
+        """The finalized shard of the committed result that holds the group: one shard read, not the result."""
+        for attempt in range(3):
+            manifest, _ = self.reducer.read_manifest(job)
+            key = self.reducer.result_key_holding(job, manifest, dict(zip(job.plan.key_names, values)))
+            if not key:
+                return job.plan.finalize(job.plan.empty())
+            try:
+                return self._finalized_copy(job, key, lambda: self.reducer.read_result_object(job, key))
+            except ObjectMissing:  # a commit replaced that shard between our two reads
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _finalized_copy(self, job: Job, result_id: str, read) -> pa.Table:
+        """A result's (or one shard's) finalized table, cached: what it is read from never changes."""
+        with self._lock:
+            cached = self._finalized.get(result_id)
+        if cached is None:
+            cached = job.plan.finalize(read())
+            self._remember(self._finalized, result_id, cached)
+        return cached
 
     def _remember(self, cache: OrderedDict, key, value) -> None:
         with self._lock:

@@ -1,0 +1,88 @@
+"""A result kept as shards by key hash: what one commit changes, shard by shard.
+
+Every group lives in exactly one shard (`aggregation.partition`), so merging, retracting or rebuilding a result
+is the same operation done per shard on that shard's rows, and only the shards a change reaches are read and
+rewritten; the others keep their committed objects. Shards are independent, so they are computed in parallel
+threads (Arrow releases the GIL). Pure: committed shards are read through `read`.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import pyarrow as pa
+
+from ..aggregation import AggregationPlan
+from ..aggregation.partition import split_by_shard
+
+
+@dataclass(frozen=True)
+class Changes:
+    """The partials one commit applies."""
+
+    added: Sequence[pa.Table]
+    removed: Sequence[pa.Table] = ()  # retracted versions' partials
+    # Set for plans that cannot subtract (min/max, sketches): every live partial but the added ones, to
+    # rebuild each touched shard from.
+    kept: Sequence[pa.Table] | None = None
+
+
+@dataclass(frozen=True)
+class ShardedUpdate:
+    tables: tuple[pa.Table | None, ...]  # a touched shard's new table; None: the shard keeps its object
+    previous: tuple[str, ...]  # the committed object of each shard ("" for none) that a None keeps
+    rows: int  # groups in the whole new result
+
+    def result_keys(self, new_key: Callable[[int], str]) -> tuple[str, ...]:
+        """Each shard's object once committed: the new key of a rewritten shard ("" if it is empty now)."""
+        return tuple(
+            self.previous[shard] if table is None else new_key(shard) if table.num_rows else ""
+            for shard, table in enumerate(self.tables))
+
+    def superseded(self, committed: Sequence[str]) -> list[str]:
+        """The objects of `committed` (the result this update was computed from) no shard names any more."""
+        return sorted(set(filter(None, committed)) - set(self.previous[s] for s, t in enumerate(self.tables)
+                                                         if t is None))
+
+
+def update_shards(plan: AggregationPlan, count: int, committed: Sequence[str], committed_rows: int,
+                  read: Callable[[str], pa.Table], changes: Changes, parallelism: int = 4) -> ShardedUpdate:
+    """The shards of the result once `changes` are applied to the committed one (`committed`: its object
+    per shard). A result committed with another shard count is re-partitioned whole, once, here."""
+    keys = plan.key_names
+
+    def split(tables: Sequence[pa.Table]) -> list[list[pa.Table]]:
+        return [split_by_shard(table, keys, count) for table in tables if table.num_rows]
+
+    repartitioned = None
+    if len(committed) != count and any(committed):
+        # The whole result in memory once: the price of changing the shard count.
+        whole = pa.concat_tables([read(key) for key in committed if key])
+        repartitioned = split_by_shard(whole, keys, count)
+    previous = tuple(committed) if len(committed) == count else ("",) * count
+    added, removed = split(changes.added), split(changes.removed)
+    kept = split(changes.kept) if changes.kept is not None else None
+    if repartitioned is not None:
+        touched = list(range(count))
+    else:
+        touched = sorted({shard for pieces in (*added, *removed) for shard, piece in enumerate(pieces)
+                          if piece.num_rows})
+
+    def one(shard: int) -> tuple[int, pa.Table]:
+        if repartitioned is not None:
+            base = repartitioned[shard]
+        else:
+            base = read(previous[shard]) if previous[shard] else plan.empty()
+        adding = [pieces[shard] for pieces in added]
+        if kept is not None:
+            return base.num_rows, plan.merge([*(pieces[shard] for pieces in kept), *adding])
+        if removed:
+            return base.num_rows, plan.retract(base, [pieces[shard] for pieces in removed], adding)
+        return base.num_rows, plan.merge([base, *adding])
+
+    with ThreadPoolExecutor(max(1, min(parallelism, len(touched) or 1))) as pool:
+        done = dict(zip(touched, pool.map(one, touched)))
+    tables = tuple(done[shard][1] if shard in done else None for shard in range(count))
+    rows = committed_rows - sum(old for old, _ in done.values()) + sum(new.num_rows for _, new in done.values())
+    return ShardedUpdate(tables, previous, rows)

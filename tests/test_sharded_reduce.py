@@ -1,0 +1,205 @@
+"""Sharded results: a job kept in shards serves exactly what the same job kept whole serves, whatever is merged,
+retracted or rebuilt; a commit rewrites only the shards its groups fall in; a changed shard count or a manifest
+from before shards is carried over; a crash between shards and manifest leaves only collectable garbage."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from chalicelib.engine import layout
+from chalicelib.engine.reducer import Reducer
+from chalicelib.engine.results import ResultReader, ResultsQuery
+from chalicelib.jobs import Job, JobCatalog
+from chalicelib.runtime import utc_now
+from reducers._bdb import USERVISITS
+
+from . import test_udaf  # noqa: F401 - registers the value_set aggregate
+from .conftest import uservisits_rows
+from .faults import FaultyStore, Killed
+from .test_reducer import CountingStore
+
+SUBTRACTABLE = {"revenue": "sum(adRevenue)", "visits": "count()"}
+# max, a sketch and a user aggregate cannot be subtracted: deletes rebuild the shards they reach.
+REBUILT = {**SUBTRACTABLE, "longest": "max(duration)", "visitors": "approx_distinct(sourceIP)",
+           "durations": "value_set(duration)"}
+
+
+def job(name: str, aggregates: dict, shards: int) -> Job:
+    return Job(name=name, prefix="uservisits/", format=USERVISITS, keys={"ip": "substr(sourceIP, 1, 12)"},
+               aggregates=aggregates, shards=shards)
+
+
+def install(runtime, *jobs: Job) -> None:
+    """Run these jobs: the runtime's parts built from the catalog are built again on first use."""
+    for built in ("mapper", "reducer", "reconciler", "results", "scan_results", "status"):
+        runtime.__dict__.pop(built, None)
+    runtime.__dict__["jobs"] = JobCatalog(list(jobs))
+
+
+def served(runtime, name: str) -> list[dict]:
+    _, table = runtime.results.current(runtime.jobs.get(name))
+    return sorted(table.to_pylist(), key=lambda row: row["ip"])
+
+
+def ips(first: int, count: int) -> list[tuple[str, str]]:
+    return [(f"{i % 250}.{i * 7 % 256}.{i * 13 % 256}.{i % 9}", f"{i % 17}.25") for i in range(first, first + count)]
+
+
+def upload(runtime, uploads, files: dict[str, list[tuple[str, str]]]) -> None:
+    for key, rows in files.items():
+        runtime.mapper.handle(uploads.event(uploads.put(key, uservisits_rows(*rows))))
+
+
+def reduce(runtime, *names: str) -> None:
+    for name in names:
+        while runtime.reducer.reduce_job(runtime.jobs.get(name)).more_pending:
+            pass
+
+
+def manifest(runtime, name: str):
+    return runtime.reducer.read_manifest(runtime.jobs.get(name))[0]
+
+
+FILES = {f"uservisits/f{n}.csv": ips(n * 15, 30) for n in range(5)}  # overlapping groups across files
+
+
+@pytest.mark.parametrize("aggregates", [SUBTRACTABLE, REBUILT], ids=["retracted", "rebuilt"])
+def test_a_sharded_result_is_the_unsharded_result_through_merges_overwrites_and_deletes(runtime, uploads,
+                                                                                          aggregates):
+    install(runtime, job("whole", aggregates, 1), job("sharded", aggregates, 8))
+    upload(runtime, uploads, FILES)
+    reduce(runtime, "whole", "sharded")
+    assert served(runtime, "sharded") == served(runtime, "whole") and len(served(runtime, "whole")) > 50
+    assert len(manifest(runtime, "sharded").result_keys) == 8
+
+    upload(runtime, uploads, {"uservisits/f1.csv": ips(500, 4)})  # overwritten
+    runtime.mapper.handle(uploads.event(uploads.delete("uservisits/f3.csv")))
+    reduce(runtime, "whole", "sharded")
+
+    assert served(runtime, "sharded") == served(runtime, "whole")
+    assert manifest(runtime, "sharded").rows == manifest(runtime, "whole").rows == len(served(runtime, "whole"))
+
+
+def test_a_commit_rewrites_only_the_shards_its_groups_fall_in(runtime, uploads):
+    install(runtime, job("sharded", SUBTRACTABLE, 8))
+    upload(runtime, uploads, FILES)
+    reduce(runtime, "sharded")
+    before = manifest(runtime, "sharded").result_keys
+    counting = CountingStore(runtime.state_store)
+    puts: list[str] = []
+    counting.put_if_absent = lambda key, *rest: puts.append(key) or runtime.state_store.put_if_absent(key, *rest)
+    runtime.__dict__["reducer"] = Reducer(runtime.jobs, counting, runtime.input_store, utc_now)
+
+    upload(runtime, uploads, {"uservisits/one-group.csv": [("9.9.9.9", "1"), ("9.9.9.9", "2")]})
+    reduce(runtime, "sharded")
+
+    after = manifest(runtime, "sharded").result_keys
+    changed = [shard for shard, (old, new) in enumerate(zip(before, after)) if old != new]
+    assert len(changed) == 1
+    assert [key for key in puts if "/results/" in key] == [after[changed[0]]]
+    live = {key for key in after if key}
+    assert {o.key for o in runtime.state_store.list(layout.results_prefix("sharded"))} == live  # old one deleted
+
+
+def test_a_single_group_is_read_from_the_one_shard_that_holds_it(runtime, uploads):
+    install(runtime, job("sharded", SUBTRACTABLE, 8))
+    upload(runtime, uploads, FILES)
+    reduce(runtime, "sharded")
+    counting = CountingStore(runtime.state_store)
+    cold = ResultReader(Reducer(runtime.jobs, counting, runtime.input_store, utc_now))
+    reads: list[str] = []
+    counting.get = lambda key: reads.append(key) or runtime.state_store.get(key)
+    ip = ips(0, 1)[0][0][:12]
+
+    group = cold.group(runtime.jobs.get("sharded"), ip)
+
+    assert group["key"] == {"ip": ip} and group["values"]["visits"] >= 1
+    assert len([key for key in reads if "/results/" in key]) == 1
+
+
+def test_pages_of_a_sharded_result_are_the_pages_of_the_unsharded_one(runtime, uploads):
+    install(runtime, job("whole", SUBTRACTABLE, 1), job("sharded", SUBTRACTABLE, 8))
+    upload(runtime, uploads, FILES)
+    reduce(runtime, "whole", "sharded")
+
+    def pages(name: str, **params) -> list:
+        definition, cursor, seen = runtime.jobs.get(name), None, []
+        while True:
+            query = ResultsQuery.from_params(definition, {**params, "limit": "7", **({"cursor": cursor} if cursor else {})})
+            page = runtime.results.page(definition, query)
+            seen.append((page.rows, page.next_cursor, page.total_rows))
+            if page.next_cursor is None:
+                return seen
+            cursor = page.next_cursor
+
+    for params in ({}, {"order_by": "revenue", "desc": "true"}, {"prefix": "1"}):
+        assert pages("sharded", **params) == pages("whole", **params)
+
+
+def test_changing_the_shard_count_repartitions_on_the_next_commit_and_keeps_the_result(runtime, uploads):
+    install(runtime, job("whole", REBUILT, 1), job("sharded", REBUILT, 8))
+    upload(runtime, uploads, FILES)
+    reduce(runtime, "whole", "sharded")
+    install(runtime, job("whole", REBUILT, 1), job("sharded", REBUILT, 3))  # the same fingerprint
+    ip = ips(0, 1)[0][0][:12]
+    # Until the next commit the manifest's 8 shards are served: a group is looked up in one of those.
+    assert runtime.results.group(runtime.jobs.get("sharded"), ip) == runtime.results.group(
+        runtime.jobs.get("whole"), ip)
+
+    upload(runtime, uploads, {"uservisits/more.csv": ips(1000, 5)})
+    reduce(runtime, "whole", "sharded")
+
+    assert len(manifest(runtime, "sharded").result_keys) == 3
+    assert served(runtime, "sharded") == served(runtime, "whole")
+    assert len(list(runtime.state_store.list(layout.results_prefix("sharded")))) <= 3  # the 8 old shards deleted
+
+
+def test_a_manifest_from_before_shards_is_read_as_one_shard_and_repartitioned(runtime, uploads):
+    install(runtime, job("whole", SUBTRACTABLE, 1), job("sharded", SUBTRACTABLE, 1))
+    upload(runtime, uploads, dict(list(FILES.items())[:3]))
+    reduce(runtime, "whole", "sharded")
+    fields = json.loads(runtime.state_store.get(layout.manifest_key("sharded"))[0])
+    fields["result_key"] = fields.pop("result_keys")[0]  # as the reducer wrote it before shards
+    runtime.state_store.put(layout.manifest_key("sharded"), json.dumps(fields).encode())
+    install(runtime, job("whole", SUBTRACTABLE, 1), job("sharded", SUBTRACTABLE, 4))
+    assert served(runtime, "sharded") == served(runtime, "whole")
+
+    upload(runtime, uploads, dict(list(FILES.items())[3:]))
+    reduce(runtime, "whole", "sharded")
+
+    assert len(manifest(runtime, "sharded").result_keys) == 4
+    assert served(runtime, "sharded") == served(runtime, "whole")
+
+
+def test_a_crash_between_the_shards_and_the_manifest_leaves_garbage_the_reconcile_collects(runtime, uploads):
+    install(runtime, job("sharded", SUBTRACTABLE, 8))
+    upload(runtime, uploads, dict(list(FILES.items())[:2]))
+    reduce(runtime, "sharded")
+    upload(runtime, uploads, dict(list(FILES.items())[2:]))
+    faulty = Reducer(runtime.jobs, FaultyStore(runtime.state_store, "put_if_absent", nth=3, key_contains="/results/"),
+                     runtime.input_store, utc_now, parallelism=1)
+    with pytest.raises(Killed):
+        faulty.reduce_job(runtime.jobs.get("sharded"))  # three new shards written, no manifest
+    reduce(runtime, "sharded")
+    live = {key for key in manifest(runtime, "sharded").result_keys if key}
+    assert len(list(runtime.state_store.list(layout.results_prefix("sharded")))) > len(live)
+
+    runtime.reconciler.reconcile(runtime.jobs.get("sharded"))
+
+    assert {o.key for o in runtime.state_store.list(layout.results_prefix("sharded"))} == live
+
+
+def test_a_warm_reducer_holds_every_shard_it_committed(runtime, uploads):
+    install(runtime, job("sharded", SUBTRACTABLE, 16))
+    counting = CountingStore(runtime.state_store)
+    fetched: list[str] = []
+    counting.get = lambda key: fetched.append(key) or runtime.state_store.get(key)
+    warm = Reducer(runtime.jobs, counting, runtime.input_store, utc_now)
+    upload(runtime, uploads, dict(list(FILES.items())[:3]))
+    warm.reduce_job(runtime.jobs.get("sharded"))
+    for n in range(3):
+        upload(runtime, uploads, {f"uservisits/g{n}.csv": ips(700 + 40 * n, 40)})
+        fetched.clear()
+        warm.reduce_job(runtime.jobs.get("sharded"))
+        assert [key for key in fetched if "/results/" in key or "/ledger/" in key] == []
