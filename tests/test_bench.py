@@ -109,10 +109,11 @@ def test_reducer_merge_rates(uservisits):
     from chalicelib.local.bench_system import merge_rates
 
     catalog = load_jobs()
-    small, large = merge_rates(uservisits.csv.read_bytes(), catalog.get("bdb-agg-2a"), catalog.get("bdb-agg-2c"),
-                               small=12, large=2)
-    assert (small.partials, large.partials) == (12, 2)
-    for rate in (small, large):
+    small, large, unsharded = merge_rates(uservisits.csv.read_bytes(), catalog.get("bdb-agg-2a"),
+                                          catalog.get("bdb-agg-2c"), small=12, large=2)
+    assert (small.partials, large.partials, unsharded.partials) == (12, 2, 2)
+    assert (large.shards, unsharded.shards) == (16, 1) and large.result_groups == unsharded.result_groups
+    for rate in (small, large, unsharded):
         assert rate.seconds > 0 and rate.partials_s > 0 and rate.groups_s > 0 and rate.merge_groups_s > 0
         assert 0 < rate.result_groups <= rate.groups
 

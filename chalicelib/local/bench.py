@@ -160,7 +160,8 @@ def _system_measurements(results: BenchResults, options: BenchOptions, catalog, 
             results.merges = bench_system.merge_rates(body, catalog.get("bdb-agg-2a"), catalog.get("bdb-agg-2c"))
             del body
         for rate in results.merges:
-            console.log(f"reducer {rate.label}: {rate.partials_s:.1f} partials/s, {rate.groups_s:,.0f} groups/s")
+            console.log(f"reducer {rate.label} (shards={rate.shards}): {rate.partials_s:.1f} partials/s, "
+                        f"{rate.groups_s:,.0f} groups/s")
     if not options.skip_e2e:
         with console.status(f"local mode end to end, {options.workers} mapper workers"):
             results.end_to_end = bench_system.end_to_end(dataset("uservisits"), options.workers)

@@ -87,7 +87,7 @@ def system_section(results) -> Section:
         section.rows.append(["local mode end to end", NA, "skipped (--skip-e2e)"])
     for rate in results.merges:
         section.rows.append([
-            f"reducer merge, {rate.label} partials ({rate.job})",
+            f"reducer merge, {rate.label} partials ({rate.job}, shards={rate.shards})",
             f"{rate.partials_s:,.1f} partials/s, {rate.groups_s:,.0f} groups/s",
             f"{rate.partials} partials of {rate.groups:,} groups in all into {rate.result_groups:,} groups, "
             f"{rate.seconds:.2f} s for one Reducer.reduce_job (S3 requests included); the merge alone, in "

@@ -96,6 +96,7 @@ class MergeRate:
     result_groups: int
     seconds: float  # Reducer.reduce_job wall time, S3 requests on loopback included
     merge_seconds: float  # AggregationPlan.merge of the same partials, in memory
+    shards: int = 1  # the job's result shards, merged in parallel threads
 
     @property
     def partials_s(self) -> float:
@@ -162,7 +163,7 @@ def _merge_rate(s3, label: str, job: Job, objects: list[bytes]) -> MergeRate:
     seconds = time.perf_counter() - started
     if report.merged != len(objects):
         raise RuntimeError(f"reducer merged {report.merged} of {len(objects)} partials: {report}")
-    return MergeRate(label, job.name, len(objects), groups, report.rows, seconds, merge_seconds)
+    return MergeRate(label, job.name, len(objects), groups, report.rows, seconds, merge_seconds, job.shards)
 
 
 def _partials(state: S3ObjectStore, job: Job) -> list:
@@ -182,11 +183,14 @@ def partial_groups(state: S3ObjectStore, job: Job) -> int:
 
 def merge_rates(body: bytes, small_job: Job, large_job: Job, small: int = 200, large: int = 4) -> list[MergeRate]:
     """`small` partials of ~8 KB objects (kept inline in their markers), and `large` partials from `body`
-    cut in `large` objects (2c: about one group per row)."""
+    cut in `large` objects (2c: about one group per row), merged by `large_job` as it is sharded and, for
+    comparison, by the same job kept in one shard."""
+    unsharded = large_job.model_copy(update={"name": f"{large_job.name}-unsharded", "shards": 1})
     with _moto_server() as (_, client):
         head = body[: body.index(b"\n", min(len(body) - 1, small * 8192)) + 1]
         return [_merge_rate(client, "small", small_job, _split_lines(head, small)),
-                _merge_rate(client, "large", large_job, _split_lines(body, large))]
+                _merge_rate(client, "large", large_job, _split_lines(body, large)),
+                _merge_rate(client, "large-unsharded", unsharded, _split_lines(body, large))]
 
 
 # -- mapper memory -----------------------------------------------------------------------------------------
