@@ -292,3 +292,16 @@ def test_a_run_whose_retained_partials_an_overlapping_run_deleted_loses_the_race
         slow.execute(job, seen, plan_changes(seen.entries, seen.markers, seen.current), ReduceReport(JOB))
 
     assert served(runtime) == {}
+
+
+def test_a_rebuild_from_one_pack_merges_the_groups_its_versions_share(runtime, uploads):
+    """Partials kept in one pack are several partials: a group two of them share is merged, not served twice,
+    when a delete rebuilds a max (not subtractable) from them alone."""
+    map_files(runtime, uploads, {"uservisits/a.csv": [("1.1.1.1", "1")], "uservisits/b.csv": [("1.1.1.1", "2")],
+                                 "uservisits/c.csv": [("2.2.2.2", "3")]})
+    runtime.reducer.reduce_all()  # the three partials are inline, kept in one pack
+    runtime.mapper.handle(uploads.event(uploads.delete("uservisits/c.csv")))
+    runtime.reducer.reduce_all()
+
+    _, table = runtime.results.current(runtime.jobs.get("visits-by-country"))
+    assert table.num_rows == 1 and table.to_pylist()[0]["visitors"] == 1

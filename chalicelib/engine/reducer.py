@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Callable, Iterable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -424,13 +425,13 @@ class Reducer:
                 if layout.is_pack(ref):
                     in_pack.setdefault(ref, set()).add(entry["contribution"])
 
-        def read_pack(ref: str) -> pa.Table:
+        def read_pack(ref: str) -> list[pa.Table]:
             pack = decode(self.state.get(ref)[0], job.plan.fingerprint)[0]
             wanted = pc.is_in(pack.column(_CONTRIBUTION), pa.array(sorted(in_pack[ref]), pa.string()))
-            return pack.filter(wanted).drop_columns([_CONTRIBUTION])
+            return _partials_of(pack.filter(wanted))
 
         with ThreadPoolExecutor(8) as pool:
-            return [*self.read_parts(job, parts), *pool.map(read_pack, in_pack)]
+            return [*self.read_parts(job, parts), *(t for tables in pool.map(read_pack, in_pack) for t in tables)]
 
     def _read_added_parts(self, job: Job, plan: ChangePlan) -> list[list[pa.Table]]:
         def read(marker: dict) -> list[pa.Table] | None:
@@ -526,6 +527,17 @@ def _pack(inline: dict[str, pa.Table]) -> pa.Table:
         table.append_column(_CONTRIBUTION, pa.array([contribution] * table.num_rows, pa.string()))
         for contribution, table in sorted(inline.items())
     ])
+
+
+def _partials_of(pack: pa.Table) -> list[pa.Table]:
+    """A pack's rows as one partial per contribution. Not one table: a partial has each group once, and a merge
+    of a single partial returns it as it is, so a group two contributions share would be served twice."""
+    contributions = pack.column(_CONTRIBUTION).combine_chunks()
+    # _pack wrote each contribution's rows together, and a filter keeps their order.
+    changes = pc.not_equal(contributions[1:], contributions[:-1]).to_numpy(zero_copy_only=False)
+    bounds = [0, *(np.flatnonzero(changes) + 1).tolist(), pack.num_rows]
+    rows = pack.drop_columns([_CONTRIBUTION])
+    return [rows.slice(start, end - start) for start, end in zip(bounds, bounds[1:]) if end > start]
 
 
 def _ledger_entry(marker: dict, generation: int, pack_key: str) -> dict:
