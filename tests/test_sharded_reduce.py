@@ -8,8 +8,10 @@ import json
 import pytest
 
 from chalicelib.engine import layout
-from chalicelib.engine.reducer import Reducer
+from chalicelib.engine.changes import plan_changes
+from chalicelib.engine.reducer import Reducer, ReduceReport
 from chalicelib.engine.results import ResultReader, ResultsQuery
+from chalicelib.errors import CommitConflict
 from chalicelib.jobs import Job, JobCatalog
 from chalicelib.runtime import utc_now
 from reducers._bdb import USERVISITS
@@ -203,3 +205,41 @@ def test_a_warm_reducer_holds_every_shard_it_committed(runtime, uploads):
         fetched.clear()
         warm.reduce_job(runtime.jobs.get("sharded"))
         assert [key for key in fetched if "/results/" in key or "/ledger/" in key] == []
+
+
+def test_of_two_overlapping_reducers_one_commits_and_the_other_deletes_only_the_shards_it_wrote(runtime, uploads):
+    install(runtime, job("whole", SUBTRACTABLE, 1), job("sharded", SUBTRACTABLE, 8))
+    upload(runtime, uploads, dict(list(FILES.items())[:2]))
+    reduce(runtime, "whole", "sharded")
+    upload(runtime, uploads, {"uservisits/late.csv": ips(900, 3)})  # reaches a few shards, keeps the others
+    sharded = runtime.jobs.get("sharded")
+    first, second = runtime.reducer, Reducer(runtime.jobs, runtime.state_store, runtime.input_store, utc_now)
+    seen_first, seen_second = first.gather(sharded), second.gather(sharded)
+
+    first.execute(sharded, seen_first, plan_changes(seen_first.entries, seen_first.markers, seen_first.current),
+                  ReduceReport("sharded"))
+    with pytest.raises(CommitConflict):
+        second.execute(sharded, seen_second,
+                       plan_changes(seen_second.entries, seen_second.markers, seen_second.current),
+                       ReduceReport("sharded"))
+    reduce(runtime, "whole", "sharded")
+
+    assert served(runtime, "sharded") == served(runtime, "whole")
+    live = {key for key in manifest(runtime, "sharded").result_keys if key}
+    assert {o.key for o in runtime.state_store.list(layout.results_prefix("sharded"))} == live
+
+
+def test_fresh_reads_apply_the_inbox_to_the_shards(runtime, uploads):
+    install(runtime, job("whole", REBUILT, 1), job("sharded", REBUILT, 8))
+    upload(runtime, uploads, dict(list(FILES.items())[:3]))
+    reduce(runtime, "whole", "sharded")
+    upload(runtime, uploads, {"uservisits/f0.csv": ips(800, 6)})  # not reduced: only a fresh read sees it
+
+    def fresh(name: str) -> list[dict]:
+        _, table = runtime.results.current(runtime.jobs.get(name), fresh=True)
+        return sorted(table.to_pylist(), key=lambda row: row["ip"])
+
+    assert fresh("sharded") == fresh("whole") != served(runtime, "whole")
+    ip = ips(800, 1)[0][0][:12]
+    assert runtime.results.group(runtime.jobs.get("sharded"), ip, fresh=True) == runtime.results.group(
+        runtime.jobs.get("whole"), ip, fresh=True)
