@@ -1,9 +1,9 @@
 """Serving the current result: pages ordered by a key or an aggregate, a prefix filter, single groups.
 
 Results are immutable objects named by the manifest, so a decoded, finalized and sorted copy is cached per
-result (its shards' keys) and reused until the manifest names a newer one. A single group is read from the one
-shard that holds it. Paging is keyset-based: the cursor holds the
-sort position of the last row served, so a page boundary stays put while the reducer keeps committing.
+result (its shards' keys) and reused until the manifest names a newer one; a single group is read from the one
+shard that holds it. Paging is keyset-based: the cursor holds the sort position of the last row served, so a
+page boundary stays put while the reducer keeps committing.
 """
 from __future__ import annotations
 
