@@ -42,8 +42,8 @@ class ShardedUpdate:
 
     def superseded(self, committed: Sequence[str]) -> list[str]:
         """The objects of `committed` (the result this update was computed from) no shard names any more."""
-        return sorted(set(filter(None, committed)) - set(self.previous[s] for s, t in enumerate(self.tables)
-                                                         if t is None))
+        kept = {self.previous[shard] for shard, table in enumerate(self.tables) if table is None}
+        return sorted(set(filter(None, committed)) - kept)
 
 
 def update_shards(plan: AggregationPlan, count: int, committed: Sequence[str], committed_rows: int,
