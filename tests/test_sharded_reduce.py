@@ -243,3 +243,18 @@ def test_fresh_reads_apply_the_inbox_to_the_shards(runtime, uploads):
     ip = ips(800, 1)[0][0][:12]
     assert runtime.results.group(runtime.jobs.get("sharded"), ip, fresh=True) == runtime.results.group(
         runtime.jobs.get("whole"), ip, fresh=True)
+
+
+def test_a_shards_key_carries_its_generation_for_the_garbage_collector():
+    keys = layout.generation_keys("sharded", 42)
+    assert keys.result(3).startswith(layout.results_prefix("sharded")) and keys.result(3).endswith("-s003.arrow")
+    assert layout.generation_of(keys.result(3)) == layout.generation_of(keys.ledger) == 42
+
+
+def test_shards_are_a_setting_of_aggregations_from_1_to_256():
+    assert job("j", SUBTRACTABLE, 256).shards == 256
+    for wrong in (0, 257):
+        with pytest.raises(ValueError):
+            job("j", SUBTRACTABLE, wrong)
+    with pytest.raises(ValueError, match="no shards"):
+        Job(name="s", prefix="p/", format=USERVISITS, select={"ip": "sourceIP"}, shards=2)
