@@ -14,7 +14,6 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
-from chalicelib.engine.changes import plan_changes
 from chalicelib.engine.mapper import INLINE_LIMIT
 from chalicelib.engine.reducer import Reducer, ReduceReport
 from chalicelib.errors import CommitConflict
@@ -131,7 +130,7 @@ def run(schedule, s3, inline_limit: int, job_name: str = JOB, body=lambda key, r
             other = Reducer(runtime.jobs, runtime.state_store, runtime.input_store, utc_now)
             first, second = runtime.reducer.gather(job), other.gather(job)
             for reducer, seen in ((other, second), (runtime.reducer, first)):
-                plan = plan_changes(seen.entries, seen.markers, seen.current)
+                plan = seen.plan()
                 if plan.changes_result:
                     try:
                         reducer.execute(job, seen, plan, ReduceReport(job.name))
