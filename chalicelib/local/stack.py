@@ -52,6 +52,7 @@ class LocalOptions:
     state_bucket: str = "tally-state"
     log_level: str = "WARNING"
     jobs: str = ""  # comma-separated job names; empty: every job
+    split_mb: float = 256  # objects above this are mapped as ranges in parallel (0: never)
 
 
 @dataclass
@@ -155,7 +156,7 @@ class LocalTally:
         # Text logs: the handlers' records and metric sets as readable lines in the terminal, not JSON/EMF.
         return Settings(input_bucket=self.options.input_bucket, state_bucket=self.options.state_bucket,
                         s3_endpoint=self.s3_endpoint, log_level=self.options.log_level, log_format="text",
-                        jobs=self.options.jobs)
+                        jobs=self.options.jobs, split_mb=self.options.split_mb)
 
     def client(self, service: str = "s3"):
         if service == "s3":
