@@ -253,3 +253,36 @@ def test_settings_split_size_and_the_range_function_of_the_running_stage():
     assert named.range_function == "ranges"
 
 
+
+
+def test_a_range_that_cannot_be_read_quarantines_the_version_and_its_siblings_are_dropped(fanned, s3):
+    body = visits(40) + uservisits_rows(("5.5.5.5", "not-a-number")) + visits(40, seed=5)
+    tasks = fanned.put("uservisits/bad.csv", body)
+    by_range = [set(fanned.deliver([task])) for task in tasks]  # each range: its outcome for every job
+    assert by_range.count({"quarantined"}) == 1 and by_range.count({"mapped"}) == len(tasks) - 1
+    fanned.reduce()
+
+    status = fanned.status()
+    assert fanned.served() == {} and fanned.inbox() == []
+    assert [q["key"] for q in status["quarantined"]] == ["uservisits/bad.csv"] and status["idle"] is True
+    assert list(fanned.runtime.state_store.list(layout.parts_prefix(JOB))) == []
+
+
+def test_a_range_of_only_malformed_rows_is_counted_not_quarantined_the_object_has_good_ones(fanned, s3):
+    garbage = "".join(f"only,{i},three\n" for i in range(100))  # several ranges with no parseable row
+    tasks = fanned.put("uservisits/patchy.csv", visits(30) + garbage + visits(30, seed=6))
+    assert "quarantined" not in fanned.deliver(tasks)
+    fanned.reduce()
+    assert fanned.served() == {k: v for k, v in query_over_bucket_rows(s3).items()}
+    assert fanned.status()["bad_rows_skipped"] == 100
+
+
+def query_over_bucket_rows(s3) -> dict[str, Decimal]:
+    """The query over the bucket's well-formed rows (nine columns)."""
+    totals: dict[str, Decimal] = {}
+    for item in s3.list_objects_v2(Bucket=INPUT)["Contents"]:
+        for line in s3.get_object(Bucket=INPUT, Key=item["Key"])["Body"].read().decode().splitlines():
+            row = line.split(",")
+            if len(row) == 9:
+                totals[row[0][:8]] = totals.get(row[0][:8], Decimal(0)) + Decimal(row[3])
+    return totals

@@ -256,7 +256,9 @@ class Mapper:
                     for sink in sinks.values():
                         sink.add(batch)
                 stats.bytes_read = getattr(source, "bytes_fetched", stats.bytes_read)
-            if stats.rows == 0 and stats.bad_rows:
+            # Judged per object: a range of nothing but malformed rows may sit in a good object, so a range's
+            # malformed rows are only counted (a range's parse errors still quarantine the version).
+            if stats.rows == 0 and stats.bad_rows and task is None:
                 raise BadInput(f"no row could be parsed ({stats.bad_rows} malformed rows): "
                                + "; ".join(stats.bad_row_examples))
         except (BadInput, ObjectMissing, CommitConflict) as error:
