@@ -80,10 +80,14 @@ def test_overwrites_and_deletes_through_local_mode_leave_the_query_over_the_buck
     wait_until_idle(api, list(JOBS), timeout=60)
 
     final = [replacement, *paths[2:]]
+    assert_served_as_duckdb_computes(api, final)
+    assert api.status("bdb-agg-2c")["objects"]["merged"] == len(final)
+
+
+def assert_served_as_duckdb_computes(api: TallyClient, files: list[Path]) -> None:
     for job, length in JOBS.items():
         served = {row["key"]["sourceIP_prefix"]: row["values"]["adRevenue"] for row in api.all_rows(job, 1000)}
-        assert differences(bdb_aggregation(final, length), served) == [], job
-    assert api.status("bdb-agg-2c")["objects"]["merged"] == len(final)
+        assert differences(bdb_aggregation(files, length), served) == [], job
 
 
 @pytest.fixture
@@ -105,9 +109,7 @@ def test_large_objects_mapped_as_ranges_in_the_worker_pool_are_served_exactly(sp
     wait_until_idle(api, list(JOBS), timeout=120)
 
     final = [replacement, *paths[1:]]
-    for job, length in JOBS.items():
-        served = {row["key"]["sourceIP_prefix"]: row["values"]["adRevenue"] for row in api.all_rows(job, 1000)}
-        assert differences(bdb_aggregation(final, length), served) == [], job
+    assert_served_as_duckdb_computes(api, final)
     assert api.status("bdb-agg-2a")["objects"]["merged"] == len(final)
     assert splitting_tally.errors == []
     assert splitting_tally.mapped_events >= len(paths) + 2 * 8  # three S3 events, and ranges: 8 per 256 KB
