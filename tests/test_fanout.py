@@ -113,6 +113,20 @@ def test_a_range_that_crashed_while_writing_is_retried_and_counted_once(fanned, 
     assert fanned.served() == query_over_bucket(s3)
 
 
+def test_a_set_of_ranges_longer_than_the_reducers_batch_is_not_cut_for_ever(fanned, s3):
+    """A version's range markers sort together; the batch ends after the last one, not in the middle of them
+    (cut there, the same incomplete half would be gathered on every run)."""
+    fanned.runtime.reducer.batch = 3
+    tasks = fanned.put("uservisits/big.csv", visits(100))
+    fanned.deliver(tasks)
+    fanned.runtime.mapper.handle(fanned.uploads.event(fanned.uploads.put("uservisits/small.csv", visits(3))))
+
+    runs = 1
+    while fanned.reduce().more_pending:
+        runs += 1
+    assert runs <= 2 and fanned.inbox() == [] and fanned.served() == query_over_bucket(s3)
+
+
 def test_an_overwrite_while_ranges_are_in_flight_ends_with_the_new_version_only(fanned, s3):
     old = fanned.put("uservisits/big.csv", visits(100, seed=1))
     fanned.deliver(old[:3])
