@@ -279,6 +279,10 @@ def test_a_range_that_cannot_be_read_quarantines_the_version_and_its_siblings_ar
     status = fanned.status()
     assert fanned.served() == {} and fanned.inbox() == []
     assert [q["key"] for q in status["quarantined"]] == ["uservisits/bad.csv"] and status["idle"] is True
+    [record] = status["quarantined"]
+    bad_range = tasks[by_range.index({"quarantined"})]
+    assert record["range"] == [bad_range.index, bad_range.count] and record["line"] is None
+    assert bad_range.start <= record["offset"] <= bad_range.end + len(body.splitlines()[0]) + 1
     assert list(fanned.runtime.state_store.list(layout.parts_prefix(JOB))) == []
 
 

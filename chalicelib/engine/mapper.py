@@ -270,7 +270,7 @@ class Mapper:
                 # A ranged read found the version gone or replaced: the newer object's own event maps it.
                 return [MapOutcome(job.name, event.key, etag, "superseded") for job in jobs]
             for job in jobs:
-                self._quarantine(job, event, etag, contribution, error)
+                self._quarantine(job, event, etag, contribution, error, task)
             return [MapOutcome(job.name, event.key, etag, "quarantined", reason=str(error)) for job in jobs]
 
         outcomes = []
@@ -308,11 +308,17 @@ class Mapper:
 
         return RangeReader(fetch, opened.size)
 
-    def _quarantine(self, job: Job, event: ObjectEvent, etag: str, contribution: str, error: BadInput) -> None:
+    def _quarantine(self, job: Job, event: ObjectEvent, etag: str, contribution: str, error: BadInput,
+                    task: fanout.RangeTask | None = None) -> None:
         record = {
             "key": event.key, "etag": etag, "version_id": event.version_id, "reason": error.reason,
             "line": error.line, "offset": error.offset, "at": self.clock().isoformat(),
         }
+        if task is not None:
+            # A range counts lines and bytes from its own first line: the line number is not the object's, the
+            # offset is, to within one line (the range's start).
+            record.update(line=None, offset=None if error.offset is None else task.start + error.offset,
+                          range=[task.index, task.count])
         log.warning("input quarantined", extra={"job": job.name, **record})
         self.state.put(layout.quarantine_key(job.name, contribution), json.dumps(record).encode(),
                        content_type="application/json")
