@@ -47,6 +47,7 @@ class MapOutcome:
     bytes_read: int = 0
     groups: int = 0  # groups in the partial; for a scan job, its output rows
     reason: str | None = None
+    range: list[int] | None = None  # [index, count] when one range of a large object was mapped
 
 
 class _Accumulator:
@@ -278,7 +279,8 @@ class Mapper:
                    "mapped_at": self.clock().isoformat()}
         for job in jobs:
             produced = sinks[job.name].commit(summary)
-            outcomes.append(MapOutcome(job.name, event.key, etag, "mapped", stats.rows, stats.bytes_read, produced))
+            outcomes.append(MapOutcome(job.name, event.key, etag, "mapped", stats.rows, stats.bytes_read, produced,
+                                       range=meta.get("range")))
         return outcomes
 
     def _sink(self, job: Job, contribution: str, split: str, meta: dict, marker: str):
