@@ -17,9 +17,9 @@ from chalicelib.jobs import CsvFormat, Job, JobCatalog
 from chalicelib.runtime import Runtime, utc_now
 from chalicelib.settings import Settings
 
-from .conftest import INPUT, STATE, Uploader, uservisits_rows
+from .conftest import INPUT, STATE, Uploader, rankings_rows, uservisits_rows
 from .faults import FaultyStore, Killed
-from .test_delivery_properties import query_over_bucket
+from .test_delivery_properties import SCAN_JOB, query_over_bucket, scan_over_bucket, served_scan
 
 JOB = "bdb-agg-2a"
 SPLIT = 1024  # bytes: small objects are split into tens of ranges
@@ -304,3 +304,13 @@ def query_over_bucket_rows(s3) -> dict[str, Decimal]:
             if len(row) == 9:
                 totals[row[0][:8]] = totals.get(row[0][:8], Decimal(0)) + Decimal(row[3])
     return totals
+
+
+def test_a_scan_jobs_large_object_serves_each_ranges_output_rows_once(fanned, s3):
+    rows = rankings_rows(*[(f"http://example.com/page/{i}", (i * 37) % 300) for i in range(200)])
+    tasks = fanned.put("rankings/big.csv", rows)
+    fanned.deliver(tasks[::-1] + tasks[:2])
+    fanned.reduce(SCAN_JOB)
+
+    assert served_scan(fanned.runtime) == scan_over_bucket(s3) and len(scan_over_bucket(s3)) > 50
+    assert fanned.status(SCAN_JOB)["idle"] is True
