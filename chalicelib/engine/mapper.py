@@ -21,6 +21,7 @@ from ..aggregation.codec import encode
 from ..errors import BadInput, CommitConflict, ObjectMissing
 from ..formats import BLOCK_SIZE, MAX_BLOCK_SIZE, ParquetLayout, ReadStats, RowTooLong, batches
 from ..formats.parquet import RangeReader
+from ..formats.prefetch import CHUNK_BYTES, PrefetchingReader
 from ..jobs import Job, JobCatalog
 from ..storage import Opened, ObjectStore
 from . import layout
@@ -152,10 +153,11 @@ class _AggregateSink:
 class Mapper:
     def __init__(self, jobs: JobCatalog, input_store: ObjectStore, state_store: ObjectStore,
                  clock: Callable[[], datetime], max_groups: int = 500_000, block_size: int = BLOCK_SIZE,
-                 inline_limit: int = INLINE_LIMIT, scan_part_bytes: int = PART_BYTES):
+                 inline_limit: int = INLINE_LIMIT, scan_part_bytes: int = PART_BYTES,
+                 prefetch_chunk: int = CHUNK_BYTES):
         self.jobs, self.input, self.state, self.clock = jobs, input_store, state_store, clock
         self.max_groups, self.block_size, self.inline_limit = max_groups, block_size, inline_limit
-        self.scan_part_bytes = scan_part_bytes
+        self.scan_part_bytes, self.prefetch_chunk = scan_part_bytes, prefetch_chunk
 
     def handle(self, event: dict) -> list[MapOutcome]:
         """Every record of an S3 (or SQS-wrapped S3) event; the handler's whole job."""
@@ -252,12 +254,10 @@ class Mapper:
                               self.inline_limit)
 
     def _source(self, event: ObjectEvent, opened: Opened, reader):
-        """The object as the format needs it: the GET's stream for text; for Parquet (read from the footer
-        on) a seekable file of ranged GETs, each pinned to the version we opened, so an overwrite while we
-        read is a 412 (superseded), never a mix of two versions' bytes."""
-        if not isinstance(reader, ParquetLayout):
-            return opened.body
-        opened.body.close()  # the first GET told us the size and the ETag; Parquet starts at the end
+        """The object as the format needs it, every read pinned to the version we opened, so an overwrite while
+        we read is a 412 (superseded), never a mix of two versions' bytes. Text: the GET's stream, or for a big
+        object several ranged GETs in flight (one stream is slower than the kernel). Parquet (read from the
+        footer on): a seekable file of ranged GETs."""
         pin = {"version_id": event.version_id} if event.version_id else {"if_match": opened.etag}
 
         def fetch(start: int, end: int) -> bytes:
@@ -265,7 +265,12 @@ class Mapper:
             with ranged.body as body:
                 return body.read()
 
-        return RangeReader(fetch, opened.size)
+        if isinstance(reader, ParquetLayout):
+            opened.body.close()  # the first GET told us the size and the ETag; Parquet starts at the end
+            return RangeReader(fetch, opened.size)
+        if opened.size > 2 * self.prefetch_chunk:
+            return PrefetchingReader(fetch, 0, opened.size, first=opened.body, chunk=self.prefetch_chunk)
+        return opened.body
 
     def _quarantine(self, job: Job, event: ObjectEvent, etag: str, contribution: str, error: BadInput) -> None:
         record = {
