@@ -24,6 +24,7 @@ from ..aggregation.codec import encode
 from ..errors import BadInput, CommitConflict, ObjectMissing
 from ..formats import BLOCK_SIZE, MAX_BLOCK_SIZE, ParquetLayout, ReadStats, RowTooLong, batches
 from ..formats.parquet import RangeReader
+from ..formats.prefetch import CHUNK_BYTES, PrefetchingReader
 from ..formats.ranges import LineRange, read_from
 from ..jobs import Job, JobCatalog
 from ..storage import Opened, ObjectStore
@@ -51,32 +52,49 @@ class MapOutcome:
 
 
 class _Accumulator:
-    """Folds batch partials into one, merging when the unmerged part outgrows the merged one (amortized).
-    Once the merged partial holds `max_groups` groups it is handed to `spill` and accumulation starts over,
-    so memory is bounded by the group budget even when nearly every row is its own group (BDB 2c)."""
+    """Folds input batches into one partial with bounded memory.
+
+    Batches are buffered (they hold only the columns the jobs use) and lifted together once `max_groups` rows
+    are waiting: one hash aggregation over many blocks, instead of one per 2 MB block and a second one to merge
+    the blocks' partials, which on high-cardinality keys (BDB 2a-2c: 0.5-1 group per row) doubled the work.
+    Lifted partials are merged when the unmerged part outgrows the merged one (amortized); once the merged
+    partial holds `max_groups` groups it is handed to `spill` and accumulation starts over, so memory is
+    bounded by the group budget even when nearly every row is its own group."""
 
     def __init__(self, plan: AggregationPlan, max_groups: int, spill: Callable[[pa.Table], None]):
         self.plan, self.max_groups, self.spill = plan, max_groups, spill
         self.merged = plan.empty()
+        self.buffered: list[pa.RecordBatch] = []
+        self.buffered_rows = 0
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
 
     def add(self, batch: pa.RecordBatch) -> None:
-        partial = self.plan.lift(batch)
+        self.buffered.append(batch)
+        self.buffered_rows += batch.num_rows
+        if self.buffered_rows >= self.max_groups:
+            self._lift()
+
+    def result(self) -> pa.Table:
+        self._lift()
+        self._compact()
+        return self.merged
+
+    def _lift(self) -> None:
+        if not self.buffered:
+            return
+        partial = self.plan.lift(pa.Table.from_batches(self.buffered))
+        self.buffered, self.buffered_rows = [], 0
         if not partial.num_rows:
             return
         self.pending.append(partial)
         self.pending_rows += partial.num_rows
         if self.pending_rows > max(self.merged.num_rows, min(1 << 16, self.max_groups // 2)):
             self._compact()
-            # Between max_groups/2 and max_groups + a batch: spill now, before the next doubling.
+            # Between max_groups/2 and max_groups + a lift: spill now, before the next doubling.
             if self.merged.num_rows > self.max_groups // 2:
                 self.spill(self.merged)
                 self.merged = self.plan.empty()
-
-    def result(self) -> pa.Table:
-        self._compact()
-        return self.merged
 
     def _compact(self) -> None:
         if self.pending:
@@ -152,10 +170,11 @@ class Mapper:
     def __init__(self, jobs: JobCatalog, input_store: ObjectStore, state_store: ObjectStore,
                  clock: Callable[[], datetime], max_groups: int = 500_000, block_size: int = BLOCK_SIZE,
                  inline_limit: int = INLINE_LIMIT, scan_part_bytes: int = PART_BYTES,
-                 split_bytes: int | None = None, dispatch: fanout.Dispatch | None = None):
+                 prefetch_chunk: int = CHUNK_BYTES, split_bytes: int | None = None,
+                 dispatch: fanout.Dispatch | None = None):
         self.jobs, self.input, self.state, self.clock = jobs, input_store, state_store, clock
         self.max_groups, self.block_size, self.inline_limit = max_groups, block_size, inline_limit
-        self.scan_part_bytes = scan_part_bytes
+        self.scan_part_bytes, self.prefetch_chunk = scan_part_bytes, prefetch_chunk
         # Objects above split_bytes go to `dispatch` as range tasks; without a dispatcher (tests, one-process
         # tools) the ranges are mapped here, one after the other: the same markers, no parallelism.
         self.split_bytes = split_bytes
@@ -293,14 +312,13 @@ class Mapper:
                               inline_limit)
 
     def _source(self, event: ObjectEvent, opened: Opened, reader, task: fanout.RangeTask | None = None):
-        """The object as the format needs it: the GET's stream for text (for a range, the lines it owns); for
-        Parquet (read from the footer on) a seekable file of ranged GETs, each pinned to the version we opened,
-        so an overwrite while we read is a 412 (superseded), never a mix of two versions' bytes."""
+        """The object as the format needs it, every read pinned to the version we opened, so an overwrite while
+        we read is a 412 (superseded), never a mix of two versions' bytes. Text: the GET's stream, or for a big
+        object several ranged GETs in flight (one stream is slower than the kernel); for a range of a large
+        object, the lines it owns from its ranged GET (the ranges are the parallelism there). Parquet (read
+        from the footer on): a seekable file of ranged GETs."""
         if task is not None:
             return _GetLineRange(opened.body, task.start, task.end)
-        if not isinstance(reader, ParquetLayout):
-            return opened.body
-        opened.body.close()  # the first GET told us the size and the ETag; Parquet starts at the end
         pin = {"version_id": event.version_id} if event.version_id else {"if_match": opened.etag}
 
         def fetch(start: int, end: int) -> bytes:
@@ -308,7 +326,12 @@ class Mapper:
             with ranged.body as body:
                 return body.read()
 
-        return RangeReader(fetch, opened.size)
+        if isinstance(reader, ParquetLayout):
+            opened.body.close()  # the first GET told us the size and the ETag; Parquet starts at the end
+            return RangeReader(fetch, opened.size)
+        if opened.size > 2 * self.prefetch_chunk:
+            return PrefetchingReader(fetch, 0, opened.size, first=opened.body, chunk=self.prefetch_chunk)
+        return opened.body
 
     def _quarantine(self, job: Job, event: ObjectEvent, etag: str, contribution: str, error: BadInput,
                     task: fanout.RangeTask | None = None) -> None:
