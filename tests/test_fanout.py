@@ -86,6 +86,16 @@ def test_a_large_object_fanned_out_and_delivered_in_any_order_twice_is_counted_o
     assert fanned.inbox() == [] and fanned.status()["idle"] is True
 
 
+def test_ranges_read_by_several_ranged_gets_in_flight_own_the_same_lines(fanned, s3):
+    fanned.runtime.mapper.prefetch_chunk = 100  # a 1 KiB range is read as ~10 ranged GETs, 4 in flight
+    tasks = fanned.put("uservisits/big.csv", visits(300, seed=2))
+    assert set(fanned.deliver(tasks[::-1])) == {"mapped"}
+    fanned.reduce()
+
+    assert fanned.served() == query_over_bucket(s3)
+    assert fanned.status()["objects"]["merged"] == 1
+
+
 def test_until_its_last_range_lands_an_object_is_pending_and_the_result_unchanged(fanned, s3):
     tasks = fanned.put("uservisits/big.csv", visits(100))
     fanned.deliver(tasks[1:])

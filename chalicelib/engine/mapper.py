@@ -315,10 +315,9 @@ class Mapper:
         """The object as the format needs it, every read pinned to the version we opened, so an overwrite while
         we read is a 412 (superseded), never a mix of two versions' bytes. Text: the GET's stream, or for a big
         object several ranged GETs in flight (one stream is slower than the kernel); for a range of a large
-        object, the lines it owns from its ranged GET (the ranges are the parallelism there). Parquet (read
-        from the footer on): a seekable file of ranged GETs."""
-        if task is not None:
-            return _GetLineRange(opened.body, task.start, task.end)
+        object, the lines it owns, read the same way from its start on (reading stops a line past its end;
+        closing cancels what was fetched beyond). Parquet (read from the footer on): a seekable file of ranged
+        GETs."""
         pin = {"version_id": event.version_id} if event.version_id else {"if_match": opened.etag}
 
         def fetch(start: int, end: int) -> bytes:
@@ -326,6 +325,12 @@ class Mapper:
             with ranged.body as body:
                 return body.read()
 
+        if task is not None:
+            begin = read_from(task.start)
+            if task.end - begin > 2 * self.prefetch_chunk:
+                return _GetLineRange(PrefetchingReader(fetch, begin, task.size, first=opened.body,
+                                                       chunk=self.prefetch_chunk), task.start, task.end)
+            return _GetLineRange(opened.body, task.start, task.end)
         if isinstance(reader, ParquetLayout):
             opened.body.close()  # the first GET told us the size and the ETag; Parquet starts at the end
             return RangeReader(fetch, opened.size)
