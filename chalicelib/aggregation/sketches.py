@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import JobDefinitionError
-from .grouped import GroupedAggregate, group_ids, group_slices, without_nulls
+from .grouped import GroupedAggregate, group_ids, group_slices, python_values, without_nulls
 
 
 def _integer(value, name: str, low: int, high: int) -> int:
@@ -61,7 +61,7 @@ class ApproxDistinct(GroupedAggregate):
         # and the binding's per-value call runs from `map`, not a Python loop.
         pairs = _distinct_pairs(values, offsets)
         starts = np.searchsorted(np.asarray(pairs.column("g")), np.arange(len(offsets)), side="left")
-        distinct = pairs.column("v").to_pylist()
+        distinct = python_values(pairs.column("v"))
         states = []
         for start, stop in group_slices(starts):
             if stop == start:
@@ -167,7 +167,7 @@ class TopK(GroupedAggregate):
         # distinct pair, not one per row.
         pairs = _distinct_pairs(values, offsets, counted=True)
         starts = np.searchsorted(np.asarray(pairs.column("g")), np.arange(len(offsets)), side="left")
-        words, counts = pairs.column("v").to_pylist(), pairs.column("v_count").to_pylist()
+        words, counts = python_values(pairs.column("v")), python_values(pairs.column("v_count"))
         states = []
         for start, stop in group_slices(starts):
             if stop == start:
