@@ -55,7 +55,7 @@ PATHS: dict[str, dict[str, Any]] = {
                    {"type": "string"}),
             _query("window_to", "windowed jobs: only windows starting before this ISO date or timestamp",
                    {"type": "string"}),
-            {**_FRESH, "description": "aggregation jobs: " + _FRESH["description"]},
+            _FRESH,
             _query("view", "scan jobs: rows (default; in input key, file, row order) or files (the live output "
                            "files with their row counts)", {"type": "string", "enum": ["rows", "files"]}),
         ],
