@@ -6,6 +6,7 @@ from chalice import Chalice, IAMAuthorizer, Rate, Response
 
 from chalicelib import openapi
 from chalicelib.api import dashboard_html, error_body, to_json
+from chalicelib.engine.fanout import RangeTask
 from chalicelib.engine.mapper import outcomes_as_dicts
 from chalicelib.engine.results import ResultsQuery, group_query_fresh
 from chalicelib.engine.scan_results import ScanQuery
@@ -43,6 +44,14 @@ def json_api(view):
 def map_object(event):
     # event.to_dict(), not event.key: Chalice's S3Event reads only Records[0].
     outcomes = outcomes_as_dicts(get_runtime().mapper.handle(event.to_dict()))
+    observe.mapped(outcomes)
+    return outcomes
+
+
+@app.lambda_function(name="map_range")
+def map_range(event, context):
+    # One byte range of a large object, invoked asynchronously by map_object (locally: by the worker pool).
+    outcomes = outcomes_as_dicts(get_runtime().mapper.map_range(RangeTask.from_dict(event)))
     observe.mapped(outcomes)
     return outcomes
 

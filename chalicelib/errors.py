@@ -59,3 +59,8 @@ class ObjectMissing(TallyError):
         super().__init__(f"s3://{bucket}/{key} does not exist")
         self.bucket = bucket
         self.key = key
+
+
+class DispatchFailed(TallyError):
+    """A range task could not be handed to its mapper (the invocation was refused): the object's event fails,
+    so it is delivered again."""

@@ -67,8 +67,11 @@ class Observer:
             self.logger.info(outcome["outcome"], extra={
                 "job": outcome["job"], "key": outcome["key"], "version": outcome["etag"], "rows": outcome["rows"],
                 "bytes": outcome["bytes_read"], "groups": outcome["groups"], "reason": outcome["reason"]})
-            if outcome["outcome"] == "mapped":
-                _add(sets[outcome["job"]], "ObjectsMapped", MetricUnit.Count, 1)
+            if outcome["outcome"] == "fanned_out":  # a large object: its ranges are mapped (and counted) apart
+                _add(sets[outcome["job"]], "ObjectsFannedOut", MetricUnit.Count, 1)
+            elif outcome["outcome"] == "mapped":
+                _add(sets[outcome["job"]], "RangesMapped" if outcome.get("range") else "ObjectsMapped",
+                     MetricUnit.Count, 1)
                 _add(sets[outcome["job"]], "BytesMapped", MetricUnit.Bytes, outcome["bytes_read"])
                 _add(sets[outcome["job"]], "RowsMapped", MetricUnit.Count, outcome["rows"])
             elif outcome["outcome"] == "quarantined":

@@ -55,7 +55,7 @@ PATHS: dict[str, dict[str, Any]] = {
                    {"type": "string"}),
             _query("window_to", "windowed jobs: only windows starting before this ISO date or timestamp",
                    {"type": "string"}),
-            {**_FRESH, "description": "aggregation jobs: " + _FRESH["description"]},
+            _FRESH,
             _query("view", "scan jobs: rows (default; in input key, file, row order) or files (the live output "
                            "files with their row counts)", {"type": "string", "enum": ["rows", "files"]}),
         ],
@@ -107,7 +107,8 @@ SCHEMAS: dict[str, Any] = {
         "objects": {"type": "object", "description": "landed, seen, mapped, merged, quarantined, waiting, "
                                                      "to_retract (counts of object versions)"},
         "quarantined": {"type": "array", "items": {"type": "object"}},
-        "partials_pending": {"type": "integer"}, "rows": {"type": "integer"}, "rows_read": {"type": "integer"},
+        "partials_pending": {"type": "integer", "description": "object versions with markers in the inbox (a "
+                             "large object's ranges count as one, complete or not)"}, "rows": {"type": "integer"}, "rows_read": {"type": "integer"},
         "bad_rows_skipped": {"type": "integer"}, "bytes_merged": {"type": "integer"},
         "generation": {"type": "integer", "nullable": True},
         "last_reduce_at": {"type": "string", "nullable": True},

@@ -5,6 +5,7 @@ import datetime as dt
 from dataclasses import dataclass
 from functools import cached_property
 
+from .engine.fanout import Dispatch
 from .engine.mapper import Mapper
 from .engine.reconcile import Reconciler
 from .engine.reducer import Reducer
@@ -24,6 +25,9 @@ def utc_now() -> dt.datetime:
 class Runtime:
     settings: Settings
     s3_client: object | None = None  # injected in tests; built from settings otherwise
+    # Where the mapper sends range tasks of large objects: local mode's worker pool, a test's list. Otherwise
+    # the map_range Lambda when settings name one, else this process maps them itself.
+    dispatch: Dispatch | None = None
 
     @cached_property
     def client(self):
@@ -43,7 +47,15 @@ class Runtime:
 
     @cached_property
     def mapper(self) -> Mapper:
-        return Mapper(self.jobs, self.input_store, self.state_store, utc_now, self.settings.map_max_groups)
+        return Mapper(self.jobs, self.input_store, self.state_store, utc_now, self.settings.map_max_groups,
+                      split_bytes=self.settings.split_bytes, dispatch=self.dispatch or self._lambda_dispatch())
+
+    def _lambda_dispatch(self) -> Dispatch | None:
+        if not self.settings.range_function:
+            return None
+        from .invoke import LambdaRangeInvoker, make_lambda_client
+
+        return LambdaRangeInvoker(self.settings.range_function, make_lambda_client(self.settings.region))
 
     @cached_property
     def reducer(self) -> Reducer:

@@ -30,6 +30,12 @@ class Settings(BaseModel):
     # A mapper writes its partial in parts of at most this many groups: its memory stays bounded even when
     # nearly every row is its own group.
     map_max_groups: int = Field(default=500_000, ge=1)
+    # An uncompressed CSV / JSON-lines object larger than this is mapped as ranges of this size, in parallel
+    # (one Lambda each); 0 maps every object whole. A float, so tests and benchmarks can split small objects.
+    split_mb: float = Field(default=256, ge=0)
+    # The function range tasks are invoked on (asynchronously). On Lambda it defaults to the running
+    # function's sibling `<app>-<stage>-map_range`; unset elsewhere, where ranges are mapped in-process.
+    range_function: str | None = None
     log_level: str = "INFO"
     # "json": Powertools' structured lines and CloudWatch EMF metrics (Lambda); "text": one readable line per
     # log record and per metric set (local mode's terminal). Same records, same keys.
@@ -51,10 +57,17 @@ class Settings(BaseModel):
         }
         if "region" not in raw and environ.get("AWS_REGION"):
             raw["region"] = environ["AWS_REGION"]
+        if "range_function" not in raw and environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+            raw["range_function"] = sibling_function(environ["AWS_LAMBDA_FUNCTION_NAME"], "map_range")
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
             raise TallyError(f"invalid TALLY_* environment: {exc}") from exc
+
+    @property
+    def split_bytes(self) -> int | None:
+        """The range size objects are split into, or None: never split."""
+        return int(self.split_mb * (1 << 20)) or None
 
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in another process (local mode's workers)."""
@@ -63,3 +76,9 @@ class Settings(BaseModel):
             for name, value in self.model_dump().items()
             if value is not None
         }
+
+
+def sibling_function(function_name: str, handler: str) -> str:
+    """Chalice names a stage's functions `<app>-<stage>-<handler>`: the same app and stage, another handler."""
+    prefix, _, _ = function_name.rpartition("-")
+    return f"{prefix}-{handler}" if prefix else handler

@@ -19,16 +19,23 @@ def test_a_small_batch_worked_by_hand():
     assert est.reduce_seconds == pytest.approx(1.0)  # 10 x 1,000 groups at 10,000 groups/s
     assert est.reduce_gb_seconds == pytest.approx(1.0)  # on 1,024 MB
     assert est.lambda_requests == 11  # 10 mappers, 1 reducer run
-    assert (est.s3_gets, est.s3_puts) == (30, 25)  # per object: GET input, marker, part; PUT part, marker; +5
+    # Per object: GET the input in 12 chunks of 8 MiB (ranged GETs in flight), the marker and the part; PUT the
+    # part and the marker; +5 for the reducer run.
+    assert (est.s3_gets, est.s3_puts) == (140, 25)
     assert est.compute_usd == pytest.approx(18.275390625 * 0.0000166667)
-    assert est.requests_usd == pytest.approx(11 * 0.2e-6 + 30 * 0.4e-6 + 25 * 5e-6)
+    assert est.requests_usd == pytest.approx(11 * 0.2e-6 + 140 * 0.4e-6 + 25 * 5e-6)
     assert est.total_usd == pytest.approx(est.compute_usd + est.requests_usd)
     assert est.wall_seconds == pytest.approx(3 * 1.0 + 1.0)
 
 
-def test_one_s3_stream_caps_a_fast_kernel_and_less_memory_slows_it():
-    capped = cost.estimate(MEASURED, cost.Deployment(**{**SMALL.__dict__, "s3_stream_mb_s": 50.0}))
+def test_s3_streams_cap_a_fast_kernel_and_less_memory_slows_it():
+    capped = cost.estimate(MEASURED, cost.Deployment(**{**SMALL.__dict__, "s3_stream_mb_s": 50.0, "s3_streams": 1}))
     assert capped.mapper_seconds == pytest.approx(2.0)
+    # Ranged GETs in flight add up until the kernel is the slower one again.
+    two = cost.estimate(MEASURED, cost.Deployment(**{**SMALL.__dict__, "s3_stream_mb_s": 25.0, "s3_streams": 2}))
+    assert two.mapper_seconds == pytest.approx(2.0)
+    many = cost.estimate(MEASURED, cost.Deployment(**{**SMALL.__dict__, "s3_stream_mb_s": 50.0, "s3_streams": 4}))
+    assert many.mapper_seconds == pytest.approx(1.0)
     half = cost.estimate(MEASURED, cost.Deployment(**{**SMALL.__dict__, "mapper_memory_mb": 1769 // 2}))
     assert half.mapper_seconds == pytest.approx(1769 / 884)  # 884 MB has 884/1769 of a vCPU
     assert half.map_gb_seconds == pytest.approx(10 * 1769 / 1024)  # CPU-bound: the same GB-s at any memory
@@ -37,7 +44,7 @@ def test_one_s3_stream_caps_a_fast_kernel_and_less_memory_slows_it():
 def test_parts_follow_the_spill_threshold():
     many_groups = cost.Measured(kernel_mb_s=100, groups_per_object=1_200_000, merge_groups_s=1e6)
     est = cost.estimate(many_groups, SMALL)
-    assert (est.s3_gets, est.s3_puts) == (10 * 5, 10 * 4 + 5)  # 3 parts of <= 500,000 groups per object
+    assert (est.s3_gets, est.s3_puts) == (10 * (12 + 1 + 3), 10 * 4 + 5)  # 3 parts of <= 500,000 groups an object
 
 
 def test_field_notes_figures():

@@ -80,7 +80,36 @@ def test_overwrites_and_deletes_through_local_mode_leave_the_query_over_the_buck
     wait_until_idle(api, list(JOBS), timeout=60)
 
     final = [replacement, *paths[2:]]
+    assert_served_as_duckdb_computes(api, final)
+    assert api.status("bdb-agg-2c")["objects"]["merged"] == len(final)
+
+
+def assert_served_as_duckdb_computes(api: TallyClient, files: list[Path]) -> None:
     for job, length in JOBS.items():
         served = {row["key"]["sourceIP_prefix"]: row["values"]["adRevenue"] for row in api.all_rows(job, 1000)}
-        assert differences(bdb_aggregation(final, length), served) == [], job
-    assert api.status("bdb-agg-2c")["objects"]["merged"] == len(final)
+        assert differences(bdb_aggregation(files, length), served) == [], job
+
+
+@pytest.fixture
+def splitting_tally():
+    yield from running_local_tally(workers=2, reduce_every=0.3, split_mb=32 / 1024)  # 32 KB ranges
+
+
+def test_large_objects_mapped_as_ranges_in_the_worker_pool_are_served_exactly(splitting_tally, tmp_path):
+    """Objects of several ranges each: map_object fans them out, the pool maps the ranges, the reducer
+    combines each version once; an overwrite in the middle leaves only the new version."""
+    paths = write_uservisits(tmp_path / "big", total_bytes=512 << 10, file_bytes=256 << 10, seed=21)
+    replacement = write_uservisits(tmp_path / "v2", total_bytes=150 << 10, file_bytes=150 << 10, seed=22)[0]
+    s3 = splitting_tally.client()
+    for path in paths:
+        s3.upload_file(str(path), "tally-input", f"uservisits/{path.name}")
+    s3.upload_file(str(replacement), "tally-input", f"uservisits/{paths[0].name}")  # ranges may be in flight
+    api = TallyClient(splitting_tally.api_url)
+
+    wait_until_idle(api, list(JOBS), timeout=120)
+
+    final = [replacement, *paths[1:]]
+    assert_served_as_duckdb_computes(api, final)
+    assert api.status("bdb-agg-2a")["objects"]["merged"] == len(final)
+    assert splitting_tally.errors == []
+    assert splitting_tally.mapped_events >= len(paths) + 2 * 8  # three S3 events, and ranges: 8 per 256 KB

@@ -284,3 +284,45 @@ def test_a_row_longer_than_the_read_block_is_read_again_with_bigger_blocks(lambd
 
     assert results(lambdas, "bdb-agg-2a") == {("1.1.1.1",): {"adRevenue": Decimal("1")},
                                               ("2.2.2.2",): {"adRevenue": Decimal("2")}}
+
+
+def test_a_big_object_is_read_by_several_ranged_gets_with_the_same_result(lambdas, runtime, uploads):
+    runtime.mapper.prefetch_chunk = 1000  # the object is ~30 chunks: ~30 ranged GETs, a few in flight at a time
+    rows = [(f"158.{i % 7}.{i % 13}.{i}", f"{i}.{i % 1000:06d}") for i in range(300)]
+    body = uservisits_rows(*rows)
+    fetch, ranges = runtime.input_store.open, []
+
+    def open_recording_ranges(key, **kwargs):
+        ranges.append(kwargs.get("byte_range"))
+        return fetch(key, **kwargs)
+
+    runtime.input_store.open = open_recording_ranges
+    map_and_reduce(lambdas, uploads, uploads.put("uservisits/big.csv", body))
+
+    # One GET for the first chunk, then ranged GETs that tile the rest of the object.
+    assert ranges[0] is None and sorted(ranges[1:])[0][0] == 1000 and sorted(ranges[1:])[-1][1] == len(body)
+    assert len(ranges) == -(-len(body) // 1000)
+
+    expected: dict = {}
+    for ip, revenue in rows:
+        expected[(ip[:8],)] = expected.get((ip[:8],), Decimal(0)) + Decimal(revenue)
+    assert results(lambdas, "bdb-agg-2a") == {key: {"adRevenue": value} for key, value in expected.items()}
+    assert status(lambdas, "bdb-agg-2a")["objects"]["merged"] == 1
+
+
+def test_an_overwrite_while_ranged_gets_are_in_flight_maps_neither_version_half(lambdas, runtime, uploads, s3):
+    runtime.mapper.prefetch_chunk = 1000
+    old = uploads.put("uservisits/big.csv", uservisits_rows(*[(f"1.1.1.{i}", "1") for i in range(300)]))
+    fetch = runtime.input_store.open
+
+    def overwrite_after_the_first_range(key, **kwargs):
+        if kwargs.get("byte_range") and kwargs["byte_range"][0] >= 3000:
+            uploads.put("uservisits/big.csv", uservisits_rows(("2.2.2.2", "5")))
+        return fetch(key, **kwargs)
+
+    runtime.input_store.open = overwrite_after_the_first_range
+    outcomes = runtime.mapper.handle(uploads.event(old))
+    runtime.input_store.open = fetch
+
+    assert {o.outcome for o in outcomes} == {"superseded"}
+    assert inbox(runtime, "bdb-agg-2a") == [] and list(runtime.state_store.list(layout.parts_prefix("bdb-agg-2a"))) == []

@@ -101,3 +101,13 @@ def test_the_deployed_handlers_emit_emf_for_a_real_map_and_reduce(lambdas, uploa
     assert mapped["bdb-agg-2a"]["RowsMapped"] == [2]
     [lag] = merged["bdb-agg-2a"]["LagSeconds"]
     assert 5 <= lag < 60
+
+
+def test_a_large_object_counts_once_as_fanned_out_and_its_ranges_as_ranges(capsys):
+    observe, _ = observer("json", "tally-test-json-ranges")
+    fanned = {**MAPPED, "outcome": "fanned_out", "rows": 0, "bytes_read": 0}
+    ranges = [{**MAPPED, "range": [i, 2], "rows": 3, "bytes_read": 100} for i in range(2)]
+    observe.mapped([fanned, *ranges])
+    [blob] = emf_blobs(capsys.readouterr().out)
+    assert (blob["ObjectsFannedOut"], blob["RangesMapped"], blob["RowsMapped"]) == ([1], [2], [6])
+    assert "ObjectsMapped" not in blob

@@ -39,7 +39,9 @@ def resources(package: Path) -> dict:
 def test_terraform_declares_mapper_subscription_schedule_and_api(package):
     declared = resources(package)
     functions = declared["aws_lambda_function"]
-    assert {"map_object", "reduce_results", "api_handler"} <= set(functions)
+    assert {"map_object", "map_range", "reduce_results", "api_handler"} <= set(functions)
+    # Large objects' ranges run in their own function, invoked asynchronously by map_object.
+    assert functions["map_range"]["memory_size"] == 1769 and functions["map_range"]["timeout"] == 900
     assert functions["map_object"]["memory_size"] == 1769 and functions["map_object"]["timeout"] == 900
     environment = functions["map_object"]["environment"]["variables"]
     assert environment["TALLY_INPUT_BUCKET"] == "tally-input-dev"
@@ -78,6 +80,10 @@ def test_lambda_role_has_exactly_the_least_privilege_policy(package):
                 for p in resources(package)["aws_iam_role_policy"].values()]
     expected = json.loads((ROOT / ".chalice" / "policy-dev.json").read_text())
     assert policies and all(policy == expected for policy in policies)
+    # map_object may invoke map_range (the large-object fan-out), that function and no other.
+    function_name = resources(package)["aws_lambda_function"]["map_range"]["function_name"]
+    [invoke] = [s for s in expected["Statement"] if "lambda:InvokeFunction" in s["Action"]]
+    assert invoke["Action"] == ["lambda:InvokeFunction"] and invoke["Resource"].endswith(":function:" + function_name)
     actions = {a for statement in expected["Statement"] for a in statement["Action"]}
     assert "s3:*" not in actions and not any(a.endswith(":*") for a in actions)
 

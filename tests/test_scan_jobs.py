@@ -273,3 +273,20 @@ def test_a_file_in_the_prefix_that_is_not_parquet_is_quarantined(parquet_runtime
     status = runtime.status.status(PARQUET_SCAN)
     assert status["idle"] is True and status["objects"]["quarantined"] == 1
 
+
+
+def test_a_fresh_read_serves_output_mapped_since_the_last_reducer_run_and_writes_nothing(lambdas, runtime, uploads):
+    deliver(lambdas, uploads, uploads.put("rankings/a.csv", rankings_rows(("a.com", 500))))
+    reduce(lambdas)
+    deliver(lambdas, uploads, uploads.put("rankings/b.csv", rankings_rows(("b.com", 700), ("c.com", 5))))
+    inbox = sorted(o.key for o in runtime.state_store.list(layout.inbox_prefix("bdb-scan-1b")))
+
+    committed = get(lambdas, "/jobs/bdb-scan-1b/results")
+    fresh = get(lambdas, "/jobs/bdb-scan-1b/results?fresh=true")
+    files = get(lambdas, "/jobs/bdb-scan-1b/results?view=files&fresh=1")
+
+    assert [(r["pageURL"], r["pageRank"]) for r in committed["rows"]] == [("a.com", 500)]
+    assert [(r["pageURL"], r["pageRank"]) for r in fresh["rows"]] == [("a.com", 500), ("b.com", 700)]
+    assert fresh["total_rows"] == 2 and [f["key"] for f in files["files"]] == ["rankings/a.csv", "rankings/b.csv"]
+    assert sorted(o.key for o in runtime.state_store.list(layout.inbox_prefix("bdb-scan-1b"))) == inbox
+    assert get(lambdas, "/jobs/bdb-scan-1b/results")["total_rows"] == 1

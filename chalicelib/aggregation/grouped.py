@@ -28,6 +28,12 @@ def without_nulls(values: pa.Array, offsets: np.ndarray) -> tuple[pa.Array, np.n
     return pc.drop_null(values), kept[offsets]
 
 
+def python_values(values: pa.Array | pa.ChunkedArray) -> list:
+    """The values as Python objects, for libraries called per value. Through numpy: `to_pylist` builds an Arrow
+    scalar per value first, which made it 15x slower on strings (0.75 s for 372,000 of them)."""
+    return values.to_numpy(zero_copy_only=False).tolist()
+
+
 def group_ids(offsets: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
 
@@ -63,7 +69,7 @@ class GroupedAggregate(AggregateFunction):
         """One state per group from several partials' states sorted by group. A group present in only one
         partial keeps its bytes as they are: most groups of a big merge cost nothing."""
         states, offsets = without_nulls(states, offsets)
-        python = states.to_pylist()
+        python = python_values(states)
         merged = []
         for start, stop in group_slices(offsets):
             if stop - start == 0:

@@ -8,11 +8,12 @@
 
 All three merge (union) without losing accuracy, so partials combine in any order, but none can be
 subtracted: deleting or overwriting an input rebuilds the result from the retained partials, as for min/max.
-Lifting costs a Python call per group (KLL: one numpy update), per row (HLL) or per distinct (group, value)
-(top-k): this is the slower path next to the exact aggregates.
+Lifting costs a Python call per group (KLL: one numpy update) or per distinct (group, value) (HLL, top-k):
+this is the slower path next to the exact aggregates.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, replace
 
 import datasketches as ds
@@ -20,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import JobDefinitionError
-from .grouped import GroupedAggregate, group_ids, group_slices, without_nulls
+from .grouped import GroupedAggregate, group_ids, group_slices, python_values, without_nulls
 
 
 def _integer(value, name: str, low: int, high: int) -> int:
@@ -55,12 +56,21 @@ class ApproxDistinct(GroupedAggregate):
             return pa.string()
         return None
 
-    def lift_values(self, values):
-        sketch = ds.hll_sketch(self.lg_k, ds.HLL_4)
-        update = sketch.update
-        for value in values.to_pylist():
-            update(value)
-        return sketch.serialize_compact()
+    def lift_groups(self, values, offsets):
+        # A value seen twice changes nothing in an HLL sketch: Arrow drops repeated (group, value) pairs first,
+        # and the binding's per-value call runs from `map`, not a Python loop.
+        pairs = _distinct_pairs(values, offsets)
+        starts = np.searchsorted(np.asarray(pairs.column("g")), np.arange(len(offsets)), side="left")
+        distinct = python_values(pairs.column("v"))
+        states = []
+        for start, stop in group_slices(starts):
+            if stop == start:
+                states.append(None)
+                continue
+            sketch = ds.hll_sketch(self.lg_k, ds.HLL_4)
+            deque(map(sketch.update, distinct[start:stop]), maxlen=0)
+            states.append(sketch.serialize_compact())
+        return pa.array(states, pa.binary())
 
     def merge_states(self, states):
         union = ds.hll_union(self.lg_k)
@@ -155,22 +165,16 @@ class TopK(GroupedAggregate):
     def lift_groups(self, values, offsets):
         # Count each (group, value) pair with Arrow first: the sketch then sees one weighted update per
         # distinct pair, not one per row.
-        values, offsets = without_nulls(values, offsets)
-        pairs = (pa.table({"g": group_ids(offsets), "v": values})
-                 .group_by(["g", "v"], use_threads=False).aggregate([("v", "count")])
-                 .sort_by("g"))
-        groups = np.asarray(pairs.column("g").combine_chunks())
-        starts = np.searchsorted(groups, np.arange(len(offsets)), side="left")
-        words, counts = pairs.column("v").to_pylist(), pairs.column("v_count").to_pylist()
+        pairs = _distinct_pairs(values, offsets, counted=True)
+        starts = np.searchsorted(np.asarray(pairs.column("g")), np.arange(len(offsets)), side="left")
+        words, counts = python_values(pairs.column("v")), python_values(pairs.column("v_count"))
         states = []
         for start, stop in group_slices(starts):
             if stop == start:
                 states.append(None)
                 continue
             sketch = ds.frequent_strings_sketch(self.lg_max_k)
-            update = sketch.update
-            for word, count in zip(words[start:stop], counts[start:stop]):
-                update(word, count)
+            deque(map(sketch.update, words[start:stop], counts[start:stop]), maxlen=0)
             states.append(sketch.serialize())
         return pa.array(states, pa.binary())
 
@@ -191,6 +195,16 @@ class TopK(GroupedAggregate):
         # Ties go to the smaller value, so the answer does not depend on the sketch's internal order.
         ranked = sorted(items, key=lambda item: (-item[1], item[0]))[: self.k]
         return [{"value": value, "count": count} for value, count, _, _ in ranked]
+
+
+def _distinct_pairs(values: pa.Array, offsets: np.ndarray, counted: bool = False) -> pa.Table:
+    """The distinct (group id `g`, non-null value `v`) pairs of values sorted by group, in group order; with
+    `counted`, how often each occurs (`v_count`)."""
+    values, offsets = without_nulls(values, offsets)
+    pairs = (pa.table({"g": group_ids(offsets), "v": values})
+             .group_by(["g", "v"], use_threads=False).aggregate([("v", "count")] if counted else [])
+             .sort_by("g"))
+    return pairs.combine_chunks()
 
 
 SKETCHES: dict[str, GroupedAggregate] = {

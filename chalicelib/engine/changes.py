@@ -6,11 +6,18 @@ answer decides: events arrive late, twice and out of order, but a HEAD made now 
 version's marker never wins over a newer one, whatever order they came in. A key's new live version is the
 marker (or ledger entry) of its current version; a key whose object is gone is retracted; a version that is
 no longer current is dropped, its parts deleted.
+
+A large object version is mapped in ranges, each with its own marker (engine/fanout.py). `combine_ranges`
+turns a complete set into one marker of the whole version, which then competes like any other; an incomplete
+set waits in the inbox while it is of the key's current version, and is dropped once it is not (or the
+version was quarantined, or is live already: a repeat).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
+
+from . import layout
 
 Marker = Mapping[str, Any]
 Entry = Mapping[str, Any]
@@ -22,6 +29,62 @@ class Current:
 
     etag: str
     version_id: str | None = None
+
+
+@dataclass(frozen=True)
+class IncompleteRanges:
+    """Some, not yet all, of the range markers of one object version."""
+
+    contribution: str
+    key: str
+    etag: str
+    version_id: str | None
+    markers: tuple[str, ...]  # the ids of those in
+
+
+# A combined marker's counts are its ranges' sums; every other field is the version's, the same in each range.
+_SUMMED = ("rows", "bad_rows", "bytes_read", "output_rows")
+
+
+def marker_ids(marker: Marker) -> list[str]:
+    """The inbox markers a marker stands for: itself, or the ranges it was combined from."""
+    return list(marker.get("markers") or [marker["contribution"]])
+
+
+def combine_ranges(markers: Iterable[Marker]) -> tuple[list[Marker], list[IncompleteRanges]]:
+    """Markers as the planner takes them: each complete set of range markers (one version, one range count,
+    every index) as one marker of the whole version, the others as they are; and the incomplete sets."""
+    whole: list[Marker] = []
+    sets: dict[tuple[str, int], dict[int, Marker]] = {}
+    for marker in markers:
+        if "range" in marker:
+            index, count = marker["range"]
+            sets.setdefault((marker["contribution"], count), {})[index] = marker  # a repeat is the same range
+        else:
+            whole.append(marker)
+    incomplete = []
+    for (contribution, count), ranges in sorted(sets.items()):
+        ordered = [ranges[index] for index in sorted(ranges)]
+        ids = tuple(layout.range_marker(contribution, index, count) for index in sorted(ranges))
+        if len(ranges) == count:
+            whole.append(_combined(ordered, ids))
+        else:
+            first = ordered[0]
+            incomplete.append(IncompleteRanges(contribution, first["key"], first.get("etag") or "",
+                                               first.get("version_id"), ids))
+    return whole, incomplete
+
+
+def _combined(ranges: list[Marker], ids: tuple[str, ...]) -> Marker:
+    combined = {name: value for name, value in ranges[0].items() if name != "range"}
+    combined.update({name: sum(r.get(name) or 0 for r in ranges) for name in _SUMMED if name in combined})
+    combined["parts"] = [part for r in ranges for part in r.get("parts", [])]
+    if "outputs" in combined:  # a scan job's files
+        combined["outputs"] = [output for r in ranges for output in r["outputs"]]
+    if "mapped_at" in combined:
+        combined["mapped_at"] = max(r["mapped_at"] for r in ranges)
+    combined["markers"] = list(ids)
+    return combined
 
 
 @dataclass(frozen=True)
@@ -43,13 +106,20 @@ def is_version(record: Mapping[str, Any], current: Current) -> bool:
     return (record.get("etag") or "").strip('"') == current.etag
 
 
-def plan_changes(ledger: Mapping[str, Entry], markers: list[Marker],
-                 current: Mapping[str, Current | None]) -> ChangePlan:
+def plan_changes(ledger: Mapping[str, Entry], markers: list[Marker], current: Mapping[str, Current | None],
+                 incomplete: Iterable[IncompleteRanges] = (), quarantined: frozenset[str] = frozenset()
+                 ) -> ChangePlan:
+    """`markers` as `combine_ranges` gives them, with its `incomplete` sets; `quarantined`: the contributions
+    among those sets that a range's mapper quarantined (their other ranges will never be applied)."""
     add, retract, processed, stale, waiting = [], [], [], [], []
     by_key: dict[str, list[Marker]] = {}
+    partial_sets: dict[str, list[IncompleteRanges]] = {}
     for marker in markers:
         by_key.setdefault(marker["key"], []).append(marker)
-        processed.append(marker["contribution"])
+        processed += marker_ids(marker)
+    for ranges in incomplete:
+        by_key.setdefault(ranges.key, [])
+        partial_sets.setdefault(ranges.key, []).append(ranges)
     for key in sorted(by_key):
         now, live = current.get(key), ledger.get(key)
         offered = [m for m in by_key[key] if m["kind"] == "put"]
@@ -66,6 +136,14 @@ def plan_changes(ledger: Mapping[str, Entry], markers: list[Marker],
             waiting.append(key)  # its own event (or the reconcile) brings the current version's marker
         keep = {chosen["contribution"] if chosen else None, live["contribution"] if live else None}
         stale += [m["contribution"] for m in offered if m["contribution"] not in keep]
+        for ranges in partial_sets.get(key, ()):
+            version = {"etag": ranges.etag, "version_id": ranges.version_id}
+            if ranges.contribution in keep:  # a repeat of ranges already applied (or applied now)
+                processed += ranges.markers
+            elif now is None or not is_version(version, now) or ranges.contribution in quarantined:
+                processed += ranges.markers  # the rest will never come, or never count
+                stale.append(ranges.contribution)
+            # else: the current version's ranges are still being mapped; their markers wait in the inbox.
     # Parts of a retracted version are no longer needed either, unless that very version is added back.
     added = {m["contribution"] for m in add}
     stale += [entry["contribution"] for entry in retract if entry["contribution"] not in added]

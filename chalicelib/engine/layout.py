@@ -12,6 +12,9 @@
     jobs/<job>/inbox/<marker>.json             a change to apply, written after its parts: an object version
                                                was mapped (its parts are listed, or a small partial is carried
                                                inline), or an object was removed
+    jobs/<job>/inbox/<contribution>.r<i>of<n>.json
+                                               range i of n of a large object version was mapped (see
+                                               engine/fanout.py); applied once all n are in
     jobs/<job>/packs/<generation>-<token>.arrow     the inline partials one reducer commit made live, kept
                                                together (one row set per contribution) for the same reasons
                                                as parts; deleted once none of them is live
@@ -69,6 +72,24 @@ def inbox_key(job: str, marker: str) -> str:
 def id_of(json_key: str) -> str:
     """The marker or contribution id an inbox or quarantine key is named by."""
     return json_key.rsplit("/", 1)[-1].removesuffix(".json")
+
+
+def range_marker(contribution: str, index: int, count: int) -> str:
+    """Marker id of range `index` of `count` of a contribution. It starts with the contribution id, so a
+    version's range markers sort together in the inbox listing."""
+    return f"{contribution}.r{index}of{count}"
+
+
+def contribution_of_marker(marker: str) -> str:
+    """The contribution a marker id (a whole version's, a range's or a removal's) is about."""
+    return marker.split(".", 1)[0]
+
+
+def range_of_marker(marker: str) -> tuple[int, int] | None:
+    """(index, count) of a range marker id; None for any other marker."""
+    _, _, suffix = marker.partition(".r")
+    index, _, count = suffix.partition("of")
+    return (int(index), int(count)) if index.isdigit() and count.isdigit() else None
 
 
 def removal_marker(key: str, sequencer: str | None) -> str:

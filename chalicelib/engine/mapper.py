@@ -4,6 +4,9 @@ The object is streamed once per distinct input format (jobs over the same prefix
 each batch is lifted to per-group state, and the per-batch partials are merged as they accumulate so memory
 follows the number of groups, not the object's size. The partial is written under a key derived from
 (job, input key, version/ETag): a duplicated event rewrites the same object instead of counting twice.
+
+A large text object is not mapped here but fanned out as byte ranges (see engine/fanout.py): `map_range` maps
+one range the same way, into parts of its own and a range marker the reducer combines with the others.
 """
 from __future__ import annotations
 
@@ -21,9 +24,11 @@ from ..aggregation.codec import encode
 from ..errors import BadInput, CommitConflict, ObjectMissing
 from ..formats import BLOCK_SIZE, MAX_BLOCK_SIZE, ParquetLayout, ReadStats, RowTooLong, batches
 from ..formats.parquet import RangeReader
+from ..formats.prefetch import CHUNK_BYTES, PrefetchingReader
+from ..formats.ranges import LineRange, read_from
 from ..jobs import Job, JobCatalog
 from ..storage import Opened, ObjectStore
-from . import layout
+from . import fanout, layout
 from .events import ObjectEvent, parse_records
 from .scan import PART_BYTES, ScanWriter
 
@@ -38,40 +43,58 @@ class MapOutcome:
     job: str
     key: str
     etag: str
-    outcome: str  # mapped | quarantined | superseded | removed
+    outcome: str  # mapped | fanned_out | quarantined | superseded | removed
     rows: int = 0
     bytes_read: int = 0
     groups: int = 0  # groups in the partial; for a scan job, its output rows
     reason: str | None = None
+    range: list[int] | None = None  # [index, count] when one range of a large object was mapped
 
 
 class _Accumulator:
-    """Folds batch partials into one, merging when the unmerged part outgrows the merged one (amortized).
-    Once the merged partial holds `max_groups` groups it is handed to `spill` and accumulation starts over,
-    so memory is bounded by the group budget even when nearly every row is its own group (BDB 2c)."""
+    """Folds input batches into one partial with bounded memory.
+
+    Batches are buffered (they hold only the columns the jobs use) and lifted together once `max_groups` rows
+    are waiting: one hash aggregation over many blocks, instead of one per 2 MB block and a second one to merge
+    the blocks' partials, which on high-cardinality keys (BDB 2a-2c: 0.5-1 group per row) doubled the work.
+    Lifted partials are merged when the unmerged part outgrows the merged one (amortized); once the merged
+    partial holds `max_groups` groups it is handed to `spill` and accumulation starts over, so memory is
+    bounded by the group budget even when nearly every row is its own group."""
 
     def __init__(self, plan: AggregationPlan, max_groups: int, spill: Callable[[pa.Table], None]):
         self.plan, self.max_groups, self.spill = plan, max_groups, spill
         self.merged = plan.empty()
+        self.buffered: list[pa.RecordBatch] = []
+        self.buffered_rows = 0
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
 
     def add(self, batch: pa.RecordBatch) -> None:
-        partial = self.plan.lift(batch)
+        self.buffered.append(batch)
+        self.buffered_rows += batch.num_rows
+        if self.buffered_rows >= self.max_groups:
+            self._lift()
+
+    def result(self) -> pa.Table:
+        self._lift()
+        self._compact()
+        return self.merged
+
+    def _lift(self) -> None:
+        if not self.buffered:
+            return
+        partial = self.plan.lift(pa.Table.from_batches(self.buffered))
+        self.buffered, self.buffered_rows = [], 0
         if not partial.num_rows:
             return
         self.pending.append(partial)
         self.pending_rows += partial.num_rows
         if self.pending_rows > max(self.merged.num_rows, min(1 << 16, self.max_groups // 2)):
             self._compact()
-            # Between max_groups/2 and max_groups + a batch: spill now, before the next doubling.
+            # Between max_groups/2 and max_groups + a lift: spill now, before the next doubling.
             if self.merged.num_rows > self.max_groups // 2:
                 self.spill(self.merged)
                 self.merged = self.plan.empty()
-
-    def result(self) -> pa.Table:
-        self._compact()
-        return self.merged
 
     def _compact(self) -> None:
         if self.pending:
@@ -83,8 +106,9 @@ class _PartWriter:
     """Writes one contribution's partial as numbered parts. Where a part ends depends on the group budget and
     the block size; the split id names both, so parts of attempts made with other settings never mix."""
 
-    def __init__(self, store: ObjectStore, job: Job, contribution: str, split: str):
+    def __init__(self, store: ObjectStore, job: Job, contribution: str, split: str, marker: str | None = None):
         self.store, self.job, self.contribution, self.split = store, job, contribution, split
+        self.marker = marker or contribution  # a range's marker is its own; the contribution is the version's
         self.written: list[str] = []
 
     def write(self, partial: pa.Table, meta: dict) -> None:
@@ -100,7 +124,7 @@ class _PartWriter:
         else:
             self._put(data)
         marker["parts"] = self.written
-        self.store.put(layout.inbox_key(self.job.name, self.contribution), json.dumps(marker).encode(),
+        self.store.put(layout.inbox_key(self.job.name, self.marker), json.dumps(marker).encode(),
                        "application/json")
 
     def _encode(self, partial: pa.Table, meta: dict) -> bytes:
@@ -110,6 +134,16 @@ class _PartWriter:
         key = layout.part_key(self.job.name, self.contribution, self.split, len(self.written))
         self.store.put(key, data)
         self.written.append(key)
+
+
+class _GetLineRange(LineRange):
+    """The lines a range owns, from a ranged GET to the object's end that it closes when done: reading stops a
+    line past the range's end, mostly long before the GET's, whose connection must not wait for the rest."""
+
+    def close(self) -> None:
+        if not self.closed:
+            self.raw.close()
+        super().close()
 
 
 class _AggregateSink:
@@ -135,10 +169,16 @@ class _AggregateSink:
 class Mapper:
     def __init__(self, jobs: JobCatalog, input_store: ObjectStore, state_store: ObjectStore,
                  clock: Callable[[], datetime], max_groups: int = 500_000, block_size: int = BLOCK_SIZE,
-                 inline_limit: int = INLINE_LIMIT, scan_part_bytes: int = PART_BYTES):
+                 inline_limit: int = INLINE_LIMIT, scan_part_bytes: int = PART_BYTES,
+                 prefetch_chunk: int = CHUNK_BYTES, split_bytes: int | None = None,
+                 dispatch: fanout.Dispatch | None = None):
         self.jobs, self.input, self.state, self.clock = jobs, input_store, state_store, clock
         self.max_groups, self.block_size, self.inline_limit = max_groups, block_size, inline_limit
-        self.scan_part_bytes = scan_part_bytes
+        self.scan_part_bytes, self.prefetch_chunk = scan_part_bytes, prefetch_chunk
+        # Objects above split_bytes go to `dispatch` as range tasks; without a dispatcher (tests, one-process
+        # tools) the ranges are mapped here, one after the other: the same markers, no parallelism.
+        self.split_bytes = split_bytes
+        self.dispatch = dispatch or self._map_ranges_here
 
     def handle(self, event: dict) -> list[MapOutcome]:
         """Every record of an S3 (or SQS-wrapped S3) event; the handler's whole job."""
@@ -161,27 +201,49 @@ class Mapper:
         return outcomes
 
     def map_object(self, event: ObjectEvent) -> list[MapOutcome]:
-        jobs = self.jobs.for_key(event.key)
-        by_format: dict[str, list[Job]] = {}
-        for job in jobs:
-            by_format.setdefault(job.format.model_dump_json(), []).append(job)
+        whole, ranged = [], []
+        for job in self.jobs.for_key(event.key):
+            (ranged if self._maps_in_ranges(job, event) else whole).append(job)
         outcomes = []
-        for group in by_format.values():
+        if ranged:
+            self.dispatch(fanout.range_tasks(event, event.etag, self.split_bytes))
+            outcomes += [MapOutcome(job.name, event.key, event.etag, "fanned_out") for job in ranged]
+        for group in _by_format(whole):
             outcomes += self._map_group(event, group)
         return outcomes
 
-    def _map_group(self, event: ObjectEvent, jobs: list[Job]) -> list[MapOutcome]:
+    def map_range(self, task: fanout.RangeTask) -> list[MapOutcome]:
+        """One range of a fanned-out object version, for every job that maps the object in ranges."""
+        event = task.event
+        # Not the size test: a task dispatched under another split setting is still mapped as it says.
+        jobs = [job for job in self.jobs.for_key(task.key) if fanout.splits(job, task.key)]
+        outcomes = []
+        for group in _by_format(jobs):
+            outcomes += self._map_group(event, group, task)
+        return outcomes
+
+    def _maps_in_ranges(self, job: Job, event: ObjectEvent) -> bool:
+        return bool(self.split_bytes) and event.size > self.split_bytes and fanout.splits(job, event.key)
+
+    def _map_ranges_here(self, tasks: list[fanout.RangeTask]) -> None:
+        for task in tasks:
+            self.map_range(task)
+
+    def _map_group(self, event: ObjectEvent, jobs: list[Job], task: fanout.RangeTask | None = None
+                   ) -> list[MapOutcome]:
         block_size = self.block_size
+        # A range is read from the byte before it to the object's end; LineRange stops a line past its end.
+        byte_range = None if task is None else (read_from(task.start), task.size)
         while True:
             try:
                 opened = self.input.open(event.key, if_match=None if event.version_id else event.etag or None,
-                                         version_id=event.version_id)
+                                         version_id=event.version_id, byte_range=byte_range)
             except (ObjectMissing, CommitConflict):
                 # Deleted or overwritten since the event: the newer object's own event maps it.
                 log.info("object superseded before mapping", extra={"key": event.key, "etag": event.etag})
                 return [MapOutcome(job.name, event.key, event.etag, "superseded") for job in jobs]
             try:
-                return self._map_stream(event, jobs, opened, block_size)
+                return self._map_stream(event, jobs, opened, block_size, task)
             except RowTooLong:
                 if block_size >= MAX_BLOCK_SIZE:
                     raise
@@ -189,23 +251,34 @@ class Mapper:
                 block_size = min(block_size * 16, MAX_BLOCK_SIZE)
                 log.info("row longer than the block; mapping again", extra={"key": event.key, "block": block_size})
 
-    def _map_stream(self, event: ObjectEvent, jobs: list[Job], opened: Opened, block_size: int) -> list[MapOutcome]:
+    def _map_stream(self, event: ObjectEvent, jobs: list[Job], opened: Opened, block_size: int,
+                    task: fanout.RangeTask | None = None) -> list[MapOutcome]:
         etag = event.etag or opened.etag
         contribution = layout.contribution_id(event.key, event.version_id or etag)
         stats = ReadStats()
         meta = {"key": event.key, "etag": etag, "version_id": event.version_id, "sequencer": event.sequencer,
                 "size": opened.size, "event_time": event.event_time}
         split = f"g{self.max_groups}b{block_size}"
-        sinks = {job.name: self._sink(job, contribution, split, meta) for job in jobs}
+        marker = contribution
         used = frozenset().union(*(job.plan.columns for job in jobs))
         reader = replace(jobs[0].format.reader(), include=tuple(n for n in jobs[0].format.columns if n in used))
+        if task is not None:
+            # A range's parts sit beside its siblings' under the version's contribution: the split id keeps
+            # them apart. A header is the first line of the object, so only range 0 has one to skip.
+            meta.update(size=task.size, range=[task.index, task.count])
+            split, marker = f"r{task.index}of{task.count}{split}", layout.range_marker(contribution, task.index,
+                                                                                          task.count)
+            reader = replace(reader, header=reader.header and task.index == 0)
+        sinks = {job.name: self._sink(job, contribution, split, meta, marker) for job in jobs}
         try:
-            with self._source(event, opened, reader) as source:
+            with self._source(event, opened, reader, task) as source:
                 for batch in batches(source, reader, event.key, stats, block_size):
                     for sink in sinks.values():
                         sink.add(batch)
                 stats.bytes_read = getattr(source, "bytes_fetched", stats.bytes_read)
-            if stats.rows == 0 and stats.bad_rows:
+            # Judged per object: a range of nothing but malformed rows may sit in a good object, so a range's
+            # malformed rows are only counted (a range's parse errors still quarantine the version).
+            if stats.rows == 0 and stats.bad_rows and task is None:
                 raise BadInput(f"no row could be parsed ({stats.bad_rows} malformed rows): "
                                + "; ".join(stats.bad_row_examples))
         except (BadInput, ObjectMissing, CommitConflict) as error:
@@ -217,7 +290,7 @@ class Mapper:
                 # A ranged read found the version gone or replaced: the newer object's own event maps it.
                 return [MapOutcome(job.name, event.key, etag, "superseded") for job in jobs]
             for job in jobs:
-                self._quarantine(job, event, etag, contribution, error)
+                self._quarantine(job, event, etag, contribution, error, task)
             return [MapOutcome(job.name, event.key, etag, "quarantined", reason=str(error)) for job in jobs]
 
         outcomes = []
@@ -225,22 +298,26 @@ class Mapper:
                    "mapped_at": self.clock().isoformat()}
         for job in jobs:
             produced = sinks[job.name].commit(summary)
-            outcomes.append(MapOutcome(job.name, event.key, etag, "mapped", stats.rows, stats.bytes_read, produced))
+            outcomes.append(MapOutcome(job.name, event.key, etag, "mapped", stats.rows, stats.bytes_read, produced,
+                                       range=meta.get("range")))
         return outcomes
 
-    def _sink(self, job: Job, contribution: str, split: str, meta: dict):
+    def _sink(self, job: Job, contribution: str, split: str, meta: dict, marker: str):
         if job.is_scan:
-            return ScanWriter(self.state, job, contribution, split, self.scan_part_bytes)
-        return _AggregateSink(_PartWriter(self.state, job, contribution, split), self.max_groups, meta,
-                              self.inline_limit)
+            return ScanWriter(self.state, job, contribution, split, self.scan_part_bytes, marker)
+        # A range's partial always goes in parts: its marker waits for its siblings', and the reducer's packs
+        # keep one partial per contribution, not one per range.
+        inline_limit = self.inline_limit if marker == contribution else -1
+        return _AggregateSink(_PartWriter(self.state, job, contribution, split, marker), self.max_groups, meta,
+                              inline_limit)
 
-    def _source(self, event: ObjectEvent, opened: Opened, reader):
-        """The object as the format needs it: the GET's stream for text; for Parquet (read from the footer
-        on) a seekable file of ranged GETs, each pinned to the version we opened, so an overwrite while we
-        read is a 412 (superseded), never a mix of two versions' bytes."""
-        if not isinstance(reader, ParquetLayout):
-            return opened.body
-        opened.body.close()  # the first GET told us the size and the ETag; Parquet starts at the end
+    def _source(self, event: ObjectEvent, opened: Opened, reader, task: fanout.RangeTask | None = None):
+        """The object as the format needs it, every read pinned to the version we opened, so an overwrite while
+        we read is a 412 (superseded), never a mix of two versions' bytes. Text: the GET's stream, or for a big
+        object several ranged GETs in flight (one stream is slower than the kernel); for a range of a large
+        object, the lines it owns, read the same way from its start on (reading stops a line past its end;
+        closing cancels what was fetched beyond). Parquet (read from the footer on): a seekable file of ranged
+        GETs."""
         pin = {"version_id": event.version_id} if event.version_id else {"if_match": opened.etag}
 
         def fetch(start: int, end: int) -> bytes:
@@ -248,16 +325,41 @@ class Mapper:
             with ranged.body as body:
                 return body.read()
 
-        return RangeReader(fetch, opened.size)
+        if task is not None:
+            begin = read_from(task.start)
+            if task.end - begin > 2 * self.prefetch_chunk:
+                return _GetLineRange(PrefetchingReader(fetch, begin, task.size, first=opened.body,
+                                                       chunk=self.prefetch_chunk), task.start, task.end)
+            return _GetLineRange(opened.body, task.start, task.end)
+        if isinstance(reader, ParquetLayout):
+            opened.body.close()  # the first GET told us the size and the ETag; Parquet starts at the end
+            return RangeReader(fetch, opened.size)
+        if opened.size > 2 * self.prefetch_chunk:
+            return PrefetchingReader(fetch, 0, opened.size, first=opened.body, chunk=self.prefetch_chunk)
+        return opened.body
 
-    def _quarantine(self, job: Job, event: ObjectEvent, etag: str, contribution: str, error: BadInput) -> None:
+    def _quarantine(self, job: Job, event: ObjectEvent, etag: str, contribution: str, error: BadInput,
+                    task: fanout.RangeTask | None = None) -> None:
         record = {
             "key": event.key, "etag": etag, "version_id": event.version_id, "reason": error.reason,
             "line": error.line, "offset": error.offset, "at": self.clock().isoformat(),
         }
+        if task is not None:
+            # A range counts lines and bytes from its own first line: the line number is not the object's, the
+            # offset is, to within one line (the range's start).
+            record.update(line=None, offset=None if error.offset is None else task.start + error.offset,
+                          range=[task.index, task.count])
         log.warning("input quarantined", extra={"job": job.name, **record})
         self.state.put(layout.quarantine_key(job.name, contribution), json.dumps(record).encode(),
                        content_type="application/json")
+
+
+def _by_format(jobs: list[Job]) -> Iterable[list[Job]]:
+    """Jobs grouped by input format: each group shares one parse of the object."""
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.format.model_dump_json(), []).append(job)
+    return groups.values()
 
 
 def outcomes_as_dicts(outcomes: Iterable[MapOutcome]) -> list[dict]:

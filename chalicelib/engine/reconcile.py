@@ -7,6 +7,11 @@ every live key whose object is gone. It also deletes superseded results and ledg
 orphaned parts and packs: those of versions that are not
 live and have no marker (packs: that no live version references), once they are old enough that no mapper or
 reducer can still be writing them.
+
+A large object's version waits in the inbox as range markers. While some are missing and the last one landed
+recently, its other ranges are taken to be in flight (Lambda retries a failed one for minutes); once that is
+long past, a range was lost, and the version is mapped again: all its ranges, whose markers and parts are
+rewritten as they were.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable
+from typing import Callable, Iterable
 
 from ..jobs import Job, JobCatalog
 from ..storage import ObjectStore, StoredObject
@@ -28,6 +33,9 @@ ORPHAN_AGE = timedelta(hours=1)
 # Objects younger than this are left to their own events, which are most likely still in flight: mapping
 # them here too would only duplicate the work. An on-demand backfill passes zero.
 EVENT_GRACE = timedelta(minutes=2)
+# An incomplete set of range markers whose newest is older than this has lost a range: async Lambda gives a
+# failed invocation up after two retries, about three minutes.
+RANGE_GRACE = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -54,12 +62,15 @@ class Reconciler:
         self.jobs, self.input, self.state = jobs, input_store, state_store
         self.mapper, self.reducer, self.clock = mapper, reducer, clock
 
-    def plan(self, job: Job, grace: timedelta = EVENT_GRACE) -> ReconcilePlan:
+    def plan(self, job: Job, grace: timedelta = EVENT_GRACE, range_grace: timedelta = RANGE_GRACE
+             ) -> ReconcilePlan:
         _, ledger_table = self.reducer.read_committed(job)
         ledger = ledger_table.to_pylist()
         live = {(e["key"], e["etag"]) for e in ledger}
         live_contributions = {e["contribution"] for e in ledger}
-        waiting = {layout.id_of(o.key) for o in self.state.list(layout.inbox_prefix(job.name))}
+        inbox = list(self.state.list(layout.inbox_prefix(job.name)))
+        waiting = awaited(inbox, self.clock() - range_grace)
+        with_markers = {layout.contribution_of_marker(layout.id_of(o.key)) for o in inbox}
         quarantined = {layout.id_of(o.key) for o in self.state.list(layout.quarantine_prefix(job.name))}
         landed = [o for o in self.input.list(job.prefix) if job.matches(o.key)]
         settled = self.clock() - grace
@@ -76,7 +87,7 @@ class Reconciler:
         referenced = {ref for e in ledger for ref in e["parts"]}
         orphaned = tuple(
             o.key for o in self.state.list(layout.parts_prefix(job.name))
-            if layout.contribution_of_part(o.key) not in live_contributions | waiting
+            if layout.contribution_of_part(o.key) not in live_contributions | with_markers
             and o.last_modified is not None and o.last_modified < cutoff
         ) + tuple(
             o.key for o in self.state.list(layout.packs_prefix(job.name))
@@ -85,8 +96,8 @@ class Reconciler:
         return ReconcilePlan(job.name, to_map, removed, orphaned)
 
     def reconcile(self, job: Job, max_seconds: float = 600.0, progress: Callable[[int, int], None] | None = None,
-                  grace: timedelta = EVENT_GRACE) -> ReconcileReport:
-        plan = self.plan(job, grace)
+                  grace: timedelta = EVENT_GRACE, range_grace: timedelta = RANGE_GRACE) -> ReconcileReport:
+        plan = self.plan(job, grace, range_grace)
         report = ReconcileReport(job.name)
         deadline = time.monotonic() + max_seconds
         for done, obj in enumerate(plan.to_map):
@@ -111,3 +122,23 @@ class Reconciler:
     def reconcile_all(self, max_seconds: float = 600.0) -> list[ReconcileReport]:
         deadline = time.monotonic() + max_seconds
         return [self.reconcile(job, max(0.0, deadline - time.monotonic())) for job in self.jobs]
+
+
+def awaited(inbox: Iterable[StoredObject], lost_before: datetime) -> set[str]:
+    """Contributions the inbox will bring into the result: those with a whole version's marker or a complete
+    set of range markers, and incomplete sets still expecting ranges (their newest marker is from after
+    `lost_before`)."""
+    whole: set[str] = set()
+    ranges: dict[tuple[str, int], list[StoredObject]] = {}
+    for obj in inbox:
+        marker = layout.id_of(obj.key)
+        contribution, in_range = layout.contribution_of_marker(marker), layout.range_of_marker(marker)
+        if in_range is None:
+            whole.add(marker)
+        else:
+            ranges.setdefault((contribution, in_range[1]), []).append(obj)
+    for (contribution, count), markers in ranges.items():
+        newest = max((o.last_modified for o in markers if o.last_modified is not None), default=None)
+        if len(markers) == count or newest is None or newest > lost_before:
+            whole.add(contribution)
+    return whole

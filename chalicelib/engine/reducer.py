@@ -20,6 +20,7 @@ import binascii
 import json
 import logging
 import os
+import itertools
 import threading
 import time
 from collections import OrderedDict
@@ -39,7 +40,7 @@ from ..errors import CommitConflict, ObjectMissing, PartialMismatch
 from ..jobs import Job, JobCatalog
 from ..storage import ObjectStore
 from . import layout, scan
-from .changes import ChangePlan, Current, plan_changes
+from .changes import ChangePlan, Current, IncompleteRanges, combine_ranges, marker_ids, plan_changes
 from .sharded import Changes, ShardedUpdate, update_shards
 
 log = logging.getLogger("tally.reducer")
@@ -116,13 +117,18 @@ class Gathered:
     manifest: Manifest | None
     manifest_etag: str | None
     ledger: pa.Table
-    markers: list[dict]
+    markers: list[dict]  # complete sets of range markers combined (changes.combine_ranges)
     current: dict[str, Current | None]
     more_pending: bool
+    incomplete: tuple[IncompleteRanges, ...] = ()
+    quarantined: frozenset[str] = frozenset()  # contributions of incomplete sets that will never complete
 
     @property
     def entries(self) -> dict[str, dict]:
         return {entry["key"]: entry for entry in self.ledger.to_pylist()}
+
+    def plan(self) -> ChangePlan:
+        return plan_changes(self.entries, self.markers, self.current, self.incomplete, self.quarantined)
 
 
 class Reducer:
@@ -261,11 +267,15 @@ class Reducer:
         manifest, etag = self.read_manifest(job)
         with _superseded_is_conflict():
             ledger = self.read_ledger(manifest)
+        batch = _whole_contributions(listed, self.batch)
         with ThreadPoolExecutor(8) as pool:
-            markers = [m for m in pool.map(self._read_marker, listed[: self.batch]) if m is not None]
+            markers, incomplete = combine_ranges(m for m in pool.map(self._read_marker, batch) if m is not None)
+            quarantined = frozenset(ranges.contribution for ranges, record in zip(incomplete, pool.map(
+                self.state.head, [layout.quarantine_key(job.name, r.contribution) for r in incomplete])) if record)
         # Read after the markers: S3's answer is then at least as new as every marker it is compared with.
-        current = self.current_versions(sorted({m["key"] for m in markers}))
-        return Gathered(manifest, etag, ledger, markers, current, len(listed) > self.batch)
+        current = self.current_versions(sorted({m["key"] for m in markers} | {r.key for r in incomplete}))
+        return Gathered(manifest, etag, ledger, markers, current, len(listed) > len(batch), tuple(incomplete),
+                        quarantined)
 
     def current_versions(self, keys: list[str]) -> dict[str, Current | None]:
         """What the input bucket holds now for each key (sorted). Objects that land together mostly sort
@@ -315,7 +325,7 @@ class Reducer:
         # the job: drop those markers; the reconcile maps a still-current version again.
         log.warning("dropping markers with unusable parts",
                     extra={"job": job.name, "keys": [m["key"] for m in broken]})
-        self.state.delete([layout.inbox_key(job.name, m["contribution"]) for m in broken])
+        self.state.delete([layout.inbox_key(job.name, marker) for m in broken for marker in marker_ids(m)])
         self._delete_parts(job, tuple(m["contribution"] for m in broken))
 
     def reduce_job(self, job: Job) -> ReduceReport:
@@ -323,9 +333,11 @@ class Reducer:
         if not listed:
             return ReduceReport(job.name)  # an idle tick costs one LIST
         gathered = self.gather(job, listed)
-        plan = plan_changes(gathered.entries, gathered.markers, gathered.current)
+        plan = gathered.plan()
+        # More is pending only if this run got anywhere: a batch of range sets all still waiting would be
+        # gathered again, unchanged, until their last ranges land.
         report = ReduceReport(job.name, generation=gathered.manifest.generation if gathered.manifest else None,
-                              more_pending=gathered.more_pending)
+                              more_pending=gathered.more_pending and bool(plan.processed))
         if plan.changes_result:
             try:
                 self.execute(job, gathered, plan, report)
@@ -337,7 +349,8 @@ class Reducer:
         self.state.delete([layout.inbox_key(job.name, marker) for marker in plan.processed])
         # Inline partials have no parts of their own; packs are freed by the commit that stops needing them.
         with_parts = {m["contribution"] for m in gathered.markers if m.get("parts")} | {
-            e["contribution"] for e in plan.retract if not all(map(layout.is_pack, e["parts"]))}
+            e["contribution"] for e in plan.retract if not all(map(layout.is_pack, e["parts"]))} | {
+            r.contribution for r in gathered.incomplete}  # a range always has parts
         self._delete_parts(job, tuple(c for c in plan.stale_contributions if c in with_parts))
         return report
 
@@ -404,7 +417,7 @@ class Reducer:
         if gathered is None:
             manifest, _ = self.read_manifest(job)
             return manifest, self.read_result(job, manifest)
-        plan = plan_changes(gathered.entries, gathered.markers, gathered.current)
+        plan = gathered.plan()
         if not plan.changes_result:
             return gathered.manifest, self.read_result(job, gathered.manifest)
         try:
@@ -519,6 +532,17 @@ def _superseded_is_conflict():
         yield
     except ObjectMissing as exc:
         raise CommitConflict(f"state moved on while reading it: {exc}") from exc
+
+
+def _whole_contributions(listed: list[str], batch: int) -> list[str]:
+    """The first `batch` inbox keys, and those after them of the last one's contribution: a version's range
+    markers sort together, and a set cut at the batch's end would be cut the same way every run."""
+    taken = listed[:batch]
+    if taken and len(listed) > batch:
+        last = layout.contribution_of_marker(layout.id_of(taken[-1]))
+        taken += [k for k in itertools.takewhile(
+            lambda k: layout.contribution_of_marker(layout.id_of(k)) == last, listed[batch:])]
+    return taken
 
 
 def _pack(inline: dict[str, pa.Table]) -> pa.Table:

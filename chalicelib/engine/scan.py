@@ -36,11 +36,13 @@ FILES_SCHEMA = pa.schema([
 class ScanWriter:
     """One job's output for one object version: batches in, Parquet files out, then the marker."""
 
-    def __init__(self, store: ObjectStore, job: Job, contribution: str, split: str, part_bytes: int = PART_BYTES):
+    def __init__(self, store: ObjectStore, job: Job, contribution: str, split: str, part_bytes: int = PART_BYTES,
+                 marker: str | None = None):
         # Where a file ends depends on the part budget too: name it, so files of attempts made with other
         # settings never mix under one contribution (a marker's files are all of one attempt).
         self.store, self.job, self.contribution, self.split = store, job, contribution, f"{split}p{part_bytes}"
         self.part_bytes = part_bytes
+        self.marker = marker or contribution  # a range's marker is its own (see engine/fanout.py)
         self.written: list[str] = []
         self.outputs: list[dict] = []
         self._pending: list[pa.Table] = []
@@ -60,7 +62,7 @@ class ScanWriter:
         self._flush()
         marker = {**summary, "kind": "put", "contribution": self.contribution, "parts": self.written,
                   "outputs": self.outputs, "output_rows": sum(o["rows"] for o in self.outputs)}
-        self.store.put(layout.inbox_key(self.job.name, self.contribution), json.dumps(marker).encode(),
+        self.store.put(layout.inbox_key(self.job.name, self.marker), json.dumps(marker).encode(),
                        "application/json")
         return marker["output_rows"]
 

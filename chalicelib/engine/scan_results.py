@@ -3,7 +3,9 @@
 Both read from the committed file table the manifest names, so a page never holds a retracted version's rows
 or a row twice. Rows are served in (input key, file, row) order; the cursor is that position, a keyset like
 the aggregation results' cursors: when the reducer commits between two pages, the next page continues after
-the same position in the new file set (files before it were served, files after it are current).
+the same position in the new file set (files before it were served, files after it are current). With
+`fresh`, the file table is the committed one with the inbox applied (output files are written before their
+markers), so rows are current to the last mapped object; nothing is written.
 """
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ import pyarrow as pa
 from ..errors import InvalidQuery, ObjectMissing
 from ..jobs import Job
 from ..scan import decode_rows
+from .scan import output_rows
 from .reducer import Reducer
-from .results import DEFAULT_LIMIT, parse_limit
+from .results import DEFAULT_LIMIT, parse_flag, parse_limit
 
 
 @dataclass(frozen=True)
@@ -29,20 +32,21 @@ class ScanQuery:
     limit: int = DEFAULT_LIMIT
     view: str = "rows"  # rows | files
     cursor: tuple[str, str, int] | None = None  # (input key, file, rows of that file already served)
+    fresh: bool = False  # with the output of objects mapped since the last reducer run
 
     @classmethod
     def from_params(cls, params: dict[str, str] | None) -> "ScanQuery":
         params = dict(params or {})
-        unknown = set(params) - {"limit", "cursor", "view"}
+        unknown = set(params) - {"limit", "cursor", "view", "fresh"}
         if unknown:
             raise InvalidQuery(f"unknown parameter(s) for a scan job: {', '.join(sorted(unknown))} "
-                               "(it takes limit, cursor and view=rows|files)")
+                               "(it takes limit, cursor, view=rows|files and fresh)")
         limit = parse_limit(params)
         view = params.get("view", "rows")
         if view not in {"rows", "files"}:
             raise InvalidQuery(f"view must be rows or files, got {view!r}")
         cursor = _decode_cursor(params["cursor"], view) if params.get("cursor") else None
-        return cls(limit, view, cursor)
+        return cls(limit, view, cursor, parse_flag(params, "fresh"))
 
 
 class ScanReader:
@@ -54,8 +58,12 @@ class ScanReader:
 
     def page(self, job: Job, query: ScanQuery) -> dict[str, Any]:
         for attempt in range(3):
-            manifest, _ = self.reducer.read_manifest(job)
-            files = self.reducer.read_result(job, manifest).to_pylist()
+            if query.fresh:  # the committed file table with the inbox applied: output files are written first
+                manifest, table = self.reducer.preview(job)
+            else:
+                manifest, _ = self.reducer.read_manifest(job)
+                table = self.reducer.read_result(job, manifest)
+            files = table.to_pylist()
             try:
                 rows, cursor = (self._files if query.view == "files" else self._rows)(job, files, query)
             except ObjectMissing:  # a commit retracted a file between our reads: read the new file set
@@ -63,7 +71,7 @@ class ScanReader:
                     raise
                 continue
             return {"job": job.name, "generation": manifest.generation if manifest else None,
-                    "total_rows": manifest.rows if manifest else 0, "files": len(files), query.view: rows,
+                    "total_rows": output_rows(table), "files": len(files), query.view: rows,
                     "next_cursor": cursor and _encode_cursor(cursor, query.view)}
         raise AssertionError("unreachable")
 

@@ -29,7 +29,9 @@ class StatusReader:
         merged = set(zip(ledger.column("key").to_pylist(), ledger.column("etag").to_pylist()))
         listed = [o for o in self.input.list(job.prefix) if job.matches(o.key)]
         landed = {(o.key, o.etag) for o in listed}
-        pending = [o.key for o in self.state.list(layout.inbox_prefix(job.name))]
+        # Per contribution: a large object's range markers are one pending version, complete or not.
+        pending = {layout.contribution_of_marker(layout.id_of(o.key))
+                   for o in self.state.list(layout.inbox_prefix(job.name))}
         quarantined = self._quarantined(job, landed)
         reflected = merged | {(q["key"], q["etag"]) for q in quarantined}
         waiting = landed - reflected

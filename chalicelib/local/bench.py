@@ -175,7 +175,7 @@ def _system_measurements(results: BenchResults, options: BenchOptions, catalog, 
 
 
 def _costs(results: BenchResults) -> dict[str, tuple]:
-    """Per query: (estimate with one S3 stream, estimate CPU-bound, where the merge rate came from)."""
+    """Per query: (estimate with the S3 read cap, estimate CPU-bound, where the merge rate came from)."""
     large = next((m for m in results.merges if m.label == "large"), None)
     merge_rate, merge_source = (large.groups_s, "measured") if large else (6e6, "FIELD-NOTES 6 M/s, not measured")
     costs = {}

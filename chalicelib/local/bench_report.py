@@ -127,7 +127,8 @@ def cost_section(results) -> Section:
         f"One mapper invocation per object of {results.options.object_mb} MB (--object-mb), its partial's groups "
         "scaled from the benchmark's object (linearly up, never down: an upper bound); mappers of "
         f"{d.mapper_memory_mb} MB (one vCPU) at the measured one-core CSV kernel rate, capped at "
-        f"{d.s3_stream_mb_s:.0f} MB/s for the mapper's one S3 GET stream ('$ if CPU-bound' lifts that cap), plus "
+        f"{d.s3_streams} x {d.s3_stream_mb_s:.0f} MB/s for the mapper's {d.s3_streams} ranged S3 GETs in flight "
+        f"('$ if CPU-bound' lifts that cap), plus "
         f"{d.invocation_overhead_s} s per invocation; waves of 1,000; then one {d.reducer_memory_mb} MB reducer "
         f"merging every partial's groups at the rate of Reducer.reduce_job with its S3 requests ({merge_source}).",
         "BigLambda's figures are the seed's (published); it measured 1a/1b on rankings, the model uses the same "

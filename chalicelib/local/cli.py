@@ -32,6 +32,8 @@ def _local_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how often the input prefixes are compared with the results (lost events, backfill)")
     parser.add_argument("--log-level", default="WARNING", help="handlers' JSON log level (INFO shows every map)")
     parser.add_argument("--jobs", default="", metavar="NAME,...", help="run only these jobs (default: all)")
+    parser.add_argument("--split-mb", type=float, default=256, metavar="MB",
+                        help="map uncompressed text objects above this size as ranges in parallel (0: never)")
 
 
 def _positive(text: str) -> int:
@@ -117,7 +119,8 @@ def _names(text: str) -> tuple[str, ...]:
 def _local_options(args: argparse.Namespace) -> LocalOptions:
     return LocalOptions(port=args.port, s3_port=args.s3_port, workers=max(1, args.workers),
                         reduce_every=args.reduce_every, reconcile_every=args.reconcile_every,
-                        s3_endpoint=args.s3_endpoint, log_level=args.log_level, jobs=args.jobs)
+                        s3_endpoint=args.s3_endpoint, log_level=args.log_level, jobs=args.jobs,
+                        split_mb=args.split_mb)
 
 
 def main(argv: list[str] | None = None) -> int:

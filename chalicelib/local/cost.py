@@ -1,8 +1,8 @@
 """What a batch over a dataset would cost on AWS Lambda, from measured speeds. Pure arithmetic, no I/O.
 
 The model: the dataset is split into objects; each object is one mapper invocation (S3 sends one event per
-object), running the measured single-thread map kernel on its share of a vCPU, unless one S3 GET stream is
-slower than that. At most `concurrency` mappers run at once, in waves. One reducer then merges every
+object), running the measured single-thread map kernel on its share of a vCPU, unless the mapper's S3 reads
+(`s3_streams` ranged GETs in flight, see formats/prefetch.py) are slower than that. At most `concurrency` mappers run at once, in waves. One reducer then merges every
 partial at the measured merge rate. Billed: Lambda GB-seconds and invocations, S3 GETs and PUTs.
 
 Prices: AWS Lambda pricing (aws.amazon.com/lambda/pricing) and Amazon S3 pricing (aws.amazon.com/s3/pricing),
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from ..formats.prefetch import AHEAD, CHUNK_BYTES
 
 LAMBDA_MB_PER_VCPU = 1769
 LAMBDA_MAX_VCPUS = 6
@@ -38,8 +40,10 @@ class Deployment:
     concurrency: int = 1000
     mapper_memory_mb: int = LAMBDA_MB_PER_VCPU
     reducer_memory_mb: int = 3008
-    # One GET stream gives a Lambda roughly 50-90 MB/s (FIELD-NOTES); the mapper reads one. None: CPU-bound.
+    # One GET stream gives a Lambda roughly 50-90 MB/s (FIELD-NOTES); the mapper keeps `s3_streams` ranged GETs
+    # in flight on a big object. None: CPU-bound.
     s3_stream_mb_s: float | None = 70.0
+    s3_streams: int = AHEAD
     invocation_overhead_s: float = 0.5  # per mapper: HEAD/GET latency, writing the partial and its marker
     max_groups_per_part: int = 500_000  # the mapper's spill threshold (Settings.map_max_groups)
     reduce_batch: int = 500  # partials per reducer run (Settings.reduce_batch)
@@ -89,7 +93,7 @@ def estimate(measured: Measured, deployment: Deployment = Deployment(), pricing:
     # The kernel is one thread: more than one vCPU does not make it faster, less makes it slower.
     rate = measured.kernel_mb_s * 1e6 * min(1.0, vcpus(d.mapper_memory_mb))
     if d.s3_stream_mb_s is not None:
-        rate = min(rate, d.s3_stream_mb_s * 1e6)
+        rate = min(rate, d.s3_stream_mb_s * d.s3_streams * 1e6)
     mapper_seconds = d.object_bytes / rate + d.invocation_overhead_s
     # The last object may be short: bill the dataset's bytes, not objects x object size.
     map_gb_seconds = (d.dataset_bytes / rate + objects * d.invocation_overhead_s) * d.mapper_memory_mb / 1024
@@ -100,9 +104,10 @@ def estimate(measured: Measured, deployment: Deployment = Deployment(), pricing:
     reducer_runs = math.ceil(objects / d.reduce_batch)
 
     parts = max(1, math.ceil(measured.groups_per_object / d.max_groups_per_part))
-    # Mapper: GET the object; PUT its parts and its marker. Reducer: GET each marker and part; per run LIST
+    # Mapper: GET the object (a big one in chunks); PUT its parts and its marker. Reducer: GET each marker and part; per run LIST
     # the inbox and the input keys, PUT result, ledger and manifest (deletes are free).
-    s3_gets = objects * (1 + 1 + parts)
+    chunks = max(1, math.ceil(d.object_bytes / CHUNK_BYTES)) if d.object_bytes > 2 * CHUNK_BYTES else 1
+    s3_gets = objects * (chunks + 1 + parts)
     s3_puts = objects * (parts + 1) + reducer_runs * (2 + 3)
     lambda_requests = objects + reducer_runs
     compute_usd = (map_gb_seconds + reduce_gb_seconds) * pricing.lambda_gb_second

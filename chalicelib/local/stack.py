@@ -5,6 +5,9 @@
   into an in-process queue (Lambda's asynchronous event queue) and handed to `app.handler_map["map_object"]`
   in a pool of worker processes; a failed mapper is retried, three attempts in all as on Lambda, then the
   event goes to a dead-letter queue;
+- large objects: the mappers' range tasks come back from the workers on a queue and join the same event
+  queue, for `app.handler_map["map_range"]` in the same pool with the same retries (Lambda's asynchronous
+  invocation of map_range, on AWS);
 - the reducer: `app.handler_map["reduce_results"]` on a timer;
 - HTTP: the Chalice app's routes on 127.0.0.1.
 """
@@ -49,6 +52,7 @@ class LocalOptions:
     state_bucket: str = "tally-state"
     log_level: str = "WARNING"
     jobs: str = ""  # comma-separated job names; empty: every job
+    split_mb: float = 256  # objects above this are mapped as ranges in parallel (0: never)
 
 
 @dataclass
@@ -74,15 +78,23 @@ def scheduled_event() -> dict:
 
 # -- worker processes ---------------------------------------------------------------------------------------
 
-def _init_worker(environment: dict[str, str]) -> None:
+def _init_worker(environment: dict[str, str], range_tasks) -> None:
     os.environ.update(environment)
     import app  # noqa: F401 - import once per worker, as a Lambda container does on cold start
+    from ..runtime import Runtime, set_runtime
+
+    # The worker's mapper hands range tasks to the stack, which queues them as Lambda queues invocations.
+    set_runtime(Runtime(Settings.from_env(), dispatch=functools.partial(_send_range_tasks, range_tasks)))
 
 
-def _invoke_mapper(event: dict) -> list[dict]:
+def _send_range_tasks(range_tasks, tasks: list) -> None:
+    range_tasks.put([task.to_dict() for task in tasks])
+
+
+def _invoke(handler: str, event: dict) -> list[dict]:
     import app
 
-    return app.app.handler_map["map_object"](event, LambdaContext("map_object"))
+    return app.app.handler_map[handler](event, LambdaContext(handler))
 
 
 def _start_moto(host: str, port: int) -> subprocess.Popen:
@@ -121,8 +133,10 @@ class LocalTally:
         self._moto = None
         self._queue: str | None = None
         self._dead_letters: str | None = None
-        # Events taken from S3, waiting for a mapper: (event, attempt), Lambda's asynchronous event queue.
+        # Invocations waiting for a worker: (handler, event, attempt), Lambda's asynchronous event queue. The
+        # handler is map_object for S3's events, map_range for the range tasks of large objects.
         self._events: queue_module.SimpleQueue = queue_module.SimpleQueue()
+        self._range_tasks = None  # the workers' range tasks, on their way to _events
         self._http = None
         self.pool: ProcessPoolExecutor | None = None
         self.errors: list[str] = []
@@ -142,7 +156,7 @@ class LocalTally:
         # Text logs: the handlers' records and metric sets as readable lines in the terminal, not JSON/EMF.
         return Settings(input_bucket=self.options.input_bucket, state_bucket=self.options.state_bucket,
                         s3_endpoint=self.s3_endpoint, log_level=self.options.log_level, log_format="text",
-                        jobs=self.options.jobs)
+                        jobs=self.options.jobs, split_mb=self.options.split_mb)
 
     def client(self, service: str = "s3"):
         if service == "s3":
@@ -160,14 +174,21 @@ class LocalTally:
             self._moto = _start_moto(self.options.host, self.options.s3_port)
         environment = self.settings.as_env()
         os.environ.update(environment)
+        from ..runtime import Runtime, set_runtime
+
+        # The reconcile, in this process, fans large objects out into the same queue as the workers do.
+        set_runtime(Runtime(self.settings, dispatch=self.fan_out))
         s3 = self.client()
         for bucket in (self.options.input_bucket, self.options.state_bucket):
             try:
                 s3.create_bucket(Bucket=bucket)
             except (s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
                 pass
-        self.pool = ProcessPoolExecutor(self.options.workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init_worker, initargs=(environment,))
+        spawn = multiprocessing.get_context("spawn")
+        self._range_tasks = spawn.Queue()
+        self.pool = ProcessPoolExecutor(self.options.workers, mp_context=spawn, initializer=_init_worker,
+                                        initargs=(environment, self._range_tasks))
+        self._spawn(self._collect_range_tasks)
         if self._moto is not None:
             self._queue = self._subscribe_queue()
             self._spawn(self._pump, self._queue)
@@ -228,7 +249,7 @@ class LocalTally:
                 for message in messages:
                     body = json.loads(message["Body"])
                     if "Records" in body:  # not the s3:TestEvent sent when the subscription is made
-                        self._events.put((body, 1))
+                        self._events.put(("map_object", body, 1))
                 if messages:
                     sqs.delete_message_batch(QueueUrl=queue, Entries=[
                         {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
@@ -237,32 +258,46 @@ class LocalTally:
                     log.warning("receiving events failed: %s", exc)
                     time.sleep(0.5)
 
+    def fan_out(self, tasks: list) -> None:
+        """A mapper's `dispatch`: each range task becomes an invocation of map_range."""
+        for task in tasks:
+            self._events.put(("map_range", task.to_dict(), 1))
+
+    def _collect_range_tasks(self) -> None:
+        while not self._stop.is_set():
+            try:
+                tasks = self._range_tasks.get(timeout=0.5)
+            except queue_module.Empty:
+                continue
+            for task in tasks:
+                self._events.put(("map_range", task, 1))
+
     def _dispatch_forever(self) -> None:
         """Hands each event to a mapper in the pool, at most two per worker in flight. A failed invocation is
         tried again, MAPPER_ATTEMPTS times in all as Lambda does, then sent to the dead-letter queue."""
         while not self._stop.is_set():
             try:
-                event, attempt = self._events.get(timeout=0.5)
+                handler, event, attempt = self._events.get(timeout=0.5)
             except queue_module.Empty:
                 continue
             while not self._in_flight.acquire(timeout=0.5):
                 if self._stop.is_set():
                     return
-            future = self.pool.submit(_invoke_mapper, event)
-            future.add_done_callback(functools.partial(self._mapped, event, attempt))
+            future = self.pool.submit(_invoke, handler, event)
+            future.add_done_callback(functools.partial(self._mapped, handler, event, attempt))
 
-    def _mapped(self, event: dict, attempt: int, future: Future) -> None:
+    def _mapped(self, handler: str, event: dict, attempt: int, future: Future) -> None:
         self._in_flight.release()
         error = None if future.cancelled() else future.exception()
         if error is None:
             self.mapped_events += 1
             return
-        self.errors.append(f"mapper: {type(error).__name__}: {error}")
+        self.errors.append(f"{handler}: {type(error).__name__}: {error}")
         if attempt < MAPPER_ATTEMPTS:
-            log.error("mapper failed (attempt %d, will retry): %s", attempt, error)
-            threading.Timer(1.0, self._events.put, [(event, attempt + 1)]).start()
+            log.error("%s failed (attempt %d, will retry): %s", handler, attempt, error)
+            threading.Timer(1.0, self._events.put, [(handler, event, attempt + 1)]).start()
         else:
-            log.error("mapper failed %d times; event sent to %s: %s", attempt, DEAD_LETTERS, error)
+            log.error("%s failed %d times; event sent to %s: %s", handler, attempt, DEAD_LETTERS, error)
             if self._dead_letters:
                 self.client("sqs").send_message(QueueUrl=self._dead_letters, MessageBody=json.dumps(event))
 
@@ -280,7 +315,7 @@ class LocalTally:
                     record = {"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {
                         "bucket": {"name": self.options.input_bucket},
                         "object": {"key": item["Key"], "eTag": version[1], "size": item["Size"]}}}
-                    self._events.put(({"Records": [record]}, 1))
+                    self._events.put(("map_object", {"Records": [record]}, 1))
             self._stop.wait(1.0)
 
     # -- reducer and HTTP ------------------------------------------------------------------------------------
