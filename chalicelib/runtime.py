@@ -48,7 +48,8 @@ class Runtime:
     @cached_property
     def mapper(self) -> Mapper:
         return Mapper(self.jobs, self.input_store, self.state_store, utc_now, self.settings.map_max_groups,
-                      split_bytes=self.settings.split_bytes, dispatch=self.dispatch or self._lambda_dispatch())
+                      split_bytes=self.settings.split_bytes, dispatch=self.dispatch or self._lambda_dispatch(),
+                      read_streams=self.settings.read_streams)
 
     def _lambda_dispatch(self) -> Dispatch | None:
         if not self.settings.range_function:

@@ -30,6 +30,10 @@ class Settings(BaseModel):
     # A mapper writes its partial in parts of at most this many groups: its memory stays bounded even when
     # nearly every row is its own group.
     map_max_groups: int = Field(default=500_000, ge=1)
+    # Ranged GETs a mapper keeps in flight on a big object: one S3 stream gives a Lambda 50-90 MB/s, a third of
+    # what the kernel parses. 1 reads one stream (local mode: loopback has no per-stream limit, and moto's
+    # ranged GET costs as much as reading the whole object).
+    read_streams: int = Field(default=4, ge=1, le=16)
     # An uncompressed CSV / JSON-lines object larger than this is mapped as ranges of this size, in parallel
     # (one Lambda each); 0 maps every object whole. A float, so tests and benchmarks can split small objects.
     split_mb: float = Field(default=256, ge=0)

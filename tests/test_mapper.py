@@ -326,3 +326,20 @@ def test_an_overwrite_while_ranged_gets_are_in_flight_maps_neither_version_half(
 
     assert {o.outcome for o in outcomes} == {"superseded"}
     assert inbox(runtime, "bdb-agg-2a") == [] and list(runtime.state_store.list(layout.parts_prefix("bdb-agg-2a"))) == []
+
+
+def test_one_read_stream_reads_a_big_object_with_its_one_get(lambdas, runtime, uploads):
+    # Local mode's setting: loopback S3 has no per-stream limit to work around.
+    runtime.mapper.prefetch_chunk, runtime.mapper.read_streams = 1000, 1
+    fetch, ranges = runtime.input_store.open, []
+
+    def open_recording_ranges(key, **kwargs):
+        ranges.append(kwargs.get("byte_range"))
+        return fetch(key, **kwargs)
+
+    runtime.input_store.open = open_recording_ranges
+    map_and_reduce(lambdas, uploads, uploads.put("uservisits/big.csv", CSV * 100))
+
+    assert ranges == [None]
+    assert results(lambdas, "bdb-agg-2a") == {key: {"adRevenue": value["adRevenue"] * 100}
+                                              for key, value in EXPECTED_2A.items()}

@@ -24,7 +24,7 @@ from ..aggregation.codec import encode
 from ..errors import BadInput, CommitConflict, ObjectMissing
 from ..formats import BLOCK_SIZE, MAX_BLOCK_SIZE, ParquetLayout, ReadStats, RowTooLong, batches
 from ..formats.parquet import RangeReader
-from ..formats.prefetch import CHUNK_BYTES, PrefetchingReader
+from ..formats.prefetch import AHEAD, CHUNK_BYTES, PrefetchingReader
 from ..formats.ranges import LineRange, read_from
 from ..jobs import Job, JobCatalog
 from ..storage import Opened, ObjectStore
@@ -171,10 +171,10 @@ class Mapper:
                  clock: Callable[[], datetime], max_groups: int = 500_000, block_size: int = BLOCK_SIZE,
                  inline_limit: int = INLINE_LIMIT, scan_part_bytes: int = PART_BYTES,
                  prefetch_chunk: int = CHUNK_BYTES, split_bytes: int | None = None,
-                 dispatch: fanout.Dispatch | None = None):
+                 dispatch: fanout.Dispatch | None = None, read_streams: int = AHEAD):
         self.jobs, self.input, self.state, self.clock = jobs, input_store, state_store, clock
         self.max_groups, self.block_size, self.inline_limit = max_groups, block_size, inline_limit
-        self.scan_part_bytes, self.prefetch_chunk = scan_part_bytes, prefetch_chunk
+        self.scan_part_bytes, self.prefetch_chunk, self.read_streams = scan_part_bytes, prefetch_chunk, read_streams
         # Objects above split_bytes go to `dispatch` as range tasks; without a dispatcher (tests, one-process
         # tools) the ranges are mapped here, one after the other: the same markers, no parallelism.
         self.split_bytes = split_bytes
@@ -327,16 +327,21 @@ class Mapper:
 
         if task is not None:
             begin = read_from(task.start)
-            if task.end - begin > 2 * self.prefetch_chunk:
+            if self._prefetches(task.end - begin):
                 return _GetLineRange(PrefetchingReader(fetch, begin, task.size, first=opened.body,
-                                                       chunk=self.prefetch_chunk), task.start, task.end)
+                                                       chunk=self.prefetch_chunk, ahead=self.read_streams),
+                                     task.start, task.end)
             return _GetLineRange(opened.body, task.start, task.end)
         if isinstance(reader, ParquetLayout):
             opened.body.close()  # the first GET told us the size and the ETag; Parquet starts at the end
             return RangeReader(fetch, opened.size)
-        if opened.size > 2 * self.prefetch_chunk:
-            return PrefetchingReader(fetch, 0, opened.size, first=opened.body, chunk=self.prefetch_chunk)
+        if self._prefetches(opened.size):
+            return PrefetchingReader(fetch, 0, opened.size, first=opened.body, chunk=self.prefetch_chunk,
+                                     ahead=self.read_streams)
         return opened.body
+
+    def _prefetches(self, length: int) -> bool:
+        return self.read_streams > 1 and length > 2 * self.prefetch_chunk
 
     def _quarantine(self, job: Job, event: ObjectEvent, etag: str, contribution: str, error: BadInput,
                     task: fanout.RangeTask | None = None) -> None:

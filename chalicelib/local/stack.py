@@ -156,7 +156,7 @@ class LocalTally:
         # Text logs: the handlers' records and metric sets as readable lines in the terminal, not JSON/EMF.
         return Settings(input_bucket=self.options.input_bucket, state_bucket=self.options.state_bucket,
                         s3_endpoint=self.s3_endpoint, log_level=self.options.log_level, log_format="text",
-                        jobs=self.options.jobs, split_mb=self.options.split_mb)
+                        jobs=self.options.jobs, split_mb=self.options.split_mb, read_streams=1)
 
     def client(self, service: str = "s3"):
         if service == "s3":
