@@ -286,10 +286,8 @@ def test_a_row_longer_than_the_read_block_is_read_again_with_bigger_blocks(lambd
                                               ("2.2.2.2",): {"adRevenue": Decimal("2")}}
 
 
-def test_a_big_object_is_read_by_several_ranged_gets_with_the_same_result(lambdas, runtime, uploads):
-    runtime.mapper.prefetch_chunk = 1000  # the object is ~30 chunks: ~30 ranged GETs, a few in flight at a time
-    rows = [(f"158.{i % 7}.{i % 13}.{i}", f"{i}.{i % 1000:06d}") for i in range(300)]
-    body = uservisits_rows(*rows)
+def record_reads(runtime) -> list:
+    """The byte range of every read of the input bucket from now on (None: a whole-object GET)."""
     fetch, ranges = runtime.input_store.open, []
 
     def open_recording_ranges(key, **kwargs):
@@ -297,6 +295,14 @@ def test_a_big_object_is_read_by_several_ranged_gets_with_the_same_result(lambda
         return fetch(key, **kwargs)
 
     runtime.input_store.open = open_recording_ranges
+    return ranges
+
+
+def test_a_big_object_is_read_by_several_ranged_gets_with_the_same_result(lambdas, runtime, uploads):
+    runtime.mapper.prefetch_chunk = 1000  # the object is ~30 chunks: ~30 ranged GETs, a few in flight at a time
+    rows = [(f"158.{i % 7}.{i % 13}.{i}", f"{i}.{i % 1000:06d}") for i in range(300)]
+    body = uservisits_rows(*rows)
+    ranges = record_reads(runtime)
     map_and_reduce(lambdas, uploads, uploads.put("uservisits/big.csv", body))
 
     # One GET for the first chunk, then ranged GETs that tile the rest of the object.
@@ -331,13 +337,7 @@ def test_an_overwrite_while_ranged_gets_are_in_flight_maps_neither_version_half(
 def test_one_read_stream_reads_a_big_object_with_its_one_get(lambdas, runtime, uploads):
     # Local mode's setting: loopback S3 has no per-stream limit to work around.
     runtime.mapper.prefetch_chunk, runtime.mapper.read_streams = 1000, 1
-    fetch, ranges = runtime.input_store.open, []
-
-    def open_recording_ranges(key, **kwargs):
-        ranges.append(kwargs.get("byte_range"))
-        return fetch(key, **kwargs)
-
-    runtime.input_store.open = open_recording_ranges
+    ranges = record_reads(runtime)
     map_and_reduce(lambdas, uploads, uploads.put("uservisits/big.csv", CSV * 100))
 
     assert ranges == [None]

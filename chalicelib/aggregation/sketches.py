@@ -57,20 +57,13 @@ class ApproxDistinct(GroupedAggregate):
         return None
 
     def lift_groups(self, values, offsets):
-        # A value seen twice changes nothing in an HLL sketch: Arrow drops repeated (group, value) pairs first,
-        # and the binding's per-value call runs from `map`, not a Python loop.
-        pairs = _distinct_pairs(values, offsets)
-        starts = np.searchsorted(np.asarray(pairs.column("g")), np.arange(len(offsets)), side="left")
-        distinct = python_values(pairs.column("v"))
-        states = []
-        for start, stop in group_slices(starts):
-            if stop == start:
-                states.append(None)
-                continue
-            sketch = ds.hll_sketch(self.lg_k, ds.HLL_4)
-            deque(map(sketch.update, distinct[start:stop]), maxlen=0)
-            states.append(sketch.serialize_compact())
-        return pa.array(states, pa.binary())
+        # A value seen twice changes nothing in an HLL sketch: each distinct (group, value) pair updates it once.
+        return _per_distinct_pairs(values, offsets, self._sketch)
+
+    def _sketch(self, distinct: list) -> bytes:
+        sketch = ds.hll_sketch(self.lg_k, ds.HLL_4)
+        deque(map(sketch.update, distinct), maxlen=0)  # the binding's per-value call from `map`, not a loop
+        return sketch.serialize_compact()
 
     def merge_states(self, states):
         union = ds.hll_union(self.lg_k)
@@ -165,18 +158,12 @@ class TopK(GroupedAggregate):
     def lift_groups(self, values, offsets):
         # Count each (group, value) pair with Arrow first: the sketch then sees one weighted update per
         # distinct pair, not one per row.
-        pairs = _distinct_pairs(values, offsets, counted=True)
-        starts = np.searchsorted(np.asarray(pairs.column("g")), np.arange(len(offsets)), side="left")
-        words, counts = python_values(pairs.column("v")), python_values(pairs.column("v_count"))
-        states = []
-        for start, stop in group_slices(starts):
-            if stop == start:
-                states.append(None)
-                continue
-            sketch = ds.frequent_strings_sketch(self.lg_max_k)
-            deque(map(sketch.update, words[start:stop], counts[start:stop]), maxlen=0)
-            states.append(sketch.serialize())
-        return pa.array(states, pa.binary())
+        return _per_distinct_pairs(values, offsets, self._sketch, counted=True)
+
+    def _sketch(self, words: list, counts: list) -> bytes:
+        sketch = ds.frequent_strings_sketch(self.lg_max_k)
+        deque(map(sketch.update, words, counts), maxlen=0)
+        return sketch.serialize()
 
     def merge_states(self, states):
         merged = ds.frequent_strings_sketch(self.lg_max_k)
@@ -197,14 +184,17 @@ class TopK(GroupedAggregate):
         return [{"value": value, "count": count} for value, count, _, _ in ranked]
 
 
-def _distinct_pairs(values: pa.Array, offsets: np.ndarray, counted: bool = False) -> pa.Table:
-    """The distinct (group id `g`, non-null value `v`) pairs of values sorted by group, in group order; with
-    `counted`, how often each occurs (`v_count`)."""
+def _per_distinct_pairs(values: pa.Array, offsets: np.ndarray, sketch, counted: bool = False) -> pa.Array:
+    """One state per group of `values` (sorted by group): `sketch(distinct values[, their counts])` built from
+    the group's distinct non-null values, which Arrow finds first; None for a group without any."""
     values, offsets = without_nulls(values, offsets)
     pairs = (pa.table({"g": group_ids(offsets), "v": values})
              .group_by(["g", "v"], use_threads=False).aggregate([("v", "count")] if counted else [])
-             .sort_by("g"))
-    return pairs.combine_chunks()
+             .sort_by("g").combine_chunks())
+    starts = np.searchsorted(np.asarray(pairs.column("g")), np.arange(len(offsets)), side="left")
+    columns = [python_values(pairs.column(name)) for name in (("v", "v_count") if counted else ("v",))]
+    return pa.array([sketch(*(column[start:stop] for column in columns)) if stop > start else None
+                     for start, stop in group_slices(starts)], pa.binary())
 
 
 SKETCHES: dict[str, GroupedAggregate] = {
