@@ -110,8 +110,8 @@ class AggregationPlan:
         steps, targets, per_group = [], [], {}
         for index, spec in enumerate(self.specs):
             value = f"__value{index}"
-            expr = spec.argument if spec.argument is not None else self.keys[0][1]
-            values = expr.evaluate_array(batch)
+            # count(*) and the hidden row count count the first key's values: computed above, not again.
+            values = spec.argument.evaluate_array(batch) if spec.argument is not None else columns[self.keys[0][0]]
             cast_to = spec.function.input_type(values.type)
             columns.update(spec.function.inputs(value, values if cast_to is None else pc.cast(values, cast_to)))
             if isinstance(spec.function, GroupedAggregate):

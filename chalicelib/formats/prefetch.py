@@ -45,18 +45,33 @@ class PrefetchingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def read(self, size: int = -1) -> bytes:
+        """Up to `size` bytes (the rest of the current chunk at most), copied once."""
+        if not self._advance():
+            return b""
+        stop = len(self._current) if size is None or size < 0 else min(len(self._current), self._offset + size)
+        data = self._current[self._offset:stop].tobytes()
+        self._offset = stop
+        return data
+
     def readinto(self, buffer) -> int:
-        while self._offset >= len(self._current):
-            if not self._pending:
-                return 0
-            data = self._pending.popleft().result()  # a failed fetch raises here, in the reader's thread
-            self._request_next()
-            self.bytes_fetched += len(data)
-            self._current, self._offset = memoryview(data), 0
+        if not self._advance():
+            return 0
         count = min(len(buffer), len(self._current) - self._offset)
         buffer[:count] = self._current[self._offset:self._offset + count]
         self._offset += count
         return count
+
+    def _advance(self) -> bool:
+        """Make the current chunk one with bytes left; False at the end."""
+        while self._offset >= len(self._current):
+            if not self._pending:
+                return False
+            data = self._pending.popleft().result()  # a failed fetch raises here, in the reader's thread
+            self._request_next()
+            self.bytes_fetched += len(data)
+            self._current, self._offset = memoryview(data), 0
+        return True
 
     def close(self) -> None:
         if not self.closed:
