@@ -1,14 +1,26 @@
 """Local mode's event delivery, as Lambda's asynchronous invocation does it: a failed mapper is tried again,
-three attempts in all, then its event goes to the dead-letter queue."""
+three attempts in all, then its event goes to the dead-letter queue. And the reducer's timer: it runs as soon
+as the mappers fall idle, not only at its next tick."""
 from __future__ import annotations
 
 import json
 from concurrent.futures import Future
 
+import time
+
+from chalicelib.local.client import TallyClient
+from chalicelib.local.datagen import write_uservisits
 from chalicelib.local.stack import DEAD_LETTERS, LocalOptions, LocalTally
+from tests.conftest import running_local_tally
 
 EVENT = {"Records": [{"eventSource": "aws:s3", "s3": {"bucket": {"name": "tally-input"},
                                                       "object": {"key": "uservisits/a.csv", "eTag": "e"}}}]}
+
+
+def succeeded() -> Future:
+    future = Future()
+    future.set_result([])
+    return future
 
 
 def failed() -> Future:
@@ -56,3 +68,40 @@ def test_a_failed_range_is_tried_again_as_a_range_then_dead_lettered(s3_server):
     stack._mapped("map_range", task, 3, failed())
     [message] = stack.client("sqs").receive_message(QueueUrl=stack._dead_letters, WaitTimeSeconds=1)["Messages"]
     assert json.loads(message["Body"]) == task and stack._events.empty()
+
+
+def test_the_reducer_is_woken_when_the_last_running_mapper_finishes_and_no_event_waits(s3_server):
+    stack = stack_on(s3_server)
+    for _ in range(2):  # as the dispatcher does for each invocation it hands to the pool
+        stack._in_flight.acquire()
+        stack._running += 1
+
+    stack._mapped("map_object", EVENT, 1, succeeded())
+    assert not stack._reducer_wake.is_set()  # the other mapper still runs
+
+    stack._mapped("map_object", EVENT, 1, succeeded())
+    assert stack._reducer_wake.is_set()
+
+
+def test_the_reducer_is_not_woken_while_events_wait_for_a_mapper(s3_server):
+    stack = stack_on(s3_server)
+    stack._in_flight.acquire()
+    stack._running += 1
+    stack._events.put(("map_object", EVENT, 1))
+
+    stack._mapped("map_object", EVENT, 1, succeeded())
+
+    assert not stack._reducer_wake.is_set()
+
+
+def test_results_are_served_once_the_mappers_are_idle_long_before_the_next_reducer_tick(tmp_path):
+    """The timer says ten minutes; the uploaded file is merged within seconds of being mapped."""
+    [path] = write_uservisits(tmp_path, total_bytes=64 << 10, file_bytes=64 << 10, seed=5)
+    for tally in running_local_tally(workers=1, reduce_every=600.0, jobs="bdb-agg-2a"):
+        api = TallyClient(tally.api_url)
+        tally.client().upload_file(str(path), "tally-input", "uservisits/a.csv")
+        deadline = time.monotonic() + 60
+        while not (status := api.status("bdb-agg-2a"))["objects"]["merged"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert status["objects"]["merged"] == 1 and status["idle"]
+        assert tally.errors == []

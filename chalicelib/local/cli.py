@@ -27,7 +27,8 @@ def _local_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--s3-port", type=int, default=9000, help="port of the loopback S3 endpoint (moto)")
     parser.add_argument("--s3-endpoint", default=None, help="use this S3-compatible endpoint instead of moto")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="mapper processes")
-    parser.add_argument("--reduce-every", type=float, default=2.0, metavar="SECONDS", help="reducer period")
+    parser.add_argument("--reduce-every", type=float, default=2.0, metavar="SECONDS",
+                        help="reducer period, stretched to 3x the last run; a run also starts when the mappers idle")
     parser.add_argument("--reconcile-every", type=float, default=30.0, metavar="SECONDS",
                         help="how often the input prefixes are compared with the results (lost events, backfill)")
     parser.add_argument("--log-level", default="WARNING", help="handlers' JSON log level (INFO shows every map)")
