@@ -1,6 +1,7 @@
 """`tally bench` at a tiny size: the table has its rows and columns and sane numbers. Speed is never asserted."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,8 @@ from chalicelib.engine.events import ObjectEvent
 from chalicelib.engine.mapper import Mapper
 from chalicelib.jobs import load_jobs
 from chalicelib.local import bench_data
-from chalicelib.local.bench_kernels import (duckdb_runner, duckdb_sql, find_job, job_in_format, python_loop,
-                                            tally_kernel)
+from chalicelib.local.bench_kernels import (best_of_each, duckdb_runner, duckdb_sql, find_job, job_in_format,
+                                            python_loop, tally_kernel)
 from chalicelib.local.bench_system import partial_groups
 from chalicelib.local.cli import main
 from chalicelib.runtime import utc_now
@@ -124,3 +125,19 @@ def test_mapper_peak_memory_is_read_from_a_child_process(uservisits):
     (peak,) = mapper_peak_memory(uservisits.parts[0], ["bdb-agg-2c"])
     assert peak.job == "bdb-agg-2c" and peak.object_bytes == uservisits.parts[0].stat().st_size
     assert 0 < peak.baseline_mib <= peak.peak_mib and peak.groups > 0
+
+
+def test_engines_compared_are_timed_in_turn_and_each_keeps_its_best_run():
+    calls, seconds = [], {"tally": iter([0.15, 0.01, 0.08]), "duckdb": iter([0.08, 0.15, 0.01])}
+
+    def engine(name):
+        def run():
+            calls.append(name)
+            time.sleep(next(seconds[name]))
+            return len(calls)
+        return run
+
+    best = best_of_each(3, {"tally": engine("tally"), "duckdb": engine("duckdb")})
+
+    assert calls == ["tally", "duckdb"] * 3
+    assert best["tally"].result_rows == 3 and best["duckdb"].result_rows == 6  # their fastest runs

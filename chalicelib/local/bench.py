@@ -18,8 +18,8 @@ from rich.console import Console
 
 from ..jobs import load_jobs
 from . import bench_data, cost
-from .bench_kernels import (QUERIES, Timed, best_of, duckdb_runner, duckdb_sql, find_job, job_in_format,
-                            one_core, python_loop, tally_kernel)
+from .bench_kernels import (QUERIES, Timed, best_of, best_of_each, duckdb_runner, duckdb_sql, find_job,
+                            job_in_format, one_core, python_loop, tally_kernel)
 from .bench_report import (Section, cost_section, kernel_section, render_console, render_markdown, system_section,
                            targets_section)
 
@@ -129,12 +129,14 @@ def _measure(query: str, fmt: str, job, data: bench_data.Dataset, path: Path, re
     body = path.read_bytes()
     row = KernelRow(query, fmt, csv_bytes=data.csv_bytes, object_bytes=len(body))
     key = f"{job.prefix}bench.{fmt}"
-    with one_core():
-        row.tally = best_of(repeat, lambda: sum(tally_kernel(body, key, [job]).values()))
     columns = dict(job.format.columns)
-    row.duckdb = best_of(repeat, duckdb_runner(duckdb_sql(query, fmt, str(path), columns)))
+    engines = {"tally": lambda: sum(tally_kernel(body, key, [job]).values()),
+               "duckdb": duckdb_runner(duckdb_sql(query, fmt, str(path), columns))}
     if any(t.replace(" ", "").lower().startswith("decimal(") for t in columns.values()):
-        row.duckdb_double = best_of(repeat, duckdb_runner(duckdb_sql(query, fmt, str(path), columns, double=True)))
+        engines["duckdb_double"] = duckdb_runner(duckdb_sql(query, fmt, str(path), columns, double=True))
+    with one_core():  # Arrow's thread pools; DuckDB has its own setting, threads=1
+        for name, timed in best_of_each(repeat, engines).items():
+            setattr(row, name, timed)
     # The loops take seconds a run, so one run measures them well enough off CSV, where no target is set.
     loop_runs = repeat if fmt == "csv" else 1
     split, csv_reader = (python_loop(body, fmt, query, list(columns), use_csv) for use_csv in (False, True))
