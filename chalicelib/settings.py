@@ -27,6 +27,10 @@ class Settings(BaseModel):
     reduce_batch: int = Field(default=500, ge=1)
     # Jobs reduced side by side in one run (threads: Arrow and boto3 release the GIL).
     reduce_parallelism: int = Field(default=4, ge=1, le=64)
+    # A sharded result starts in one object and doubles its shards (up to the job's `shards`) when they would
+    # hold more groups than this each: every shard costs a merge call and a PUT per commit, which small results
+    # do not repay.
+    shard_groups: int = Field(default=1 << 20, ge=1)
     # A mapper writes its partial in parts of at most this many groups: its memory stays bounded even when
     # nearly every row is its own group.
     map_max_groups: int = Field(default=500_000, ge=1)

@@ -10,6 +10,7 @@ import pytest
 from chalicelib.engine import layout
 from chalicelib.engine.changes import plan_changes
 from chalicelib.engine.reducer import Reducer, ReduceReport
+from chalicelib.engine.sharded import shard_count
 from chalicelib.engine.results import ResultReader, ResultsQuery
 from chalicelib.errors import CommitConflict
 from chalicelib.jobs import Job, JobCatalog
@@ -25,6 +26,15 @@ SUBTRACTABLE = {"revenue": "sum(adRevenue)", "visits": "count()"}
 # max, a sketch and a user aggregate cannot be subtracted: deletes rebuild the shards they reach.
 REBUILT = {**SUBTRACTABLE, "longest": "max(duration)", "visitors": "approx_distinct(sourceIP)",
            "durations": "value_set(duration)"}
+
+
+@pytest.fixture
+def runtime(runtime):
+    """These tests are about shards: every sharded job here is at its full shard count from its first commit
+    (a result's growth into shards has its own tests, below)."""
+    runtime.settings = runtime.settings.model_copy(update={"shard_groups": 1})
+    runtime.__dict__.pop("reducer", None)
+    return runtime
 
 
 def job(name: str, aggregates: dict, shards: int) -> Job:
@@ -91,7 +101,7 @@ def test_a_commit_rewrites_only_the_shards_its_groups_fall_in(runtime, uploads):
     counting = CountingStore(runtime.state_store)
     puts: list[str] = []
     counting.put_if_absent = lambda key, *rest: puts.append(key) or runtime.state_store.put_if_absent(key, *rest)
-    runtime.__dict__["reducer"] = Reducer(runtime.jobs, counting, runtime.input_store, utc_now)
+    runtime.__dict__["reducer"] = Reducer(runtime.jobs, counting, runtime.input_store, utc_now, shard_groups=1)
 
     upload(runtime, uploads, {"uservisits/one-group.csv": [("9.9.9.9", "1"), ("9.9.9.9", "2")]})
     reduce(runtime, "sharded")
@@ -109,7 +119,7 @@ def test_a_single_group_is_read_from_the_one_shard_that_holds_it(runtime, upload
     upload(runtime, uploads, FILES)
     reduce(runtime, "sharded")
     counting = CountingStore(runtime.state_store)
-    cold = ResultReader(Reducer(runtime.jobs, counting, runtime.input_store, utc_now))
+    cold = ResultReader(Reducer(runtime.jobs, counting, runtime.input_store, utc_now, shard_groups=1))
     reads: list[str] = []
     counting.get = lambda key: reads.append(key) or runtime.state_store.get(key)
     ip = ips(0, 1)[0][0][:12]
@@ -180,7 +190,7 @@ def test_a_crash_between_the_shards_and_the_manifest_leaves_garbage_the_reconcil
     reduce(runtime, "sharded")
     upload(runtime, uploads, dict(list(FILES.items())[2:]))
     faulty = Reducer(runtime.jobs, FaultyStore(runtime.state_store, "put_if_absent", nth=3, key_contains="/results/"),
-                     runtime.input_store, utc_now, parallelism=1)
+                     runtime.input_store, utc_now, parallelism=1, shard_groups=1)
     with pytest.raises(Killed):
         faulty.reduce_job(runtime.jobs.get("sharded"))  # three new shards written, no manifest
     reduce(runtime, "sharded")
@@ -197,7 +207,7 @@ def test_a_warm_reducer_holds_every_shard_it_committed(runtime, uploads):
     counting = CountingStore(runtime.state_store)
     fetched: list[str] = []
     counting.get = lambda key: fetched.append(key) or runtime.state_store.get(key)
-    warm = Reducer(runtime.jobs, counting, runtime.input_store, utc_now)
+    warm = Reducer(runtime.jobs, counting, runtime.input_store, utc_now, shard_groups=1)
     upload(runtime, uploads, dict(list(FILES.items())[:3]))
     warm.reduce_job(runtime.jobs.get("sharded"))
     for n in range(3):
@@ -213,7 +223,8 @@ def test_of_two_overlapping_reducers_one_commits_and_the_other_deletes_only_the_
     reduce(runtime, "whole", "sharded")
     upload(runtime, uploads, {"uservisits/late.csv": ips(900, 3)})  # reaches a few shards, keeps the others
     sharded = runtime.jobs.get("sharded")
-    first, second = runtime.reducer, Reducer(runtime.jobs, runtime.state_store, runtime.input_store, utc_now)
+    first = runtime.reducer
+    second = Reducer(runtime.jobs, runtime.state_store, runtime.input_store, utc_now, shard_groups=1)
     seen_first, seen_second = first.gather(sharded), second.gather(sharded)
 
     first.execute(sharded, seen_first, plan_changes(seen_first.entries, seen_first.markers, seen_first.current),
@@ -258,3 +269,34 @@ def test_shards_are_a_setting_of_aggregations_from_1_to_256():
             job("j", SUBTRACTABLE, wrong)
     with pytest.raises(ValueError, match="no shards"):
         Job(name="s", prefix="p/", format=USERVISITS, select={"ip": "sourceIP"}, shards=2)
+
+
+@pytest.mark.parametrize("limit, committed, groups, expected", [
+    (16, 0, 0, 1), (16, 0, 10, 1),  # a small result is one object
+    (16, 0, 11, 2), (16, 0, 41, 8),  # then the power of two that holds 10 groups a shard
+    (16, 0, 10_000, 16), (12, 0, 10_000, 12),  # never more than the job's limit
+    (16, 8, 10, 8),  # a shrinking result keeps its shards
+    (4, 8, 10, 4),  # a lowered limit applies at once
+])
+def test_a_result_grows_into_its_shards_by_doubling(limit, committed, groups, expected):
+    assert shard_count(limit, committed, groups, shard_groups=10) == expected
+
+
+def test_a_sharded_result_starts_whole_and_is_repartitioned_as_it_grows(runtime, uploads):
+    """Up to 8 shards of at most 40 groups: the first file's groups fit one, later files double the count; the
+    served result is the unsharded one throughout."""
+    runtime.settings = runtime.settings.model_copy(update={"shard_groups": 40})
+    install(runtime, job("whole", REBUILT, 1), job("sharded", REBUILT, 8))
+    counts = []
+    for n in range(5):
+        upload(runtime, uploads, {f"uservisits/f{n}.csv": ips(n * 30, 30)})  # 30 new groups a file
+        reduce(runtime, "whole", "sharded")
+        counts.append(len(manifest(runtime, "sharded").result_keys))
+        assert served(runtime, "sharded") == served(runtime, "whole")
+
+    assert counts == [1, 2, 4, 4, 4]  # 30, 60, 90, 120, 150 groups
+    runtime.mapper.handle(uploads.event(uploads.delete("uservisits/f4.csv")))
+    reduce(runtime, "whole", "sharded")
+    assert len(manifest(runtime, "sharded").result_keys) == 4 and served(runtime, "sharded") == served(runtime, "whole")
+    live = {key for key in manifest(runtime, "sharded").result_keys if key}
+    assert {o.key for o in runtime.state_store.list(layout.results_prefix("sharded"))} == live

@@ -41,7 +41,7 @@ from ..jobs import Job, JobCatalog
 from ..storage import ObjectStore
 from . import layout, scan
 from .changes import ChangePlan, Current, IncompleteRanges, combine_ranges, marker_ids, plan_changes
-from .sharded import Changes, ShardedUpdate, update_shards
+from .sharded import SHARD_GROUPS, Changes, ShardedUpdate, shard_count, update_shards
 
 log = logging.getLogger("tally.reducer")
 
@@ -133,9 +133,10 @@ class Gathered:
 
 class Reducer:
     def __init__(self, jobs: JobCatalog, state_store: ObjectStore, input_store: ObjectStore,
-                 clock: Callable[[], datetime], batch: int = 500, parallelism: int = 4):
+                 clock: Callable[[], datetime], batch: int = 500, parallelism: int = 4,
+                 shard_groups: int = SHARD_GROUPS):
         self.jobs, self.state, self.input, self.clock, self.batch = jobs, state_store, input_store, clock, batch
-        self.parallelism = parallelism
+        self.parallelism, self.shard_groups = parallelism, shard_groups
         # Every shard and the ledger of every job, plus room for a run's superseded and conflicting objects.
         self._recent_size = 2 * sum(job.shards + 1 for job in jobs) + 2
         self._recent: OrderedDict[str, pa.Table] = OrderedDict()
@@ -405,8 +406,11 @@ class Reducer:
         return Changes(added, removed, self.read_retained(job, kept))
 
     def _update_shards(self, job: Job, manifest: Manifest | None, changes: Changes) -> ShardedUpdate:
-        return update_shards(job.plan, job.shards, manifest.result_keys if manifest else (),
-                             manifest.rows if manifest else 0,
+        committed, rows = (manifest.result_keys, manifest.rows) if manifest else ((), 0)
+        # An upper bound of the new result's groups: the added partials may share groups with it.
+        count = shard_count(job.shards, len(committed), rows + sum(t.num_rows for t in changes.added),
+                            self.shard_groups)
+        return update_shards(job.plan, count, committed, rows,
                              lambda key: self._read_immutable(key, job.plan.fingerprint), changes, self.parallelism)
 
     def preview(self, job: Job) -> tuple[Manifest | None, pa.Table]:

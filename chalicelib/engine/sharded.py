@@ -16,6 +16,8 @@ import pyarrow as pa
 from ..aggregation import AggregationPlan
 from ..aggregation.partition import split_by_shard
 
+SHARD_GROUPS = 1 << 20  # groups per shard before a result doubles its shards (Settings.shard_groups)
+
 
 @dataclass(frozen=True)
 class Changes:
@@ -44,6 +46,17 @@ class ShardedUpdate:
         """The objects of `committed` (the result this update was computed from) no shard names any more."""
         kept = {self.previous[shard] for shard, table in enumerate(self.tables) if table is None}
         return sorted(set(filter(None, committed)) - kept)
+
+
+def shard_count(limit: int, committed: int, groups: int, shard_groups: int = SHARD_GROUPS) -> int:
+    """How many shards a result of up to `groups` groups is kept in: the power of two that holds `shard_groups`
+    a shard, never fewer than the `committed` count (a shrinking result keeps its shards: no re-partitioning
+    back and forth), and never more than the job's `limit`, to which a lowered limit brings it at once. A
+    result grows 1, 2, 4, ... so each re-partition (the whole result once) comes after its size has doubled."""
+    needed = 1
+    while needed * shard_groups < groups and needed < limit:
+        needed *= 2
+    return min(limit, max(committed, needed))
 
 
 def update_shards(plan: AggregationPlan, count: int, committed: Sequence[str], committed_rows: int,

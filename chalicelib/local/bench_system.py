@@ -153,7 +153,10 @@ def _merge_rate(s3, label: str, job: Job, objects: list[bytes]) -> MergeRate:
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(map_one, enumerate(objects)))
     groups = sum(p.num_rows for p in _partials(stores[1], job))
-    reducer = Reducer(JobCatalog([job]), stores[1], stores[0], utc_now, batch=max(500, len(objects)))
+    # shard_groups=1: the job's full shard count from the first commit, the sharded path being what is measured
+    # (by default a result this small stays in one shard).
+    reducer = Reducer(JobCatalog([job]), stores[1], stores[0], utc_now, batch=max(500, len(objects)),
+                      shard_groups=1)
     partials = _partials(stores[1], job)
     started = time.perf_counter()
     job.plan.merge(partials)
@@ -163,7 +166,8 @@ def _merge_rate(s3, label: str, job: Job, objects: list[bytes]) -> MergeRate:
     seconds = time.perf_counter() - started
     if report.merged != len(objects):
         raise RuntimeError(f"reducer merged {report.merged} of {len(objects)} partials: {report}")
-    return MergeRate(label, job.name, len(objects), groups, report.rows, seconds, merge_seconds, job.shards)
+    shards = len(reducer.read_manifest(job)[0].result_keys)
+    return MergeRate(label, job.name, len(objects), groups, report.rows, seconds, merge_seconds, shards)
 
 
 def _partials(state: S3ObjectStore, job: Job) -> list:
