@@ -192,6 +192,31 @@ def test_a_file_found_bad_after_parts_were_spilled_leaves_no_parts_behind(lambda
     assert "oops" in entry["reason"] and entry["line"] == 30
 
 
+def parts_of(runtime, job: str) -> list:
+    [key] = inbox(runtime, job)
+    marker = json.loads(runtime.state_store.get(key)[0])
+    fingerprint = runtime.jobs.get(job).plan.fingerprint
+    return [decode(runtime.state_store.get(part)[0], fingerprint)[0] for part in marker["parts"]]
+
+
+def test_nearly_distinct_keys_are_not_pre_aggregated_and_the_result_is_the_same(lambdas, runtime, uploads):
+    """2c's keys (12 characters of the IP) all differ here: after the first rows the mapper states the rest
+    row by row, in parts of at most its group budget, and the reducer's merge makes them the same groups."""
+    runtime.mapper.max_groups, runtime.mapper.block_size, runtime.mapper.inline_limit = 40, 512, 0
+    rows = [(f"10.100.{i % 5}.{i}", f"{i % 9}.5") for i in range(300)] + [("10.100.0.0", "1")]
+    lambdas.lambda_.invoke("map_object", uploads.event(uploads.put("uservisits/distinct.csv", uservisits_rows(*rows))))
+
+    by_row, pre_aggregated = parts_of(runtime, "bdb-agg-2c"), parts_of(runtime, "bdb-agg-2a")
+    assert sum(p.num_rows for p in by_row) == len(rows)  # "10.100.0.0" is there twice: stated, not grouped
+    assert max(p.num_rows for p in by_row) <= 40 + 8  # the budget, and a 512-byte block's rows past it
+    assert sum(p.num_rows for p in pre_aggregated) == 5  # 2a's keys ("10.100.0" to "10.100.4"): grouped as ever
+    reduce(lambdas)
+    expected: dict = {}
+    for ip, revenue in rows:
+        expected[ip[:12]] = expected.get(ip[:12], Decimal(0)) + Decimal(revenue)
+    assert results(lambdas, "bdb-agg-2c") == {(k,): {"adRevenue": v} for k, v in expected.items()}
+
+
 # --- overwrites and deletes: the result is the query over the objects in the bucket now ------------------
 
 def map_and_reduce(lambdas, uploads, *records) -> None:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from decimal import Decimal
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -100,12 +102,44 @@ class AggregationPlan:
 
     def lift(self, batch: pa.RecordBatch | pa.Table) -> pa.Table:
         """One batch of input rows to a partial: map, filter, compute keys, aggregate per group."""
-        if self.map is not None:
+        inputs = self._lift_inputs(batch)
+        if inputs is None:
+            return self.empty()
+        columns, steps, targets, per_group = inputs
+        grouped = self._group(pa.table(columns), steps, targets, per_group)
+        return self._conform(grouped, targets)
+
+    @cached_property
+    def lifts_rows(self) -> bool:
+        """Whether `lift_rows` can state each row on its own: every lift step has a per-row form (sum, count,
+        min, max and what is built of them, such as mean and variance; not sketches or user aggregates)."""
+        empty = self.map.output_schema.empty_table() if self.map else self.input_schema.empty_table()
+        inputs = self._lift_inputs(empty, keep_empty=True)
+        return not inputs[3] and all(_row_state(function, options, pa.array([], pa.int64())) is not None
+                                     for _, function, options in inputs[1])
+
+    def lift_rows(self, batch: pa.RecordBatch | pa.Table) -> pa.Table:
+        """One batch to a partial that states each row on its own, keys repeating: what `lift` computes
+        without the hash aggregation. A partial of (nearly) all-distinct keys (BDB 2b, 2c) is no smaller for
+        being aggregated, and every partial is merged by the reducer anyway. Only when `lifts_rows`."""
+        inputs = self._lift_inputs(batch)
+        if inputs is None:
+            return self.empty()
+        columns, steps, targets, _ = inputs
+        table = {name: columns[name] for name in self.key_names}
+        for column, function, options in steps:
+            table[f"{column}_{function}"] = _row_state(function, options, columns[column])
+        return self._conform(pa.table(table), targets)
+
+    def _lift_inputs(self, batch: pa.RecordBatch | pa.Table, keep_empty: bool = False):
+        """What lifting `batch` groups: its working columns, the hash-aggregate steps over them, where each
+        step's output goes and the grouped aggregates' builders; None for a batch the filter empties."""
+        if self.map is not None and not keep_empty:
             batch = self.map.apply(batch)
         if self.filter is not None:
             batch = batch.filter(self.filter.evaluate_array(batch))
-        if batch.num_rows == 0:
-            return self.empty()
+        if batch.num_rows == 0 and not keep_empty:
+            return None
         columns = {name: expr.evaluate_array(batch) for name, expr in self.keys}
         steps, targets, per_group = [], [], {}
         for index, spec in enumerate(self.specs):
@@ -119,8 +153,7 @@ class AggregationPlan:
             for (column, function, options), state in zip(spec.function.lift(spec.out, value), spec.states):
                 steps.append((column, function, options))
                 targets.append((state, f"{column}_{function}"))
-        grouped = self._group(pa.table(columns), steps, targets, per_group)
-        return self._conform(grouped, targets)
+        return columns, steps, targets, per_group
 
     def merge(self, partials: Sequence[pa.Table]) -> pa.Table:
         """Combine partials into one with a row per group. Inputs are never modified."""
@@ -195,3 +228,23 @@ class AggregationPlan:
             column = grouped.column(produced.get(f.name, f.name))
             arrays.append(column if column.type == f.type else pc.cast(column, f.type))
         return pa.Table.from_arrays(arrays, schema=self.state_schema).combine_chunks()
+
+
+_COUNT_ALL = pc.CountOptions(mode="all")
+
+
+def _row_state(function: str, options, values):
+    """The state of one row as its own group under the hash aggregate `function`, for every row at once; None
+    when `function` has no such form here."""
+    if function in ("min", "max"):
+        return values  # a null stays null, as min/max of a group of nulls (min_count=1)
+    if function == "count":
+        if options == _COUNT_ALL or not values.null_count:
+            return pa.array(np.ones(len(values), dtype=np.int64))
+        return pc.cast(pc.is_valid(values), pa.int64())
+    if function == "sum":
+        if not values.null_count:
+            return values
+        zero = Decimal(0) if pa.types.is_decimal(values.type) else 0
+        return pc.fill_null(values, pa.scalar(zero, values.type))  # min_count=0: a sum of nothing is 0
+    return None

@@ -46,9 +46,16 @@ class MapOutcome:
     outcome: str  # mapped | fanned_out | quarantined | superseded | removed
     rows: int = 0
     bytes_read: int = 0
-    groups: int = 0  # groups in the partial; for a scan job, its output rows
+    groups: int = 0  # rows of the partial (its groups; keys repeat if stated by row); a scan: output rows
     reason: str | None = None
     range: list[int] | None = None  # [index, count] when one range of a large object was mapped
+
+
+# Pre-aggregating keys that are nearly all distinct (BDB 2b, 2c) hashes every row for nothing: the partial is no
+# smaller, and the reducer merges it anyway. Each object decides from its first rows, as Spark and Trino decide
+# whether partial aggregation pays.
+SAMPLE_ROWS = 65_536
+DISTINCT_ENOUGH = 0.95
 
 
 class _Accumulator:
@@ -59,7 +66,10 @@ class _Accumulator:
     the blocks' partials, which on high-cardinality keys (BDB 2a-2c: 0.5-1 group per row) doubled the work.
     Lifted partials are merged when the unmerged part outgrows the merged one (amortized); once the merged
     partial holds `max_groups` groups it is handed to `spill` and accumulation starts over, so memory is
-    bounded by the group budget even when nearly every row is its own group."""
+    bounded by the group budget even when nearly every row is its own group.
+
+    If the first SAMPLE_ROWS rows have at least DISTINCT_ENOUGH groups a row, and the plan allows it, the rest
+    is stated row by row (`AggregationPlan.lift_rows`): the partial then repeats keys, which merging allows."""
 
     def __init__(self, plan: AggregationPlan, max_groups: int, spill: Callable[[pa.Table], None]):
         self.plan, self.max_groups, self.spill = plan, max_groups, spill
@@ -68,25 +78,44 @@ class _Accumulator:
         self.buffered_rows = 0
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
+        self.by_row: bool | None = None if plan.lifts_rows else False  # None: not decided yet
 
     def add(self, batch: pa.RecordBatch) -> None:
+        if self.by_row:
+            self._add_rows(self.plan.lift_rows(pa.Table.from_batches([batch])))
+            return
         self.buffered.append(batch)
         self.buffered_rows += batch.num_rows
-        if self.buffered_rows >= self.max_groups:
+        if self.by_row is None and self.buffered_rows >= min(SAMPLE_ROWS, self.max_groups):
+            sampled = self.buffered_rows
+            self.by_row = self._lift() >= DISTINCT_ENOUGH * sampled
+        elif self.buffered_rows >= self.max_groups:
             self._lift()
 
     def result(self) -> pa.Table:
+        if self.by_row:
+            return pa.concat_tables([self.merged, *self.pending])
         self._lift()
         self._compact()
         return self.merged
 
-    def _lift(self) -> None:
+    def _add_rows(self, partial: pa.Table) -> None:
+        """Row-by-row states need no merging: they only wait to be spilled, in parts of at most max_groups."""
+        held = self.merged.num_rows + self.pending_rows
+        if held and held + partial.num_rows > self.max_groups:
+            self.spill(pa.concat_tables([self.merged, *self.pending]))
+            self.merged, self.pending, self.pending_rows = self.plan.empty(), [], 0
+        self.pending.append(partial)
+        self.pending_rows += partial.num_rows
+
+    def _lift(self) -> int:
+        """Lift the buffered rows; the groups that gives."""
         if not self.buffered:
-            return
+            return 0
         partial = self.plan.lift(pa.Table.from_batches(self.buffered))
         self.buffered, self.buffered_rows = [], 0
         if not partial.num_rows:
-            return
+            return 0
         self.pending.append(partial)
         self.pending_rows += partial.num_rows
         if self.pending_rows > max(self.merged.num_rows, min(1 << 16, self.max_groups // 2)):
@@ -95,6 +124,7 @@ class _Accumulator:
             if self.merged.num_rows > self.max_groups // 2:
                 self.spill(self.merged)
                 self.merged = self.plan.empty()
+        return partial.num_rows
 
     def _compact(self) -> None:
         if self.pending:
