@@ -3,6 +3,7 @@ the served result is the query over the bucket, exactly, however the ranges' tas
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import random
 from decimal import Decimal
@@ -135,6 +136,28 @@ def test_a_set_of_ranges_longer_than_the_reducers_batch_is_not_cut_for_ever(fann
     while fanned.reduce().more_pending:
         runs += 1
     assert runs <= 2 and fanned.inbox() == [] and fanned.served() == query_over_bucket(s3)
+
+
+def test_newer_markers_are_applied_while_a_larger_backlog_of_unfinished_ranges_waits(fanned, s3):
+    """The batch is 3 markers; the inbox starts with the many ranges of a large object still missing one.
+    A small object's marker, listed after them, is applied on the next run all the same."""
+    fanned.runtime.reducer.batch = 3
+    tasks = fanned.put("uservisits/big.csv", visits(100))
+    fanned.deliver(tasks[1:])
+    big = layout.contribution_of_marker(fanned.inbox()[0])
+    body = visits(3, seed=9)
+    etag = hashlib.md5(body.encode()).hexdigest()
+    small = next(key for key in (f"uservisits/small-{n}.csv" for n in range(100))
+                 if layout.contribution_id(key, etag) > big)  # listed after the big object's ranges
+    fanned.runtime.mapper.handle(fanned.uploads.event(fanned.uploads.put(small, body)))
+
+    assert fanned.reduce().merged == 1
+    assert fanned.status()["objects"]["merged"] == 1 and fanned.status()["partials_pending"] == 1
+
+    fanned.deliver(tasks[:1])
+    while fanned.reduce().more_pending:
+        pass
+    assert fanned.served() == query_over_bucket(s3) and fanned.inbox() == []
 
 
 def test_an_overwrite_while_ranges_are_in_flight_ends_with_the_new_version_only(fanned, s3):

@@ -20,7 +20,6 @@ import binascii
 import json
 import logging
 import os
-import itertools
 import threading
 import time
 from collections import OrderedDict
@@ -539,14 +538,32 @@ def _superseded_is_conflict():
 
 
 def _whole_contributions(listed: list[str], batch: int) -> list[str]:
-    """The first `batch` inbox keys, and those after them of the last one's contribution: a version's range
-    markers sort together, and a set cut at the batch's end would be cut the same way every run."""
-    taken = listed[:batch]
-    if taken and len(listed) > batch:
-        last = layout.contribution_of_marker(layout.id_of(taken[-1]))
-        taken += [k for k in itertools.takewhile(
-            lambda k: layout.contribution_of_marker(layout.id_of(k)) == last, listed[batch:])]
+    """About `batch` inbox keys, never cutting a version's markers apart (cut at the batch's end, a set of
+    range markers would be cut the same way every run). Markers that can be applied come first: a version whose
+    range markers are not all in, by the listing's own count, waits behind them, or a backlog of unfinished
+    large objects at the head of the inbox would hold back every newer marker until its ranges landed."""
+    groups: dict[str, list[str]] = {}
+    for key in listed:
+        groups.setdefault(layout.contribution_of_marker(layout.id_of(key)), []).append(key)
+    ready = [keys for keys in groups.values() if _may_apply(keys)]
+    waiting = [keys for keys in groups.values() if not _may_apply(keys)]
+    taken: list[str] = []
+    for keys in (*ready, *waiting):
+        if len(taken) >= batch:
+            break
+        taken += keys
     return taken
+
+
+def _may_apply(keys: list[str]) -> bool:
+    """Whether a version's inbox keys include a marker of the whole version or every range of a set."""
+    sets: dict[int, set[int]] = {}
+    for key in keys:
+        ranged = layout.range_of_marker(layout.id_of(key))
+        if ranged is None:
+            return True
+        sets.setdefault(ranged[1], set()).add(ranged[0])
+    return any(len(indexes) == count for count, indexes in sets.items())
 
 
 def _pack(inline: dict[str, pa.Table]) -> pa.Table:
