@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from chalicelib.engine.events import ObjectEvent
@@ -67,6 +69,12 @@ def test_bench_prints_the_table_with_every_query_and_format(tmp_path: Path):
                 assert _number(row[column]) > 0, row
     csv_2a = next(r for r in kernel if (r["query"], r["format"]) == ("2a", "csv"))
     assert _number(csv_2a["DuckDB, DOUBLE"]) > 0 and _number(csv_2a["Python csv.reader"]) > 0
+
+    partials = tables[next(t for t in tables if t.startswith("Partials on the wire"))]
+    assert [r["format"] for r in partials][:2] == ["Arrow IPC, zstd (Tally's codec)", "Arrow IPC, lz4"]
+    assert partials[0]["size / Tally's"] == "1.00x" and all(_number(r["MB"]) > 0 for r in partials)
+    json_lines = next(r for r in partials if r["format"].startswith("JSON"))
+    assert _number(json_lines["size / Tally's"]) > 1  # what a columnar, compressed format saves
 
     costs = tables[next(t for t in tables if t.startswith("Cost model"))]
     two_a = next(r for r in costs if r["query"] == "2a")
@@ -141,3 +149,17 @@ def test_engines_compared_are_timed_in_turn_and_each_keeps_its_best_run():
 
     assert calls == ["tally", "duckdb"] * 3
     assert best["tally"].result_rows == 3 and best["duckdb"].result_rows == 6  # their fastest runs
+
+
+def test_a_format_that_does_not_give_the_partial_back_is_refused(monkeypatch):
+    from chalicelib.local import bench_partials
+
+    plan = load_jobs().get("bdb-agg-2c").plan
+    partial = plan.lift(pa.table({"sourceIP": ["1.2.3.4", "5.6.7.8"], "adRevenue": pa.array(
+        [Decimal("1.5"), Decimal("2.25")], pa.decimal128(18, 6))}))
+    assert {f.groups for f in bench_partials.partial_formats(partial, plan.fingerprint, 1)} == {2}
+
+    write = bench_partials._parquet
+    monkeypatch.setattr(bench_partials, "_parquet", lambda table: write(table.slice(1)))  # loses a group
+    with pytest.raises(AssertionError, match="Parquet"):
+        bench_partials.partial_formats(partial, plan.fingerprint, 1)

@@ -20,8 +20,8 @@ from ..jobs import load_jobs
 from . import bench_data, cost
 from .bench_kernels import (QUERIES, Timed, best_of, best_of_each, duckdb_runner, duckdb_sql, find_job,
                             job_in_format, one_core, python_loop, tally_kernel)
-from .bench_report import (Section, cost_section, kernel_section, render_console, render_markdown, system_section,
-                           targets_section)
+from .bench_report import (Section, cost_section, kernel_section, partials_section, render_console, render_markdown,
+                           system_section, targets_section)
 
 
 @dataclass
@@ -65,6 +65,7 @@ class BenchResults:
     one_pass_jobs: tuple[str, ...] = ()
     end_to_end: object = None
     merges: list = field(default_factory=list)
+    partials: list = field(default_factory=list)  # bench_partials.PartialFormat of one 2c partial
     memory: list = field(default_factory=list)
     costs: dict[str, tuple] = field(default_factory=dict)
     seconds: float = 0.0
@@ -111,6 +112,14 @@ def run_bench(options: BenchOptions, console: Console | None = None) -> BenchRes
                                      csv_bytes=len(body), object_bytes=len(body), tally=timed)
         results.one_pass_jobs = tuple(job.name for job in uservisits_jobs)
         del body
+    if "bdb-agg-2c" in {job.name for job in catalog} and "csv" in options.formats:
+        from ..engine.kernel import map_object_bytes
+        from .bench_partials import partial_formats
+
+        large = catalog.get("bdb-agg-2c")
+        with console.status("partial formats (bdb-agg-2c's partial of one object)"), one_core():
+            partial = map_object_bytes([large], dataset("uservisits").csv.read_bytes(), "uservisits/all.csv")
+            results.partials = partial_formats(partial.tables[large.name], large.plan.fingerprint, options.repeat)
     _system_measurements(results, options, catalog, dataset, console)
     results.costs = _costs(results)
     results.seconds = time.monotonic() - started
@@ -195,7 +204,8 @@ def _costs(results: BenchResults) -> dict[str, tuple]:
 
 
 def build_sections(results: BenchResults) -> list[Section]:
-    return [kernel_section(results), system_section(results), cost_section(results), targets_section(results)]
+    return [kernel_section(results), partials_section(results), system_section(results), cost_section(results),
+            targets_section(results)]
 
 
 def machine() -> dict[str, str]:

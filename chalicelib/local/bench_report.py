@@ -74,6 +74,26 @@ def kernel_section(results) -> Section:
     return section
 
 
+def partials_section(results) -> Section:
+    section = Section("Partials on the wire: bdb-agg-2c's partial of one object", [
+        "format", "MB", "bytes a group", "encode ms", "decode ms", "size / Tally's"])
+    if not results.partials:
+        section.rows.append(["—", NA, NA, NA, NA, "skipped (needs bdb-agg-2c and csv)"])
+        return section
+    ours = results.partials[0]
+    for measured in results.partials:
+        section.rows.append([
+            measured.name, f"{measured.bytes / 1e6:,.2f}", f"{measured.bytes / measured.groups:.1f}",
+            f"{measured.encode_seconds * 1e3:,.0f}", f"{measured.decode_seconds * 1e3:,.0f}",
+            f"{measured.bytes / ours.bytes:.2f}x"])
+    section.notes.append(
+        f"The partial: {ours.groups:,} groups (2c keeps about one per input row), mapped from the benchmark's "
+        "uservisits object; key, decimal(38,6) sum, its count and the row count. Each format is read back and "
+        "compared with it; one core; best of the runs (JSON: one run). Tally's codec adds its version, the "
+        "job's fingerprint and the object's metadata to the Arrow schema.")
+    return section
+
+
 def system_section(results) -> Section:
     section = Section("Through S3 (moto on loopback)", ["measurement", "figure", "detail"])
     e2e = results.end_to_end
