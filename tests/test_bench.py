@@ -127,6 +127,19 @@ def test_reducer_merge_rates(uservisits):
         assert 0 < rate.result_groups <= rate.groups
 
 
+def test_a_warm_commit_is_timed_into_a_result_built_from_numbered_copies(uservisits):
+    from chalicelib.local.bench_system import warm_commit
+
+    job = load_jobs().get("bdb-agg-2c").model_copy(update={"shards": 4})
+    body = uservisits.csv.read_bytes()
+    rate = warm_commit(body, job, copies=3)
+
+    one_copy = len({line.split(b",")[0][:12] for line in body.splitlines()})
+    assert rate.into_groups >= 3 * one_copy * 0.9  # the copies' groups hardly overlap
+    assert rate.result_groups == rate.into_groups + rate.groups  # the new copy's groups are all new
+    assert rate.partials == 1 and 1 <= rate.shards <= 4 and rate.seconds > 0 and rate.merge_seconds > 0
+
+
 def test_mapper_peak_memory_is_read_from_a_child_process(uservisits):
     from chalicelib.local.bench_system import mapper_peak_memory
 

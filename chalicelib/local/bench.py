@@ -169,6 +169,8 @@ def _system_measurements(results: BenchResults, options: BenchOptions, catalog, 
         with console.status("reducer merge rate (moto in-process server)"):
             body = dataset("uservisits").csv.read_bytes()
             results.merges = bench_system.merge_rates(body, catalog.get("bdb-agg-2a"), catalog.get("bdb-agg-2c"))
+        with console.status("reducer, a warm commit into a result of millions of groups"):
+            results.merges.append(bench_system.warm_commit(body, catalog.get("bdb-agg-2c")))
             del body
         for rate in results.merges:
             console.log(f"reducer {rate.label} (shards={rate.shards}): {rate.partials_s:.1f} partials/s, "

@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+
 from ..aggregation.codec import decode
 from ..engine import layout
 from ..engine.events import ObjectEvent
@@ -97,6 +99,7 @@ class MergeRate:
     seconds: float  # Reducer.reduce_job wall time, S3 requests on loopback included
     merge_seconds: float  # AggregationPlan.merge of the same partials, in memory
     shards: int = 1  # the job's result shards, merged in parallel threads
+    into_groups: int = 0  # a warm commit: the committed result's groups the partials were merged into
 
     @property
     def partials_s(self) -> float:
@@ -195,6 +198,41 @@ def merge_rates(body: bytes, small_job: Job, large_job: Job, small: int = 200, l
         return [_merge_rate(client, "small", small_job, _split_lines(head, small)),
                 _merge_rate(client, "large", large_job, _split_lines(body, large)),
                 _merge_rate(client, "large-unsharded", unsharded, _split_lines(body, large))]
+
+
+def warm_commit(body: bytes, job: Job, copies: int = 10) -> MergeRate:
+    """One object's partial committed into a result of millions of groups, as a reducer run meets it once a
+    result has grown: `copies` of `body`, each line's sourceIP prefixed with the copy's number (distinct
+    groups, 2c's keys staying nearly distinct), are mapped and committed first (not timed); then one more copy
+    is mapped, and the commit applying its partial is timed. The job keeps its default shard growth."""
+    with _moto_server() as (_, client):
+        stores = S3ObjectStore(INPUT, client), S3ObjectStore(STATE, client)
+        mapper = Mapper(JobCatalog([job]), *stores, utc_now)
+        reducer = Reducer(JobCatalog([job]), stores[1], stores[0], utc_now)
+
+        def map_copy(number: int) -> None:
+            prefix = f"{number}.".encode()
+            key = f"{job.prefix}warm-{number:03d}.csv"
+            copy = prefix + body.rstrip(b"\n").replace(b"\n", b"\n" + prefix) + b"\n"
+            mapper.map_object(ObjectEvent(INPUT, key, stores[0].put(key, copy), len(copy)))
+
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(map_copy, range(copies)))
+        while reducer.reduce_job(job).more_pending:
+            pass
+        map_copy(copies)
+        added = pa.concat_tables([job.plan.empty(), *_partials(stores[1], job)])  # its parts
+        manifest, _ = reducer.read_manifest(job)
+        committed = reducer.read_result(job, manifest)
+        started = time.perf_counter()
+        job.plan.merge([committed, added])
+        merge_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        report = reducer.reduce_job(job)
+        seconds = time.perf_counter() - started
+        shards = len(reducer.read_manifest(job)[0].result_keys)
+    return MergeRate("warm commit", job.name, report.merged, added.num_rows, report.rows, seconds, merge_seconds,
+                     shards, committed.num_rows)
 
 
 # -- mapper memory -----------------------------------------------------------------------------------------
