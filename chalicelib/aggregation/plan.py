@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from decimal import Decimal
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import cached_property
 from typing import Sequence
 

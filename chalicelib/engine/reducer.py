@@ -545,10 +545,8 @@ def _whole_contributions(listed: list[str], batch: int) -> list[str]:
     groups: dict[str, list[str]] = {}
     for key in listed:
         groups.setdefault(layout.contribution_of_marker(layout.id_of(key)), []).append(key)
-    ready = [keys for keys in groups.values() if _may_apply(keys)]
-    waiting = [keys for keys in groups.values() if not _may_apply(keys)]
     taken: list[str] = []
-    for keys in (*ready, *waiting):
+    for keys in sorted(groups.values(), key=lambda keys: not _may_apply(keys)):  # stable: listing order kept
         if len(taken) >= batch:
             break
         taken += keys

@@ -102,22 +102,12 @@ _IN_FLIGHT = _ReadsInFlight()
 atexit.register(_IN_FLIGHT.drain)
 
 
-class _Counting(io.RawIOBase):
-    """Counts the raw (compressed) bytes consumed, for throughput figures and error positions. `read` hands
-    the underlying stream's bytes on as they are: Arrow reads whole blocks, so a buffering layer would only
-    copy them (a quarter of the parse time, measured)."""
-
-    def __init__(self, stream: IO[bytes], stats: ReadStats):
-        self._stream, self._stats = stream, stats
+class _Reads(io.RawIOBase):
+    """A readable stream whose `read` hands bytes on as they come: Arrow reads whole blocks, so a buffering
+    layer would only copy them (a quarter of the parse time, measured)."""
 
     def readable(self) -> bool:
         return True
-
-    def read(self, size: int = -1) -> bytes:
-        with _IN_FLIGHT:
-            data = self._stream.read(size)
-        self._stats.bytes_read += len(data)
-        return data
 
     def readinto(self, buffer) -> int:
         data = self.read(len(buffer))
@@ -125,14 +115,24 @@ class _Counting(io.RawIOBase):
         return len(data)
 
 
-class _Prepended(io.RawIOBase):
+class _Counting(_Reads):
+    """Counts the raw (compressed) bytes consumed, for throughput figures and error positions."""
+
+    def __init__(self, stream: IO[bytes], stats: ReadStats):
+        self._stream, self._stats = stream, stats
+
+    def read(self, size: int = -1) -> bytes:
+        with _IN_FLIGHT:
+            data = self._stream.read(size)
+        self._stats.bytes_read += len(data)
+        return data
+
+
+class _Prepended(_Reads):
     """A stream whose first bytes were already read (to tell an empty input from a non-empty one)."""
 
     def __init__(self, head: bytes, rest):
         self._head, self._rest = head, rest
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, size: int = -1) -> bytes:
         with _IN_FLIGHT:
@@ -143,11 +143,6 @@ class _Prepended(io.RawIOBase):
                 return head
             head, self._head = self._head[:size], self._head[size:]
             return head
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
 
 def batches(source: IO[bytes], fmt: InputFormat, key: str, stats: ReadStats | None = None,
