@@ -4,6 +4,7 @@ from before shards is carried over; a crash between shards and manifest leaves o
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import pytest
 
@@ -300,3 +301,39 @@ def test_a_sharded_result_starts_whole_and_is_repartitioned_as_it_grows(runtime,
     assert len(manifest(runtime, "sharded").result_keys) == 4 and served(runtime, "sharded") == served(runtime, "whole")
     live = {key for key in manifest(runtime, "sharded").result_keys if key}
     assert {o.key for o in runtime.state_store.list(layout.results_prefix("sharded"))} == live
+
+
+@pytest.mark.parametrize("committed, count, largest_family", [(4, 8, 1), (2, 16, 1), (8, 2, 4), (3, 4, 3)])
+def test_repartitioning_holds_one_family_of_shards_at_a_time(committed, count, largest_family):
+    """Growing splits each committed shard on its own, shrinking by a divisor joins only the shards that meet;
+    the shards are those of the whole result partitioned from scratch, and no split holds more than one
+    family's committed shards (counts that do not divide each other are one family: the whole result)."""
+    import pyarrow as pa
+
+    from chalicelib.aggregation.partition import split_by_shard
+    from chalicelib.engine import sharded
+    from chalicelib.engine.sharded import Changes, update_shards
+
+    plan = job("j", SUBTRACTABLE, 16).plan
+    rows = [{"ip": f"10.{i % 256}.{i * 7 % 256}", "revenue": Decimal(i % 13), "visits": 1, "__rows": 1}
+            for i in range(2_000)]
+    whole = plan.merge([pa.Table.from_pylist(rows, plan.state_schema)])
+    stored = {f"s{n}": shard for n, shard in enumerate(split_by_shard(whole, plan.key_names, committed))}
+    split_sizes = []
+
+    def spying_split(table, keys, shards):
+        split_sizes.append(table.num_rows)
+        return split_by_shard(table, keys, shards)
+
+    sharded_split, sharded.split_by_shard = sharded.split_by_shard, spying_split
+    try:
+        update = update_shards(plan, count, list(stored), whole.num_rows, stored.__getitem__, Changes([]))
+    finally:
+        sharded.split_by_shard = sharded_split
+
+    expected = split_by_shard(whole, plan.key_names, count)
+    assert [table.sort_by("ip").to_pylist() for table in update.tables] == \
+        [table.sort_by("ip").to_pylist() for table in expected]
+    assert update.rows == whole.num_rows
+    biggest_family = sum(sorted((t.num_rows for t in stored.values()), reverse=True)[:largest_family])
+    assert max(split_sizes) <= biggest_family

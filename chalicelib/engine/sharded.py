@@ -52,7 +52,8 @@ def shard_count(limit: int, committed: int, groups: int, shard_groups: int = SHA
     """How many shards a result of up to `groups` groups is kept in: the power of two that holds `shard_groups`
     a shard, never fewer than the `committed` count (a shrinking result keeps its shards: no re-partitioning
     back and forth), and never more than the job's `limit`, to which a lowered limit brings it at once. A
-    result grows 1, 2, 4, ... so each re-partition (the whole result once) comes after its size has doubled."""
+    result grows 1, 2, 4, ... so each re-partition comes after its size has doubled, and splits each committed
+    shard in two (`families`)."""
     needed = 1
     while needed * shard_groups < groups and needed < limit:
         needed *= 2
@@ -62,40 +63,56 @@ def shard_count(limit: int, committed: int, groups: int, shard_groups: int = SHA
 def update_shards(plan: AggregationPlan, count: int, committed: Sequence[str], committed_rows: int,
                   read: Callable[[str], pa.Table], changes: Changes, parallelism: int = 4) -> ShardedUpdate:
     """The shards of the result once `changes` are applied to the committed one (`committed`: its object
-    per shard). A result committed with another shard count is re-partitioned whole, once, here."""
+    per shard). A result committed with another shard count is re-partitioned here, family by family."""
     keys = plan.key_names
 
     def split(tables: Sequence[pa.Table]) -> list[list[pa.Table]]:
         return [split_by_shard(table, keys, count) for table in tables if table.num_rows]
 
-    repartitioned = None
-    if len(committed) != count and any(committed):
-        # The whole result in memory once: the price of changing the shard count.
-        whole = pa.concat_tables([read(key) for key in committed if key])
-        repartitioned = split_by_shard(whole, keys, count)
-    previous = tuple(committed) if len(committed) == count else ("",) * count
     added, removed = split(changes.added), split(changes.removed)
     kept = split(changes.kept) if changes.kept is not None else None
-    if repartitioned is not None:
-        touched = list(range(count))
+    repartitioning = len(committed) != count and any(committed)
+    previous = tuple(committed) if len(committed) == count else ("",) * count
+    if repartitioning:
+        tasks = [([committed[old] for old in olds], news) for olds, news in families(len(committed), count)]
     else:
         touched = sorted({shard for pieces in (*added, *removed) for shard, piece in enumerate(pieces)
                           if piece.num_rows})
+        tasks = [([previous[shard]], [shard]) for shard in touched]
 
-    def one(shard: int) -> tuple[int, pa.Table]:
-        if repartitioned is not None:
-            base = repartitioned[shard]
-        else:
-            base = read(previous[shard]) if previous[shard] else plan.empty()
+    def apply(shard: int, base: pa.Table) -> pa.Table:
         adding = [pieces[shard] for pieces in added]
         if kept is not None:
-            return base.num_rows, plan.merge([*(pieces[shard] for pieces in kept), *adding])
+            return plan.merge([*(pieces[shard] for pieces in kept), *adding])
         if removed:
-            return base.num_rows, plan.retract(base, [pieces[shard] for pieces in removed], adding)
-        return base.num_rows, plan.merge([base, *adding])
+            return plan.retract(base, [pieces[shard] for pieces in removed], adding)
+        return plan.merge([base, *adding])
 
-    with ThreadPoolExecutor(max(1, min(parallelism, len(touched) or 1))) as pool:
-        done = dict(zip(touched, pool.map(one, touched)))
+    def one(task: tuple[list[str], list[int]]) -> list[tuple[int, int, pa.Table]]:
+        """(shard, its committed groups, its new table) for the shards of one task."""
+        sources, shards = task
+        tables = [read(key) for key in sources if key]
+        if not repartitioning:
+            bases = {shards[0]: tables[0] if tables else plan.empty()}
+        else:
+            pieces = split_by_shard(pa.concat_tables(tables) if tables else plan.empty(), keys, count)
+            bases = {shard: pieces[shard] for shard in shards}
+        return [(shard, bases[shard].num_rows, apply(shard, bases[shard])) for shard in shards]
+
+    with ThreadPoolExecutor(max(1, min(parallelism, len(tasks) or 1))) as pool:
+        done = {shard: (old, new) for results in pool.map(one, tasks) for shard, old, new in results}
     tables = tuple(done[shard][1] if shard in done else None for shard in range(count))
     rows = committed_rows - sum(old for old, _ in done.values()) + sum(new.num_rows for _, new in done.values())
     return ShardedUpdate(tables, previous, rows)
+
+
+def families(committed: int, count: int) -> list[tuple[list[int], list[int]]]:
+    """Re-partitioning `committed` shards into `count`, as (old shards, new shards) pairs such that every group
+    of those old shards belongs to those new ones: each is done on its own, holding one family in memory, not
+    the whole result. A shard is the key hash modulo the count, so when one count divides the other (a result
+    doubling, a lowered power-of-two limit) the families are small; otherwise the whole result is one."""
+    if count % committed == 0:  # growing: old shard j splits into j, j + committed, j + 2 committed, ...
+        return [([old], list(range(old, count, committed))) for old in range(committed)]
+    if committed % count == 0:  # shrinking: new shard s gathers s, s + count, ...
+        return [(list(range(new, committed, count)), [new]) for new in range(count)]
+    return [(list(range(committed)), list(range(count)))]
