@@ -61,7 +61,7 @@ class Runtime:
     @cached_property
     def reducer(self) -> Reducer:
         return Reducer(self.jobs, self.state_store, self.input_store, utc_now, self.settings.reduce_batch,
-                       self.settings.reduce_parallelism, self.settings.shard_groups)
+                       self.settings.reduce_parallelism, self.settings.shard_groups, self.settings.reduce_max_groups)
 
     @cached_property
     def reconciler(self) -> Reconciler:

@@ -25,6 +25,10 @@ class Settings(BaseModel):
     jobs: str = ""
     # Merge at most this many partials per reducer run so one run stays inside a Lambda's time and memory.
     reduce_batch: int = Field(default=500, ge=1)
+    # ... and partials of at most this many groups (one job's run; jobs run side by side): merging holds about
+    # 250 bytes a group at its peak (2c, measured), so a backlog of high-cardinality partials is merged a
+    # bounded batch at a time instead of exhausting a reducer's memory, then failing the same way every run.
+    reduce_max_groups: int = Field(default=2_000_000, ge=1)
     # Jobs reduced side by side in one run (threads: Arrow and boto3 release the GIL).
     reduce_parallelism: int = Field(default=4, ge=1, le=64)
     # A sharded result starts in one object and doubles its shards (up to the job's `shards`) when they would

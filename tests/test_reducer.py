@@ -1,6 +1,7 @@
 """The reducer: exactly once under overlapping runs, crashes at every step, and late duplicates."""
 from __future__ import annotations
 
+import json
 import threading
 from decimal import Decimal
 
@@ -8,7 +9,7 @@ import pytest
 
 from chalicelib.engine import layout
 from chalicelib.engine.changes import plan_changes
-from chalicelib.engine.reducer import Reducer, ReduceReport
+from chalicelib.engine.reducer import Reducer, ReduceReport, _within_groups
 from chalicelib.errors import CommitConflict
 from chalicelib.runtime import utc_now
 
@@ -167,6 +168,39 @@ def test_a_high_cardinality_object_is_mapped_in_parts_and_merged_once_whole(runt
     assert len(listing(runtime, layout.parts_prefix(JOB))) > 2  # kept: a later retraction may need them
     assert served(runtime) == expected({"uservisits/wide.csv": rows})
     assert listing(runtime, layout.inbox_prefix(JOB)) == []
+
+
+def test_a_marker_counts_the_groups_of_all_its_parts(runtime, uploads):
+    rows = [(f"{i}.{i}.{i}.{i}", "1") for i in range(1, 41)]  # 40 groups in 2a
+    runtime.mapper.max_groups, runtime.mapper.block_size = 8, 512  # several parts
+    runtime.mapper.handle(uploads.event(uploads.put("uservisits/wide.csv", uservisits_rows(*rows))))
+
+    [marker_key] = listing(runtime, layout.inbox_prefix(JOB))
+    marker = json.loads(runtime.state_store.get(marker_key)[0])
+    parts = runtime.reducer.read_parts(runtime.jobs.get(JOB), marker["parts"])
+    assert len(parts) > 1 and marker["groups"] == sum(part.num_rows for part in parts) == 40
+
+
+def test_a_backlog_of_big_partials_is_merged_a_bounded_batch_at_a_time(runtime, uploads):
+    """Each file's partial holds 6 groups; a run reads at most 10 (but always at least one marker), so three
+    files take three commits, which one reduce_all drains, and the result is all three files."""
+    files = {f"uservisits/f{n}.csv": [(f"10.{n}.{i}.1", f"{i}.5") for i in range(6)] for n in range(3)}
+    map_files(runtime, uploads, files)
+    bounded = Reducer(runtime.jobs, runtime.state_store, runtime.input_store, utc_now, max_groups=10)
+
+    reports = [r for r in bounded.reduce_all() if r.job == JOB]
+
+    assert [(r.merged, r.more_pending) for r in reports] == [(1, True), (1, True), (1, False)]
+    assert served(runtime) == expected(files)
+    assert listing(runtime, layout.inbox_prefix(JOB)) == []
+
+
+def test_the_group_budget_counts_input_rows_for_markers_that_do_not_count_groups():
+    put = {"kind": "put", "key": "k", "contribution": "c"}
+    markers = [{**put, "groups": 4}, {**put, "rows": 5}, {**put, "groups": 1}]
+    assert _within_groups(markers, 9) == (markers[:2], True)
+    assert _within_groups(markers, 10) == (markers, False)
+    assert _within_groups([{**put, "groups": 50}, {"kind": "removed"}], 10) == ([{**put, "groups": 50}], True)
 
 
 class CountingStore:

@@ -43,7 +43,7 @@ class IncompleteRanges:
 
 
 # A combined marker's counts are its ranges' sums; every other field is the version's, the same in each range.
-_SUMMED = ("rows", "bad_rows", "bytes_read", "output_rows")
+_SUMMED = ("rows", "bad_rows", "bytes_read", "output_rows", "groups")
 
 
 def marker_ids(marker: Marker) -> list[str]:

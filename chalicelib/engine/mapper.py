@@ -140,15 +140,18 @@ class _PartWriter:
         self.store, self.job, self.contribution, self.split = store, job, contribution, split
         self.marker = marker or contribution  # a range's marker is its own; the contribution is the version's
         self.written: list[str] = []
+        self.groups = 0  # rows of every part: what the reducer will hold when it reads them
 
     def write(self, partial: pa.Table, meta: dict) -> None:
+        self.groups += partial.num_rows
         self._put(self._encode(partial, meta))
 
     def commit(self, partial: pa.Table, meta: dict, inline_limit: int) -> None:
         """The last part, then the marker: once the marker is in the inbox, every part it names is there.
         An object that fits in one small partial needs no part at all: the marker carries it."""
         data = self._encode(partial, meta)
-        marker = {**meta, "kind": "put", "contribution": self.contribution}
+        self.groups += partial.num_rows
+        marker = {**meta, "kind": "put", "contribution": self.contribution, "groups": self.groups}
         if not self.written and len(data) <= inline_limit:
             marker["inline"] = base64.b64encode(data).decode()
         else:
@@ -191,9 +194,8 @@ class _AggregateSink:
         self.accumulator.add(batch)
 
     def commit(self, summary: dict) -> int:
-        partial = self.accumulator.result()
-        self.writer.commit(partial, summary, self.inline_limit)
-        return partial.num_rows
+        self.writer.commit(self.accumulator.result(), summary, self.inline_limit)
+        return self.writer.groups
 
 
 class Mapper:

@@ -133,9 +133,9 @@ class Gathered:
 class Reducer:
     def __init__(self, jobs: JobCatalog, state_store: ObjectStore, input_store: ObjectStore,
                  clock: Callable[[], datetime], batch: int = 500, parallelism: int = 4,
-                 shard_groups: int = SHARD_GROUPS):
+                 shard_groups: int = SHARD_GROUPS, max_groups: int = 2_000_000):
         self.jobs, self.state, self.input, self.clock, self.batch = jobs, state_store, input_store, clock, batch
-        self.parallelism, self.shard_groups = parallelism, shard_groups
+        self.parallelism, self.shard_groups, self.max_groups = parallelism, shard_groups, max_groups
         # Every shard and the ledger of every job, plus room for a run's superseded and conflicting objects.
         self._recent_size = 2 * sum(job.shards + 1 for job in jobs) + 2
         self._recent: OrderedDict[str, pa.Table] = OrderedDict()
@@ -270,12 +270,13 @@ class Reducer:
         batch = _whole_contributions(listed, self.batch)
         with ThreadPoolExecutor(8) as pool:
             markers, incomplete = combine_ranges(m for m in pool.map(self._read_marker, batch) if m is not None)
+            markers, deferred = (markers, False) if job.is_scan else _within_groups(markers, self.max_groups)
             quarantined = frozenset(ranges.contribution for ranges, record in zip(incomplete, pool.map(
                 self.state.head, [layout.quarantine_key(job.name, r.contribution) for r in incomplete])) if record)
         # Read after the markers: S3's answer is then at least as new as every marker it is compared with.
         current = self.current_versions(sorted({m["key"] for m in markers} | {r.key for r in incomplete}))
-        return Gathered(manifest, etag, ledger, markers, current, len(listed) > len(batch), tuple(incomplete),
-                        quarantined)
+        return Gathered(manifest, etag, ledger, markers, current, len(listed) > len(batch) or deferred,
+                        tuple(incomplete), quarantined)
 
     def current_versions(self, keys: list[str]) -> dict[str, Current | None]:
         """What the input bucket holds now for each key (sorted). Objects that land together mostly sort
@@ -551,6 +552,18 @@ def _whole_contributions(listed: list[str], batch: int) -> list[str]:
             break
         taken += keys
     return taken
+
+
+def _within_groups(markers: list[dict], budget: int) -> tuple[list[dict], bool]:
+    """The markers, in order, whose partials hold at most `budget` groups together (at least the first, however
+    big), and whether any had to wait for a later run. A marker written before markers counted their groups
+    counts its input rows, which bound them."""
+    total = 0
+    for taken, marker in enumerate(markers):
+        total += marker.get("groups", marker.get("rows") or 0) if marker.get("kind") == "put" else 0
+        if taken and total > budget:
+            return markers[:taken], True
+    return markers, False
 
 
 def _may_apply(keys: list[str]) -> bool:
