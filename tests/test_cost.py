@@ -44,7 +44,9 @@ def test_s3_streams_cap_a_fast_kernel_and_less_memory_slows_it():
 def test_parts_follow_the_spill_threshold():
     many_groups = cost.Measured(kernel_mb_s=100, groups_per_object=1_200_000, merge_groups_s=1e6)
     est = cost.estimate(many_groups, SMALL)
-    assert (est.s3_gets, est.s3_puts) == (10 * (12 + 1 + 3), 10 * 4 + 5)  # 3 parts of <= 500,000 groups an object
+    # 3 parts of <= 500,000 groups an object; 12 M groups are 6 reducer runs of <= 2 M, each with 5 PUTs.
+    assert (est.s3_gets, est.s3_puts) == (10 * (12 + 1 + 3), 10 * 4 + 6 * 5)
+    assert est.lambda_requests == 10 + 6
 
 
 def test_field_notes_figures():

@@ -162,7 +162,8 @@ def cost_section(results) -> Section:
         f"{d.s3_streams} x {d.s3_stream_mb_s:.0f} MB/s for the mapper's {d.s3_streams} ranged S3 GETs in flight "
         f"('$ if CPU-bound' lifts that cap), plus "
         f"{d.invocation_overhead_s} s per invocation; waves of 1,000; then one {d.reducer_memory_mb} MB reducer "
-        f"merging every partial's groups at the rate of Reducer.reduce_job with its S3 requests ({merge_source}).",
+        f"merging every partial's groups at the rate of Reducer.reduce_job with its S3 requests ({merge_source}), "
+        f"in runs of at most {d.reduce_batch} partials and {d.reduce_max_groups:,} groups.",
         "BigLambda's figures are the seed's (published); it measured 1a/1b on rankings, the model uses the same "
         "dataset size for every query.",
     ]

@@ -2,8 +2,10 @@
 
 The model: the dataset is split into objects; each object is one mapper invocation (S3 sends one event per
 object), running the measured single-thread map kernel on its share of a vCPU, unless the mapper's S3 reads
-(`s3_streams` ranged GETs in flight, see formats/prefetch.py) are slower than that. At most `concurrency` mappers run at once, in waves. One reducer then merges every
-partial at the measured merge rate. Billed: Lambda GB-seconds and invocations, S3 GETs and PUTs.
+(`s3_streams` ranged GETs in flight, see formats/prefetch.py) are slower than that. At most `concurrency`
+mappers run at once, in waves. One reducer then merges every partial at the measured merge rate, in runs of at
+most `reduce_batch` partials and `reduce_max_groups` groups. Billed: Lambda GB-seconds and invocations, S3
+GETs and PUTs.
 
 Prices: AWS Lambda pricing (aws.amazon.com/lambda/pricing) and Amazon S3 pricing (aws.amazon.com/s3/pricing),
 us-east-1, x86, as stated in FIELD-NOTES.md on 2026-11-27 (unchanged since 2023): $0.0000166667 per GB-second,
@@ -47,6 +49,7 @@ class Deployment:
     invocation_overhead_s: float = 0.5  # per mapper: HEAD/GET latency, writing the partial and its marker
     max_groups_per_part: int = 500_000  # the mapper's spill threshold (Settings.map_max_groups)
     reduce_batch: int = 500  # partials per reducer run (Settings.reduce_batch)
+    reduce_max_groups: int = 2_000_000  # and groups of partials per run (Settings.reduce_max_groups)
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ def estimate(measured: Measured, deployment: Deployment = Deployment(), pricing:
     groups = objects * measured.groups_per_object
     reduce_seconds = groups / measured.merge_groups_s
     reduce_gb_seconds = reduce_seconds * d.reducer_memory_mb / 1024
-    reducer_runs = math.ceil(objects / d.reduce_batch)
+    reducer_runs = max(math.ceil(objects / d.reduce_batch), math.ceil(groups / d.reduce_max_groups))
 
     parts = max(1, math.ceil(measured.groups_per_object / d.max_groups_per_part))
     # Mapper: GET the object (a big one in chunks); PUT its parts and its marker. Reducer: GET each marker and part; per run LIST
