@@ -9,7 +9,7 @@ import pytest
 
 from chalicelib.engine import layout
 from chalicelib.engine.changes import plan_changes
-from chalicelib.engine.reducer import Reducer, ReduceReport, _within_groups
+from chalicelib.engine.reducer import Reducer, ReduceReport, _batches_of_entries, _within_groups
 from chalicelib.errors import CommitConflict
 from chalicelib.runtime import utc_now
 
@@ -339,3 +339,40 @@ def test_a_rebuild_from_one_pack_merges_the_groups_its_versions_share(runtime, u
 
     _, table = runtime.results.current(runtime.jobs.get("visits-by-country"))
     assert table.num_rows == 1 and table.to_pylist()[0]["visitors"] == 1
+
+
+def test_a_rebuild_reads_the_retained_partials_a_bounded_batch_at_a_time(runtime, uploads):
+    """A delete rebuilds a sketch (not subtractable) from every live version's partial. With a budget of 4
+    groups a batch (input rows, which bound them), the four files left, of 2 rows each, are read two at a time,
+    and the rebuilt result is that of those files."""
+    job = "visits-by-country"
+    files = {f"uservisits/f{n}.csv": [(f"{n}.1.1.{i}", f"{n}{i}") for i in range(2)] for n in range(5)}
+    for key, rows in files.items():  # one reducer run each: every partial is kept in its own pack
+        map_files(runtime, uploads, {key: rows})
+        runtime.reducer.reduce_all()
+    runtime.mapper.handle(uploads.event(uploads.delete("uservisits/f4.csv")))
+    bounded = Reducer(runtime.jobs, runtime.state_store, runtime.input_store, utc_now, max_groups=4)
+    batches = []
+    read_retained = bounded.read_retained
+    bounded.read_retained = lambda j, entries: batches.append(sorted(e["key"] for e in entries)) or \
+        read_retained(j, entries)
+
+    bounded.reduce_job(runtime.jobs.get(job))
+
+    rebuilt = [batch for batch in batches if "uservisits/f4.csv" not in batch]  # the retracted one is read too
+    assert sorted(key for batch in rebuilt for key in batch) == [f"uservisits/f{n}.csv" for n in range(4)]
+    assert [len(batch) for batch in rebuilt] == [2, 2]
+    _, table = runtime.results.current(runtime.jobs.get(job))
+    assert table.to_pylist()[0]["visitors"] == 8
+
+
+def test_entries_batch_by_rows_and_keep_a_pack_together():
+    def entry(contribution: str, rows: int, pack: str | None = None) -> dict:
+        return {"contribution": contribution, "rows": rows,
+                "parts": [pack] if pack else [f"jobs/j/parts/{contribution}/0.arrow"]}
+
+    pack = layout.generation_keys("j", 3).pack
+    a, b, c, d = entry("a", 3), entry("b", 2, pack), entry("c", 2, pack), entry("d", 9)
+    assert _batches_of_entries([a, b, d, c], 5) == [[a], [b, c], [d]]  # b and c share a pack: 4 rows
+    assert _batches_of_entries([a, b, c, d], 100) == [[a, b, c, d]]
+    assert _batches_of_entries([], 5) == []

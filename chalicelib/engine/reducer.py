@@ -403,7 +403,8 @@ class Reducer:
         log.info("rebuilding result from retained partials", extra={"job": job.name, "objects": len(entries)})
         added_ids = {m["contribution"] for m in plan.add}
         kept = [e for e in entries.values() if e["contribution"] not in added_ids]
-        return Changes(added, removed, self.read_retained(job, kept))
+        return Changes(added, removed, (self.read_retained(job, batch)
+                                        for batch in _batches_of_entries(kept, self.max_groups)))
 
     def _update_shards(self, job: Job, manifest: Manifest | None, changes: Changes) -> ShardedUpdate:
         committed, rows = (manifest.result_keys, manifest.rows) if manifest else ((), 0)
@@ -564,6 +565,26 @@ def _within_groups(markers: list[dict], budget: int) -> tuple[list[dict], bool]:
         if taken and total > budget:
             return markers[:taken], True
     return markers, False
+
+
+def _batches_of_entries(entries: list[dict], budget: int) -> list[list[dict]]:
+    """Ledger entries in batches whose partials hold at most `budget` groups (by their input rows, which bound
+    them; at least one unit a batch). The entries kept in one pack go in one batch: each pack is read once."""
+    units: dict[str, list[dict]] = {}
+    for entry in entries:
+        pack = next((ref for ref in entry["parts"] if layout.is_pack(ref)), None)
+        units.setdefault(pack or entry["contribution"], []).append(entry)
+    batches: list[list[dict]] = []
+    batch: list[dict] = []
+    size = 0
+    for unit in units.values():
+        rows = sum(entry.get("rows") or 0 for entry in unit)
+        if batch and size + rows > budget:
+            batches.append(batch)
+            batch, size = [], 0
+        batch += unit
+        size += rows
+    return [*batches, batch] if batch else batches
 
 
 def _may_apply(keys: list[str]) -> bool:

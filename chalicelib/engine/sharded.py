@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import pyarrow as pa
 
@@ -26,8 +26,8 @@ class Changes:
     added: Sequence[pa.Table]
     removed: Sequence[pa.Table] = ()  # retracted versions' partials
     # Set for plans that cannot subtract (min/max, sketches): every live partial but the added ones, to
-    # rebuild each touched shard from.
-    kept: Sequence[pa.Table] | None = None
+    # rebuild each touched shard from, in batches read one at a time (they may be the whole dataset's).
+    kept: Iterable[Sequence[pa.Table]] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,6 @@ def update_shards(plan: AggregationPlan, count: int, committed: Sequence[str], c
         return [split_by_shard(table, keys, count) for table in tables if table.num_rows]
 
     added, removed = split(changes.added), split(changes.removed)
-    kept = split(changes.kept) if changes.kept is not None else None
     repartitioning = len(committed) != count and any(committed)
     previous = tuple(committed) if len(committed) == count else ("",) * count
     if repartitioning:
@@ -79,11 +78,14 @@ def update_shards(plan: AggregationPlan, count: int, committed: Sequence[str], c
         touched = sorted({shard for pieces in (*added, *removed) for shard, piece in enumerate(pieces)
                           if piece.num_rows})
         tasks = [([previous[shard]], [shard]) for shard in touched]
+    workers = max(1, min(parallelism, len(tasks) or 1))
+    if changes.kept is not None:
+        rebuilt = _fold(plan, [shard for _, shards in tasks for shard in shards], changes.kept, split, workers)
 
     def apply(shard: int, base: pa.Table) -> pa.Table:
         adding = [pieces[shard] for pieces in added]
-        if kept is not None:
-            return plan.merge([*(pieces[shard] for pieces in kept), *adding])
+        if changes.kept is not None:
+            return plan.merge([rebuilt[shard], *adding])
         if removed:
             return plan.retract(base, [pieces[shard] for pieces in removed], adding)
         return plan.merge([base, *adding])
@@ -99,11 +101,25 @@ def update_shards(plan: AggregationPlan, count: int, committed: Sequence[str], c
             bases = {shard: pieces[shard] for shard in shards}
         return [(shard, bases[shard].num_rows, apply(shard, bases[shard])) for shard in shards]
 
-    with ThreadPoolExecutor(max(1, min(parallelism, len(tasks) or 1))) as pool:
+    with ThreadPoolExecutor(workers) as pool:
         done = {shard: (old, new) for results in pool.map(one, tasks) for shard, old, new in results}
     tables = tuple(done[shard][1] if shard in done else None for shard in range(count))
     rows = committed_rows - sum(old for old, _ in done.values()) + sum(new.num_rows for _, new in done.values())
     return ShardedUpdate(tables, previous, rows)
+
+
+def _fold(plan: AggregationPlan, shards: list[int], batches: Iterable[Sequence[pa.Table]],
+          split: Callable[[Sequence[pa.Table]], list[list[pa.Table]]], workers: int) -> dict[int, pa.Table]:
+    """`shards` merged from partials that come in batches: one batch in memory at a time, besides the shards."""
+    merged = {shard: plan.empty() for shard in shards}
+    if not shards:
+        return merged  # nothing to rebuild: the batches are never read
+    with ThreadPoolExecutor(workers) as pool:
+        for batch in batches:
+            pieces = split(batch)
+            folded = list(pool.map(lambda shard: plan.merge([merged[shard], *(p[shard] for p in pieces)]), shards))
+            merged = dict(zip(shards, folded))
+    return merged
 
 
 def families(committed: int, count: int) -> list[tuple[list[int], list[int]]]:
