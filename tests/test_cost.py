@@ -49,6 +49,14 @@ def test_parts_follow_the_spill_threshold():
     assert est.lambda_requests == 10 + 6
 
 
+def test_a_scan_pays_the_reducer_nothing_for_its_output_rows():
+    """A map-only job's reducer records output files: its runs and time do not grow with the rows."""
+    rows = cost.Measured(kernel_mb_s=100, groups_per_object=1_200_000, merge_groups_s=1e6, scan=True)
+    est = cost.estimate(rows, SMALL)
+    assert est.reduce_seconds == 0 and est.lambda_requests == 10 + 1
+    assert est.s3_puts == 10 * 4 + 5  # still 3 output files and a marker an object
+
+
 def test_field_notes_figures():
     # 2a on 126.8 GB at DuckDB's one-thread CSV speed (542 MB/s): about $0.0067 of compute.
     duckdb = cost.estimate(cost.Measured(542, 1, 1e9), cost.Deployment(s3_stream_mb_s=None, invocation_overhead_s=0))

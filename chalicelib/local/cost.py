@@ -57,8 +57,9 @@ class Measured:
     """What the benchmark measured for one query."""
 
     kernel_mb_s: float  # map kernel, MB (1e6 bytes) of input per second on one core
-    groups_per_object: float  # groups in one object's partial
+    groups_per_object: float  # groups in one object's partial (a scan: its output rows)
     merge_groups_s: float  # reducer, groups of partials merged per second
+    scan: bool = False  # a map-only job: the reducer records output files and never reads their rows
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def estimate(measured: Measured, deployment: Deployment = Deployment(), pricing:
     # The last object may be short: bill the dataset's bytes, not objects x object size.
     map_gb_seconds = (d.dataset_bytes / rate + objects * d.invocation_overhead_s) * d.mapper_memory_mb / 1024
 
-    groups = objects * measured.groups_per_object
+    groups = 0 if measured.scan else objects * measured.groups_per_object
     reduce_seconds = groups / measured.merge_groups_s
     reduce_gb_seconds = reduce_seconds * d.reducer_memory_mb / 1024
     reducer_runs = max(math.ceil(objects / d.reduce_batch), math.ceil(groups / d.reduce_max_groups))
