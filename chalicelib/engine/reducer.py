@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -559,32 +559,33 @@ def _within_groups(markers: list[dict], budget: int) -> tuple[list[dict], bool]:
     """The markers, in order, whose partials hold at most `budget` groups together (at least the first, however
     big), and whether any had to wait for a later run. A marker written before markers counted their groups
     counts its input rows, which bound them."""
-    total = 0
-    for taken, marker in enumerate(markers):
-        total += marker.get("groups", marker.get("rows") or 0) if marker.get("kind") == "put" else 0
-        if taken and total > budget:
-            return markers[:taken], True
-    return markers, False
+    batches = _cut(markers, lambda m: m.get("groups", m.get("rows") or 0) if m.get("kind") == "put" else 0, budget)
+    return (batches[0] if batches else []), len(batches) > 1
 
 
 def _batches_of_entries(entries: list[dict], budget: int) -> list[list[dict]]:
     """Ledger entries in batches whose partials hold at most `budget` groups (by their input rows, which bound
-    them; at least one unit a batch). The entries kept in one pack go in one batch: each pack is read once."""
+    them). The entries kept in one pack go in one batch: each pack is read once."""
     units: dict[str, list[dict]] = {}
     for entry in entries:
         pack = next((ref for ref in entry["parts"] if layout.is_pack(ref)), None)
         units.setdefault(pack or entry["contribution"], []).append(entry)
-    batches: list[list[dict]] = []
-    batch: list[dict] = []
-    size = 0
-    for unit in units.values():
-        rows = sum(entry.get("rows") or 0 for entry in unit)
-        if batch and size + rows > budget:
-            batches.append(batch)
-            batch, size = [], 0
-        batch += unit
-        size += rows
-    return [*batches, batch] if batch else batches
+    batches = _cut(list(units.values()), lambda unit: sum(entry.get("rows") or 0 for entry in unit), budget)
+    return [[entry for unit in batch for entry in unit] for batch in batches]
+
+
+def _cut(items: list, size: Callable[[Any], int], budget: int) -> list[list]:
+    """`items` in order, in batches of at most `budget` by `size`; an item larger than that is a batch alone."""
+    batches: list[list] = []
+    total = 0
+    for item in items:
+        weight = size(item)
+        if not batches or total + weight > budget:
+            batches.append([])
+            total = 0
+        batches[-1].append(item)
+        total += weight
+    return batches
 
 
 def _may_apply(keys: list[str]) -> bool:
