@@ -1,20 +1,30 @@
 """Partials on the wire: Arrow IPC with zstd, tagged with the format version and the plan fingerprint so a
-partial from another job definition is refused rather than merged into a wrong number."""
+partial from another job definition is refused rather than merged into a wrong number.
+
+Integer columns made of few runs of equal values are written run-end encoded, as Parquet's RLE would: the
+count and row-count states of a partial stated row by row (BDB 2b, 2c) are all ones, which zstd still
+compressed at a third of the encode time (measured on 2c's partial of one object: encode 73 ms to 36-50,
+decode 20 to 14). Decoding restores the plain columns, so readers never see the difference."""
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import PartialMismatch
 
 MAGIC = b"tally.partial"
-CODEC_VERSION = "1"
+CODEC_VERSION = "2"  # 2: integer columns of few runs are run-end encoded
+_READABLE = {b"1", b"2"}
 _OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
+_RUNS_PER_VALUE = 1 / 8  # at most this many runs a value for run-end encoding to pay
 
 
 def encode(table: pa.Table, fingerprint: str, meta: dict[str, Any] | None = None) -> bytes:
+    table = _run_end_encoded(table)
     schema = table.schema.with_metadata({
         MAGIC: CODEC_VERSION,
         b"tally.fingerprint": fingerprint,
@@ -35,8 +45,34 @@ def decode(data: bytes, fingerprint: str) -> tuple[pa.Table, dict[str, Any]]:
         meta = json.loads(metadata.get(b"tally.meta", b"{}"))
     except (pa.ArrowException, OSError, ValueError, KeyError) as exc:  # JSON and Unicode errors are ValueErrors
         raise PartialMismatch(f"not an encoded partial: {type(exc).__name__}: {exc}") from exc
-    if version != CODEC_VERSION.encode():
-        raise PartialMismatch(f"partial codec version {version!r}, expected {CODEC_VERSION}")
+    if version not in _READABLE:
+        raise PartialMismatch(f"partial codec version {version!r}, expected one of {sorted(_READABLE)}")
     if found != fingerprint:
         raise PartialMismatch(f"partial was written for job fingerprint {found}, this job is {fingerprint}")
-    return table.replace_schema_metadata(None), meta
+    return _run_end_decoded(table).replace_schema_metadata(None), meta
+
+
+def _run_end_encoded(table: pa.Table) -> pa.Table:
+    fields, columns = [], []
+    for field, column in zip(table.schema, table.columns):
+        if pa.types.is_integer(field.type) and not column.null_count and len(column) > 1:
+            values = np.concatenate([np.asarray(chunk) for chunk in column.chunks])
+            if 1 + np.count_nonzero(values[1:] != values[:-1]) <= len(values) * _RUNS_PER_VALUE:
+                column = pc.run_end_encode(pa.array(values, field.type), run_end_type=pa.int32())
+                field = field.with_type(column.type)
+        fields.append(field)
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields, table.schema.metadata))
+
+
+def _run_end_decoded(table: pa.Table) -> pa.Table:
+    if not any(pa.types.is_run_end_encoded(field.type) for field in table.schema):
+        return table
+    fields, columns = [], []
+    for field, column in zip(table.schema, table.columns):
+        if pa.types.is_run_end_encoded(field.type):
+            column = pc.run_end_decode(column)
+            field = field.with_type(field.type.value_type)
+        fields.append(field)
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields, table.schema.metadata))
