@@ -72,8 +72,8 @@ def _best(repeat: int, run: Callable[[], object]) -> tuple[float, object]:
 
 
 def partial_formats(partial: pa.Table, fingerprint: str, repeat: int = 3) -> list[PartialFormat]:
-    """`partial` written and read back in each format, Tally's codec (Arrow IPC, zstd, with its metadata)
-    first. Raises if a format does not give the partial back."""
+    """`partial` written and read back in each format, Tally's codec (Arrow IPC, zstd, runs run-end encoded,
+    with its metadata) first. Raises if a format does not give the partial back."""
     formats = {
         "Arrow IPC, zstd (Tally's codec)": (lambda t: encode(t, fingerprint), lambda b: decode(b, fingerprint)[0]),
         "Arrow IPC, lz4": _ipc("lz4"),
