@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from ..formats import BLOCK_SIZE, ReadStats, batches
 from ..jobs import Job
-from .mapper import _Accumulator
+from .mapper import PartialAccumulator
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def map_object_bytes(jobs: Sequence[Job], data: bytes | IO[bytes], key: str,
     reader = replace(fmt.reader(), include=tuple(n for n in fmt.columns if n in used))
     stats = ReadStats()
     collected: dict[str, list[pa.Table]] = {job.name: [] for job in jobs}
-    accumulators = {job.name: _Accumulator(job.plan, max_groups, collected[job.name].append)
+    accumulators = {job.name: PartialAccumulator(job.plan, max_groups, collected[job.name].append)
                     for job in jobs if not job.is_scan}
     for batch in batches(source, reader, key, stats, block_size):
         for job in jobs:

@@ -58,7 +58,7 @@ SAMPLE_ROWS = 65_536
 DISTINCT_ENOUGH = 0.95
 
 
-class _Accumulator:
+class PartialAccumulator:
     """Folds input batches into one partial with bounded memory.
 
     Batches are buffered (they hold only the columns the jobs use) and lifted together once `max_groups` rows
@@ -184,7 +184,7 @@ class _AggregateSink:
 
     def __init__(self, writer: _PartWriter, max_groups: int, meta: dict, inline_limit: int):
         self.writer, self.inline_limit = writer, inline_limit
-        self.accumulator = _Accumulator(writer.job.plan, max_groups, lambda part: writer.write(part, meta))
+        self.accumulator = PartialAccumulator(writer.job.plan, max_groups, lambda part: writer.write(part, meta))
 
     @property
     def written(self) -> list[str]:

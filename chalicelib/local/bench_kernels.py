@@ -1,7 +1,7 @@
 """One query on one core, three ways: Tally's map kernel, DuckDB with one thread, and a per-line Python loop.
 
 Tally's kernel is the mapper's own code path minus S3 (`Mapper._map_stream`): the format's reader with only the
-used columns, `formats` streaming batches out of an in-memory body, each job's `_Accumulator` (AggregationPlan
+used columns, `formats` streaming batches out of an in-memory body, each job's `PartialAccumulator` (AggregationPlan
 lift/merge, spilling at the mapper's group budget) and the partial codec's encode; scan jobs (filter and
 project) go through `engine.kernel.map_object_bytes`, output not encoded. Arrow runs with one CPU
 thread and one I/O thread while it is measured, so "per core" means one core.
@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from .. import formats
 from ..aggregation.codec import encode
-from ..engine.mapper import _Accumulator
+from ..engine.mapper import PartialAccumulator
 from ..jobs import Job, JobCatalog
 
 # The Big Data Benchmark's queries: which table, and the threshold (scans) or prefix length (aggregations).
@@ -110,7 +110,7 @@ def tally_kernel(body: bytes, key: str, jobs: list[Job], max_groups: int = 500_0
         encode(partial, job.plan.fingerprint, {"key": key})
         spilled[job.name] += partial.num_rows
 
-    accumulators = {job.name: _Accumulator(job.plan, max_groups, lambda p, j=job: spill(j, p)) for job in jobs}
+    accumulators = {job.name: PartialAccumulator(job.plan, max_groups, lambda p, j=job: spill(j, p)) for job in jobs}
     used = frozenset().union(*(job.plan.columns for job in jobs))
     reader = replace(jobs[0].format.reader(), include=tuple(n for n in jobs[0].format.columns if n in used))
     stats = formats.ReadStats()
