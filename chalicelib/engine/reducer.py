@@ -53,6 +53,7 @@ _LEDGER_FINGERPRINT = "ledger-v2"
 # A listing page holds 1,000 keys: worth it over HEADs from about this many keys, if enough of a page is ours.
 # Listing the keys' range is worth it from a few keys on, while at least one listed key in LISTED_PER_KEY is ours.
 LIST_MIN_KEYS, LISTED_PER_KEY = 4, 20
+MAX_GROUPS_PER_RUN = 2_000_000  # groups of partials one job's run merges at most (Settings.reduce_max_groups)
 _CONTRIBUTION = "__contribution"  # a pack's column: whose partial a row is
 
 
@@ -133,7 +134,7 @@ class Gathered:
 class Reducer:
     def __init__(self, jobs: JobCatalog, state_store: ObjectStore, input_store: ObjectStore,
                  clock: Callable[[], datetime], batch: int = 500, parallelism: int = 4,
-                 shard_groups: int = SHARD_GROUPS, max_groups: int = 2_000_000):
+                 shard_groups: int = SHARD_GROUPS, max_groups: int = MAX_GROUPS_PER_RUN):
         self.jobs, self.state, self.input, self.clock, self.batch = jobs, state_store, input_store, clock, batch
         self.parallelism, self.shard_groups, self.max_groups = parallelism, shard_groups, max_groups
         # Every shard and the ledger of every job, plus room for a run's superseded and conflicting objects.

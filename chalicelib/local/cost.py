@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..engine.reducer import MAX_GROUPS_PER_RUN
 from ..formats.prefetch import AHEAD, CHUNK_BYTES
 
 LAMBDA_MB_PER_VCPU = 1769
@@ -49,7 +50,7 @@ class Deployment:
     invocation_overhead_s: float = 0.5  # per mapper: HEAD/GET latency, writing the partial and its marker
     max_groups_per_part: int = 500_000  # the mapper's spill threshold (Settings.map_max_groups)
     reduce_batch: int = 500  # partials per reducer run (Settings.reduce_batch)
-    reduce_max_groups: int = 2_000_000  # and groups of partials per run (Settings.reduce_max_groups)
+    reduce_max_groups: int = MAX_GROUPS_PER_RUN  # and groups of partials per run
 
 
 @dataclass(frozen=True)
