@@ -183,6 +183,26 @@ def test_a_partial_stated_row_by_row_merges_as_the_aggregated_one(value_type, da
     assert_same_partial(plan, plan.merge([by_row, plan.lift(rows)]), plan.merge([plan.lift(rows), plan.lift(rows)]))
 
 
+@pytest.mark.parametrize("value_type", VALUE_TYPES)
+@LAWS
+@given(data=st.data())
+def test_counting_groups_gives_as_many_as_lifting(value_type, data):
+    """The mapper decides from count_groups whether to pre-aggregate: it must count what lift would group."""
+    plan = plan_for(value_type)
+    rows = table_of(plan, data.draw(rows_of(value_type), label="rows"))
+    assert plan.count_groups(rows) == plan.lift(rows).num_rows
+
+
+def test_counting_groups_counts_only_the_rows_the_filter_keeps():
+    rows = pa.table({"k": ["a", "a", "b", "c"], "v": pa.array([5, 1, -1, 0], pa.int64())})
+
+    def groups(condition: str) -> int:
+        return Job(name="t", prefix="p/", format=CsvFormat(columns={"k": "string", "v": "int64"}), filter=condition,
+                   keys={"k": "k"}, aggregates={"n": "count()"}).plan.count_groups(rows)
+
+    assert (groups("v > 0"), groups("v >= 0"), groups("v > 9")) == (1, 2, 0)
+
+
 def test_merge_never_modifies_its_inputs():
     plan = plan_for("int64")
     a, b = lifted(plan, [("a", 1), ("b", None)]), lifted(plan, [("a", 2)])

@@ -131,6 +131,18 @@ class AggregationPlan:
             table[f"{column}_{function}"] = _row_state(function, options, columns[column])
         return self._conform(pa.table(table), targets)
 
+    def count_groups(self, batch: pa.RecordBatch | pa.Table) -> int:
+        """How many groups `lift` would give for `batch`, without aggregating: its distinct keys among the rows
+        the filter keeps."""
+        if self.map is not None:
+            batch = self.map.apply(batch)
+        if self.filter is not None:
+            batch = batch.filter(self.filter.evaluate_array(batch))
+        if batch.num_rows == 0 or not self.keys:
+            return min(batch.num_rows, 1)
+        keys = pa.table({name: expr.evaluate_array(batch) for name, expr in self.keys})
+        return keys.group_by(self.key_names, use_threads=False).aggregate([]).num_rows
+
     def _lift_inputs(self, batch: pa.RecordBatch | pa.Table, keep_empty: bool = False):
         """What lifting `batch` groups: its working columns, the hash-aggregate steps over them, where each
         step's output goes and the grouped aggregates' builders; None for a batch the filter empties."""
