@@ -383,28 +383,30 @@ def test_the_fingerprint_identifies_the_definition():
 META = {"rows": 3, "source": "s3://tally-input/uservisits/part-00000.csv", "etag": "9b2cf535f27731c974343645a3985328"}
 
 
+@pytest.mark.parametrize("compression", ["zstd", "lz4"])
 @pytest.mark.parametrize("value_type", VALUE_TYPES)
 @LAWS
 @given(data=st.data())
-def test_codec_round_trip_preserves_the_partial_and_its_meta(value_type, data):
+def test_codec_round_trip_preserves_the_partial_and_its_meta(value_type, compression, data):
     plan = plan_for(value_type)
     partial = lifted(plan, data.draw(rows_of(value_type), label="rows"))
-    table, meta = decode(encode(partial, plan.fingerprint, META), plan.fingerprint)
+    table, meta = decode(encode(partial, plan.fingerprint, META, compression), plan.fingerprint)
     assert table.equals(partial)
     assert table.schema.equals(plan.state_schema, check_metadata=True)  # codec tags do not leak out
     assert meta == META
 
 
+@pytest.mark.parametrize("compression", ["zstd", "lz4"])
 @pytest.mark.parametrize("value_type", VALUE_TYPES)
 @LAWS
 @given(data=st.data())
-def test_codec_round_trip_of_long_partials_stated_by_row(value_type, data):
+def test_codec_round_trip_of_long_partials_stated_by_row(value_type, compression, data):
     """Row-stated partials of hundreds of rows: their counts are long runs (run-end encoded on the wire), their
     values and keys are not; decoding gives back the very table."""
     plan = row_plan_for(value_type)
     rows = data.draw(rows_of(value_type, max_size=400), label="rows") * 2
     partial = plan.lift_rows(table_of(plan, rows)) if rows else plan.empty()
-    table, meta = decode(encode(partial, plan.fingerprint, META), plan.fingerprint)
+    table, meta = decode(encode(partial, plan.fingerprint, META, compression), plan.fingerprint)
     assert table.equals(partial) and table.schema.equals(plan.state_schema, check_metadata=True)
 
 

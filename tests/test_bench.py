@@ -71,7 +71,8 @@ def test_bench_prints_the_table_with_every_query_and_format(tmp_path: Path):
     assert _number(csv_2a["DuckDB, DOUBLE"]) > 0 and _number(csv_2a["Python csv.reader"]) > 0
 
     partials = tables[next(t for t in tables if t.startswith("Partials on the wire"))]
-    assert [r["format"] for r in partials][:2] == ["Arrow IPC, zstd (Tally's codec)", "Arrow IPC, lz4"]
+    assert [r["format"] for r in partials][:2] == ["Arrow IPC, lz4 (Tally's codec, a mapper's partial)",
+                                                    "Arrow IPC, zstd (Tally's codec, kept results)"]
     assert partials[0]["size / Tally's"] == "1.00x" and all(_number(r["MB"]) > 0 for r in partials)
     json_lines = next(r for r in partials if r["format"].startswith("JSON"))
     assert _number(json_lines["size / Tally's"]) > 1  # what a columnar, compressed format saves

@@ -1,5 +1,10 @@
-"""Partials on the wire: Arrow IPC with zstd, tagged with the format version and the plan fingerprint so a
+"""Partials on the wire: Arrow IPC, compressed, tagged with the format version and the plan fingerprint so a
 partial from another job definition is refused rather than merged into a wrong number.
+
+The writer picks the compression, the stream records it, any reader decodes both: lz4 for what is written
+once and read once soon after (a mapper's partial, like Spark's shuffle files), zstd for what is kept and read
+again (results, packs): on 2b's partial of one object (373 K rows) lz4 encodes in 26 ms against zstd's 60,
+decodes in half the time, and is 1.5x the size (6.4 MB against 4.2).
 
 Integer columns made of few runs of equal values are written run-end encoded, as Parquet's RLE would: the
 count and row-count states of a partial stated row by row (BDB 2b, 2c) are all ones, and compressing them
@@ -8,7 +13,7 @@ decode 20 ms, 14 after). Decoding restores the plain columns, so readers never s
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -19,11 +24,13 @@ from ..errors import PartialMismatch
 MAGIC = b"tally.partial"
 CODEC_VERSION = "2"  # 2: integer columns of few runs are run-end encoded
 _READABLE = {b"1", b"2"}
-_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
+Compression = Literal["zstd", "lz4"]
+_OPTIONS = {name: pa.ipc.IpcWriteOptions(compression=name) for name in ("zstd", "lz4")}
 _RUNS_PER_VALUE = 1 / 8  # at most this many runs a value for run-end encoding to pay
 
 
-def encode(table: pa.Table, fingerprint: str, meta: dict[str, Any] | None = None) -> bytes:
+def encode(table: pa.Table, fingerprint: str, meta: dict[str, Any] | None = None,
+           compression: Compression = "zstd") -> bytes:
     table = _run_end_encoded(table)
     schema = table.schema.with_metadata({
         MAGIC: CODEC_VERSION,
@@ -31,7 +38,7 @@ def encode(table: pa.Table, fingerprint: str, meta: dict[str, Any] | None = None
         b"tally.meta": json.dumps(meta or {}, sort_keys=True),
     })
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, schema, options=_OPTIONS) as writer:
+    with pa.ipc.new_stream(sink, schema, options=_OPTIONS[compression]) as writer:
         writer.write_table(table.replace_schema_metadata(schema.metadata))
     return sink.getvalue().to_pybytes()
 

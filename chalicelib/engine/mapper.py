@@ -166,7 +166,7 @@ class _PartWriter:
                        "application/json")
 
     def _encode(self, partial: pa.Table, meta: dict) -> bytes:
-        return encode(partial, self.job.plan.fingerprint, {**meta, "part": len(self.written)})
+        return encode(partial, self.job.plan.fingerprint, {**meta, "part": len(self.written)}, compression="lz4")
 
     def _put(self, data: bytes) -> None:
         key = layout.part_key(self.job.name, self.contribution, self.split, len(self.written))

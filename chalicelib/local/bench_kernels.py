@@ -107,7 +107,7 @@ def tally_kernel(body: bytes, key: str, jobs: list[Job], max_groups: int = 500_0
     spilled: dict[str, int] = {job.name: 0 for job in jobs}
 
     def spill(job: Job, partial: pa.Table) -> None:
-        encode(partial, job.plan.fingerprint, {"key": key})
+        encode(partial, job.plan.fingerprint, {"key": key}, compression="lz4")
         spilled[job.name] += partial.num_rows
 
     accumulators = {job.name: PartialAccumulator(job.plan, max_groups, lambda p, j=job: spill(j, p)) for job in jobs}

@@ -91,7 +91,8 @@ def partials_section(results) -> Section:
         "keys are nearly all distinct, so the mapper states rows one by one); key, decimal(38,6) sum, its count "
         "and the row count. Each format is read back and compared with it; one core; best of the runs (JSON: "
         "one run). Tally's codec run-end encodes integer columns of few runs (the counts, all ones) and adds "
-        "its version, the job's fingerprint and the object's metadata to the Arrow schema.")
+        "its version, the job's fingerprint and the object's metadata to the Arrow schema; the mapper writes "
+        "lz4 (read once, by the reducer), the reducer keeps results and packs in zstd (read again).")
     return section
 
 
