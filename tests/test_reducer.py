@@ -198,9 +198,32 @@ def test_a_backlog_of_big_partials_is_merged_a_bounded_batch_at_a_time(runtime, 
 def test_the_group_budget_counts_input_rows_for_markers_that_do_not_count_groups():
     put = {"kind": "put", "key": "k", "contribution": "c"}
     markers = [{**put, "groups": 4}, {**put, "rows": 5}, {**put, "groups": 1}]
-    assert _within_groups(markers, 9) == (markers[:2], True)
-    assert _within_groups(markers, 10) == (markers, False)
-    assert _within_groups([{**put, "groups": 50}, {"kind": "removed"}], 10) == ([{**put, "groups": 50}], True)
+    assert _within_groups(markers, 9, {}) == (markers[:2], True)
+    assert _within_groups(markers, 10, {}) == (markers, False)
+    assert _within_groups([{**put, "groups": 50}, {"kind": "removed"}], 10, {}) == ([{**put, "groups": 50}], True)
+
+
+def test_the_group_budget_counts_the_live_version_a_marker_may_retract():
+    removed, put = {"kind": "removed", "key": "big"}, {"kind": "put", "key": "new", "groups": 4}
+    assert _within_groups([removed, put], 10, {"big": 8}) == ([removed], True)
+    assert _within_groups([put, removed], 10, {"big": 8}) == ([put], True)
+    assert _within_groups([removed, put], 12, {"big": 8}) == ([removed, put], False)
+
+
+def test_deleting_a_backlog_of_big_objects_is_retracted_a_bounded_batch_at_a_time(runtime, uploads):
+    """Each file's partial holds 6 groups; with a budget of 10 a run retracts one file's partial at a time
+    (reading and merging it as it would an added one), and the result is the file left."""
+    files = {f"uservisits/f{n}.csv": [(f"10.{n}.{i}.1", f"{i}.5") for i in range(6)] for n in range(3)}
+    map_files(runtime, uploads, files)
+    runtime.reducer.reduce_all()
+    for key in ["uservisits/f0.csv", "uservisits/f1.csv"]:
+        runtime.mapper.handle(uploads.event(uploads.delete(key)))
+    bounded = Reducer(runtime.jobs, runtime.state_store, runtime.input_store, utc_now, max_groups=10)
+
+    reports = [r for r in bounded.reduce_all() if r.job == JOB]
+
+    assert [(r.retracted, r.more_pending) for r in reports] == [(1, True), (1, False)]
+    assert served(runtime) == expected({"uservisits/f2.csv": files["uservisits/f2.csv"]})
 
 
 class CountingStore:

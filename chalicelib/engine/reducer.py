@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -271,7 +271,8 @@ class Reducer:
         batch = _whole_contributions(listed, self.batch)
         with ThreadPoolExecutor(8) as pool:
             markers, incomplete = combine_ranges(m for m in pool.map(self._read_marker, batch) if m is not None)
-            markers, deferred = (markers, False) if job.is_scan else _within_groups(markers, self.max_groups)
+            markers, deferred = (markers, False) if job.is_scan else _within_groups(
+                markers, self.max_groups, dict(zip(ledger["key"].to_pylist(), ledger["rows"].to_pylist())))
             quarantined = frozenset(ranges.contribution for ranges, record in zip(incomplete, pool.map(
                 self.state.head, [layout.quarantine_key(job.name, r.contribution) for r in incomplete])) if record)
         # Read after the markers: S3's answer is then at least as new as every marker it is compared with.
@@ -556,11 +557,18 @@ def _whole_contributions(listed: list[str], batch: int) -> list[str]:
     return taken
 
 
-def _within_groups(markers: list[dict], budget: int) -> tuple[list[dict], bool]:
+def _within_groups(markers: list[dict], budget: int, live_rows: Mapping[str, int | None]
+                   ) -> tuple[list[dict], bool]:
     """The markers, in order, whose partials hold at most `budget` groups together (at least the first, however
     big), and whether any had to wait for a later run. A marker written before markers counted their groups
-    counts its input rows, which bound them."""
-    batches = _cut(markers, lambda m: m.get("groups", m.get("rows") or 0) if m.get("kind") == "put" else 0, budget)
+    counts its input rows, which bound them. A marker also weighs the live version of its key (`live_rows`:
+    input rows by key, from the ledger), which applying it may retract: a retracted partial is read and merged
+    too, so deleting a backlog of big objects must not fit in one run either."""
+    def weight(marker: dict) -> int:
+        added = marker.get("groups", marker.get("rows") or 0) if marker.get("kind") == "put" else 0
+        return added + (live_rows.get(marker.get("key")) or 0)
+
+    batches = _cut(markers, weight, budget)
     return (batches[0] if batches else []), len(batches) > 1
 
 
