@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 import pyarrow as pa
 
 from ..aggregation import AggregationPlan
-from ..aggregation.codec import encode
+from ..aggregation.codec import Compression, encode
 from ..errors import BadInput, CommitConflict, ObjectMissing
 from ..formats import BLOCK_SIZE, MAX_BLOCK_SIZE, ParquetLayout, ReadStats, RowTooLong, batches
 from ..formats.parquet import RangeReader
@@ -56,6 +56,9 @@ class MapOutcome:
 # whether partial aggregation pays.
 SAMPLE_ROWS = 65_536
 DISTINCT_ENOUGH = 0.95
+# A partial is written once and read once, soon after, by the reducer: shuffle data, which trades size for speed
+# (see aggregation/codec.py).
+PARTIAL_COMPRESSION: Compression = "lz4"
 
 
 class PartialAccumulator:
@@ -166,7 +169,8 @@ class _PartWriter:
                        "application/json")
 
     def _encode(self, partial: pa.Table, meta: dict) -> bytes:
-        return encode(partial, self.job.plan.fingerprint, {**meta, "part": len(self.written)}, compression="lz4")
+        return encode(partial, self.job.plan.fingerprint, {**meta, "part": len(self.written)},
+                      PARTIAL_COMPRESSION)
 
     def _put(self, data: bytes) -> None:
         key = layout.part_key(self.job.name, self.contribution, self.split, len(self.written))

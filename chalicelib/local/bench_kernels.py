@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from .. import formats
 from ..aggregation.codec import encode
-from ..engine.mapper import PartialAccumulator
+from ..engine.mapper import PARTIAL_COMPRESSION, PartialAccumulator
 from ..jobs import Job, JobCatalog
 
 # The Big Data Benchmark's queries: which table, and the threshold (scans) or prefix length (aggregations).
@@ -107,7 +107,7 @@ def tally_kernel(body: bytes, key: str, jobs: list[Job], max_groups: int = 500_0
     spilled: dict[str, int] = {job.name: 0 for job in jobs}
 
     def spill(job: Job, partial: pa.Table) -> None:
-        encode(partial, job.plan.fingerprint, {"key": key}, compression="lz4")
+        encode(partial, job.plan.fingerprint, {"key": key}, PARTIAL_COMPRESSION)
         spilled[job.name] += partial.num_rows
 
     accumulators = {job.name: PartialAccumulator(job.plan, max_groups, lambda p, j=job: spill(j, p)) for job in jobs}

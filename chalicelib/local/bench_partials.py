@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..aggregation.codec import decode, encode
+from ..engine.mapper import PARTIAL_COMPRESSION
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def partial_formats(partial: pa.Table, fingerprint: str, repeat: int = 3) -> lis
     format does not give the partial back."""
     formats = {
         "Arrow IPC, lz4 (Tally's codec, a mapper's partial)": (
-            lambda t: encode(t, fingerprint, compression="lz4"), lambda b: decode(b, fingerprint)[0]),
+            lambda t: encode(t, fingerprint, compression=PARTIAL_COMPRESSION), lambda b: decode(b, fingerprint)[0]),
         "Arrow IPC, zstd (Tally's codec, kept results)": (
             lambda t: encode(t, fingerprint), lambda b: decode(b, fingerprint)[0]),
         "Arrow IPC, uncompressed": _ipc(None),
