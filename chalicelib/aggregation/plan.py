@@ -134,22 +134,24 @@ class AggregationPlan:
     def count_groups(self, batch: pa.RecordBatch | pa.Table) -> int:
         """How many groups `lift` would give for `batch`, without aggregating: its distinct keys among the rows
         the filter keeps."""
-        if self.map is not None:
-            batch = self.map.apply(batch)
-        if self.filter is not None:
-            batch = batch.filter(self.filter.evaluate_array(batch))
+        batch = self._kept_rows(batch)
         if batch.num_rows == 0 or not self.keys:
             return min(batch.num_rows, 1)
         keys = pa.table({name: expr.evaluate_array(batch) for name, expr in self.keys})
         return keys.group_by(self.key_names, use_threads=False).aggregate([]).num_rows
 
-    def _lift_inputs(self, batch: pa.RecordBatch | pa.Table, keep_empty: bool = False):
-        """What lifting `batch` groups: its working columns, the hash-aggregate steps over them, where each
-        step's output goes and the grouped aggregates' builders; None for a batch the filter empties."""
-        if self.map is not None and not keep_empty:
+    def _kept_rows(self, batch: pa.RecordBatch | pa.Table, mapped: bool = False) -> pa.RecordBatch | pa.Table:
+        """The rows lifting groups: `batch` through the job's map function (unless `mapped` already) and filter."""
+        if self.map is not None and not mapped:
             batch = self.map.apply(batch)
         if self.filter is not None:
             batch = batch.filter(self.filter.evaluate_array(batch))
+        return batch
+
+    def _lift_inputs(self, batch: pa.RecordBatch | pa.Table, keep_empty: bool = False):
+        """What lifting `batch` groups: its working columns, the hash-aggregate steps over them, where each
+        step's output goes and the grouped aggregates' builders; None for a batch the filter empties."""
+        batch = self._kept_rows(batch, mapped=keep_empty)
         if batch.num_rows == 0 and not keep_empty:
             return None
         columns = {name: expr.evaluate_array(batch) for name, expr in self.keys}
