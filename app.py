@@ -8,6 +8,7 @@ from chalicelib import openapi
 from chalicelib.api import dashboard_html, error_body, to_json
 from chalicelib.engine.fanout import RangeTask
 from chalicelib.engine.mapper import outcomes_as_dicts
+from chalicelib.engine.reducer import raise_failures
 from chalicelib.engine.results import ResultsQuery, group_query_fresh
 from chalicelib.engine.scan_results import ScanQuery
 from chalicelib.errors import TallyError
@@ -58,9 +59,10 @@ def map_range(event, context):
 
 @app.schedule(Rate(SETTINGS.reduce_every_minutes, unit=Rate.MINUTES), name="reduce_results")
 def reduce_results(event):
-    reports = [dict(report.__dict__) for report in get_runtime().reducer.reduce_all()]
-    observe.reduced(reports)
-    return reports
+    reports = get_runtime().reducer.reduce_all()
+    observe.reduced([dict(report.__dict__) for report in reports])
+    raise_failures(reports)  # a failed job fails the invocation, after its errors are logged and counted
+    return [dict(report.__dict__) for report in reports]
 
 
 @app.schedule(Rate(SETTINGS.reconcile_every_minutes, unit=Rate.MINUTES), name="reconcile_inputs")

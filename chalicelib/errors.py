@@ -64,3 +64,19 @@ class ObjectMissing(TallyError):
 class DispatchFailed(TallyError):
     """A range task could not be handed to its mapper (the invocation was refused): the object's event fails,
     so it is delivered again."""
+
+
+class StateMissing(TallyError):
+    """An object the committed state names does not exist, and the manifest has not moved on since it was read:
+    not a lost race but lost state (deleted by hand, by a lifecycle rule, or by a bug). Reported as an error
+    with a metric; lost partials are repaired (engine/repair.py), a lost ledger or result needs
+    `tally repair --reset`."""
+
+    def __init__(self, job: str, key: str):
+        super().__init__(f"job {job!r}: the committed state names {key}, which does not exist")
+        self.job = job
+        self.key = key
+
+
+class ReduceFailed(TallyError):
+    """One or more jobs failed in a reducer run (each job's error is in its report); the others went on."""

@@ -22,7 +22,7 @@ from .settings import Settings
 
 NAMESPACE = "Tally"
 SERVICE = "tally"
-ENGINE_LOGGERS = {"tally.mapper", "tally.reducer", "tally.reconcile"}
+ENGINE_LOGGERS = {"tally.mapper", "tally.reducer", "tally.reconcile", "tally.garbage"}
 # Keys of every Powertools record that a terminal reader does not need on each line.
 _QUIET_KEYS = {"level", "location", "message", "timestamp", "service", "name", "cold_start", "function_name",
                "function_memory_size", "function_arn", "function_request_id", "xray_trace_id", "sampling_rate"}
@@ -84,6 +84,10 @@ class Observer:
         for report in reports:
             if report["merged"] or report["retracted"] or report["dropped"]:
                 self.logger.info("reduced", extra={k: v for k, v in report.items() if k != "landed"})
+            if report.get("missing") or report.get("repaired"):
+                # Lost state: never routine. An alarm on StateObjectsMissing pages someone.
+                _add(sets[report["job"]], "StateObjectsMissing", MetricUnit.Count, report.get("missing", 0))
+                _add(sets[report["job"]], "LostVersionsRepaired", MetricUnit.Count, report.get("repaired", 0))
             if not (report["merged"] or report["retracted"]):
                 continue
             job = sets[report["job"]]

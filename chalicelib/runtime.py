@@ -65,7 +65,8 @@ class Runtime:
 
     @cached_property
     def reconciler(self) -> Reconciler:
-        return Reconciler(self.jobs, self.input_store, self.state_store, self.mapper, self.reducer, utc_now)
+        return Reconciler(self.jobs, self.input_store, self.state_store, self.mapper, self.reducer, utc_now,
+                          dt.timedelta(minutes=self.settings.garbage_grace_minutes))
 
     @cached_property
     def results(self) -> ResultReader:

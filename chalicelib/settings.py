@@ -48,6 +48,9 @@ class Settings(BaseModel):
     # The function range tasks are invoked on (asynchronously). On Lambda it defaults to the running
     # function's sibling `<app>-<stage>-map_range`; unset elsewhere, where ranges are mapped in-process.
     range_function: str | None = None
+    # How long after a run stops needing an object it may be deleted (engine/garbage.py): longer than two
+    # Lambda lifetimes, so no run that could still read or commit it is running.
+    garbage_grace_minutes: int = Field(default=60, ge=31)
     log_level: str = "INFO"
     # "json": Powertools' structured lines and CloudWatch EMF metrics (Lambda); "text": one readable line per
     # log record and per metric set (local mode's terminal). Same records, same keys.

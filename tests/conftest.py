@@ -62,6 +62,21 @@ def s3_server():
 
 
 @pytest.fixture
+def s3_clock(monkeypatch):
+    """The clock moto stamps objects' LastModified with, set back or forward through `.offset`: objects written
+    meanwhile look as old (or as new) as that, to the reconcile's and the collector's age tests."""
+    import datetime as dt
+    import types
+
+    import moto.s3.models
+
+    clock = types.SimpleNamespace(offset=dt.timedelta(0))
+    real = moto.s3.models.utcnow
+    monkeypatch.setattr(moto.s3.models, "utcnow", lambda: real() + clock.offset)
+    return clock
+
+
+@pytest.fixture
 def runtime(request):
     s3 = request.getfixturevalue("s3_server" if "s3_server" in request.fixturenames else "s3")
     from chalicelib.runtime import Runtime, set_runtime
@@ -88,13 +103,17 @@ def lambdas(runtime):
 
 
 def s3_record(key: str, etag: str, size: int, bucket: str = INPUT, sequencer: str = "0A",
-              name: str = "ObjectCreated:Put") -> dict:
-    """One record of an S3 notification: S3 URL-encodes the key and writes `+` for spaces."""
+              name: str = "ObjectCreated:Put", version_id: str | None = None) -> dict:
+    """One record of an S3 notification: S3 URL-encodes the key and writes `+` for spaces; a versioned bucket's
+    records carry the version id."""
+    obj = {"key": quote_plus(key, safe="/"), "size": size, "eTag": etag, "sequencer": sequencer}
+    if version_id:
+        obj["versionId"] = version_id
     return {
         "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
         "eventName": name,
         "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
-               "object": {"key": quote_plus(key, safe="/"), "size": size, "eTag": etag, "sequencer": sequencer}},
+               "object": obj},
     }
 
 
@@ -109,11 +128,12 @@ class Uploader:
         if compress:
             data = gzip.compress(data)
         response = self.s3.put_object(Bucket=INPUT, Key=key, Body=data)
-        return s3_record(key, response["ETag"].strip('"'), len(data))
+        return s3_record(key, response["ETag"].strip('"'), len(data), version_id=response.get("VersionId"))
 
     def delete(self, key: str) -> dict:
-        self.s3.delete_object(Bucket=INPUT, Key=key)
-        return s3_record(key, "", 0, name="ObjectRemoved:Delete", sequencer=None)
+        response = self.s3.delete_object(Bucket=INPUT, Key=key)
+        name = "ObjectRemoved:DeleteMarkerCreated" if response.get("DeleteMarker") else "ObjectRemoved:Delete"
+        return s3_record(key, "", 0, name=name, sequencer=None)
 
     def event(self, *records: dict) -> dict:
         return {"Records": list(records)}
@@ -164,3 +184,16 @@ def running_local_tally(**options):
     set_runtime(None)
     os.environ.clear()
     os.environ.update(saved)
+
+
+def collect_garbage(runtime, job: str, after=None):
+    """The garbage collector as it runs once the grace period has passed (by default: two hours from now, so
+    every garbage record and every object written so far is old enough)."""
+    import datetime as dt
+
+    from chalicelib.engine.garbage import GarbageCollector
+    from chalicelib.runtime import utc_now
+
+    after = dt.timedelta(hours=2) if after is None else after
+    return GarbageCollector(runtime.state_store, lambda name: runtime.reducer.read_live(runtime.jobs.get(name)),
+                            lambda: utc_now() + after).collect(job)

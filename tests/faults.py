@@ -32,3 +32,32 @@ class FaultyStore:
             return result
 
         return call
+
+
+class LostResponse:
+    """A store whose conditional write (`operation` on a key containing `key_contains`) applies, but whose
+    response is lost: botocore retries, the retry meets the condition the first attempt changed, and the caller
+    sees a 412 (CommitConflict) for a write that took effect. S3 documents that a 500 may or may not have
+    applied a write; botocore retries 500s and read timeouts."""
+
+    def __init__(self, store, operation: str, *, key_contains: str = "", times: int = 1):
+        self._store, self._operation, self._key_contains, self._times = store, operation, key_contains, times
+        self.lost = 0
+        self.bucket = store.bucket
+
+    def __getattr__(self, name):
+        target = getattr(self._store, name)
+        if name != self._operation:
+            return target
+
+        def call(*args, **kwargs):
+            key = args[0] if args else ""
+            result = target(*args, **kwargs)
+            if self._key_contains in str(key) and self.lost < self._times:
+                self.lost += 1
+                from chalicelib.errors import CommitConflict
+
+                raise CommitConflict(f"s3://{self.bucket}/{key}: PreconditionFailed (the retry of an applied write)")
+            return result
+
+        return call

@@ -18,7 +18,7 @@ from chalicelib.jobs import CsvFormat, Job, JobCatalog
 from chalicelib.runtime import Runtime, utc_now
 from chalicelib.settings import Settings
 
-from .conftest import INPUT, STATE, Uploader, rankings_rows, uservisits_rows
+from .conftest import INPUT, STATE, Uploader, collect_garbage, rankings_rows, uservisits_rows
 from .faults import FaultyStore, Killed
 from .test_delivery_properties import SCAN_JOB, query_over_bucket, scan_over_bucket, served_scan
 
@@ -173,6 +173,7 @@ def test_an_overwrite_while_ranges_are_in_flight_ends_with_the_new_version_only(
     assert fanned.served() == query_over_bucket(s3)
     assert fanned.inbox() == []
     contribution = layout.contribution_id("uservisits/big.csv", new[0].etag)
+    collect_garbage(fanned.runtime, JOB)
     parts = {layout.contribution_of_part(o.key) for o in fanned.runtime.state_store.list(layout.parts_prefix(JOB))}
     assert parts == {contribution}  # the old version's range parts were deleted
 
@@ -316,6 +317,7 @@ def test_a_range_that_cannot_be_read_quarantines_the_version_and_its_siblings_ar
     bad_range = tasks[by_range.index({"quarantined"})]
     assert record["range"] == [bad_range.index, bad_range.count] and record["line"] is None
     assert bad_range.start <= record["offset"] <= bad_range.end + len(body.splitlines()[0]) + 1
+    collect_garbage(fanned.runtime, JOB)
     assert list(fanned.runtime.state_store.list(layout.parts_prefix(JOB))) == []
 
 

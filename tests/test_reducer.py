@@ -13,7 +13,7 @@ from chalicelib.engine.reducer import Reducer, ReduceReport, _batches_of_entries
 from chalicelib.errors import CommitConflict
 from chalicelib.runtime import utc_now
 
-from .conftest import uservisits_rows
+from .conftest import collect_garbage, uservisits_rows
 from .faults import FaultyStore, Killed
 
 JOB = "bdb-agg-2a"
@@ -122,7 +122,7 @@ def test_reducer_killed_at_any_step_converges_on_the_next_run(runtime, uploads, 
 
     assert served(runtime) == expected(FILES)
     assert listing(runtime, layout.inbox_prefix(JOB)) == []
-    runtime.reconciler.reconcile(runtime.jobs.get(JOB))  # collects what the crash left behind
+    collect_garbage(runtime, JOB)  # collects what the crash left behind, once no run can still need it
     assert len(listing(runtime, layout.results_prefix(JOB))) == 1
     assert len(listing(runtime, layout.ledger_prefix(JOB))) == 1
 
@@ -276,24 +276,34 @@ def test_a_few_keys_are_answered_by_head(runtime, uploads):
     assert counting.calls == {"head": 2}
 
 
-def test_reading_the_committed_state_while_a_commit_deletes_it_reads_the_new_one(runtime, uploads):
+def test_reading_the_committed_state_while_a_commit_replaces_it_reads_a_consistent_pair(runtime, uploads):
     job = runtime.jobs.get(JOB)
     map_files(runtime, uploads, dict(list(FILES.items())[:1]))
     runtime.reducer.reduce_job(job)
     map_files(runtime, uploads, dict(list(FILES.items())[1:2]))
 
     class CommitBeforeFirstLedgerRead(CountingStore):
+        collect = False
+
         def get(self, key):
             if "/ledger/" in key and not self.calls:
                 self.calls["raced"] = 1
-                runtime.reducer.reduce_job(job)  # commits generation 2, deleting generation 1's ledger
+                runtime.reducer.reduce_job(job)  # commits generation 2, retiring generation 1's ledger
+                if self.collect:  # ... and an hour passes: the collector deletes it
+                    collect_garbage(runtime, JOB)
             return self.store.get(key)
 
     racing = CommitBeforeFirstLedgerRead(runtime.state_store)
     manifest, ledger = Reducer(runtime.jobs, racing, runtime.input_store, utc_now).read_committed(job)
-
     assert racing.calls == {"raced": 1}
-    assert manifest.generation == 2 and ledger.num_rows == 2
+    assert manifest.generation == 1 and ledger.num_rows == 1  # the retired ledger is still there to read
+
+    map_files(runtime, uploads, dict(list(FILES.items())[2:]))
+    racing = CommitBeforeFirstLedgerRead(runtime.state_store)
+    racing.collect = True
+    manifest, ledger = Reducer(runtime.jobs, racing, runtime.input_store, utc_now).read_committed(job)
+    assert racing.calls == {"raced": 1}
+    assert manifest.generation == 3 and ledger.num_rows == 3  # gone: read again, from the new manifest
 
 
 def test_a_warm_reducer_does_not_fetch_the_result_and_ledger_it_committed(runtime, uploads):

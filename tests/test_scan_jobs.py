@@ -20,7 +20,7 @@ from chalicelib.jobs import CsvFormat, Job, JobCatalog, ParquetFormat, load_jobs
 from chalicelib.local.datagen import rankings_table, write_rankings
 from chalicelib.local.referee import bdb_scan
 
-from .conftest import STATE, rankings_rows, scheduled_event
+from .conftest import STATE, collect_garbage, rankings_rows, scheduled_event
 
 THRESHOLDS = {"bdb-scan-1a": 1000, "bdb-scan-1b": 100, "bdb-scan-1c": 10}
 COLUMNS = {"pageURL": "string", "pageRank": "int64", "avgDuration": "int64"}
@@ -123,7 +123,7 @@ def upload_file(uploads, path: Path, key: str) -> dict:
     return uploads.put(key, path.read_bytes())
 
 
-def test_scan_jobs_serve_exactly_duckdbs_rows_through_uploads_overwrites_and_deletes(lambdas, uploads, tmp_path):
+def test_scan_jobs_serve_exactly_duckdbs_rows_through_uploads_overwrites_and_deletes(lambdas, runtime, uploads, tmp_path):
     files = write_rankings(tmp_path / "v1", 3 << 20, file_bytes=1 << 20, seed=5)
     records = [upload_file(uploads, p, f"rankings/{p.name}") for p in files]
     deliver(lambdas, uploads, *records, records[0])  # a duplicate, too
@@ -145,7 +145,8 @@ def test_scan_jobs_serve_exactly_duckdbs_rows_through_uploads_overwrites_and_del
         assert status["idle"] is True and status["objects"]["merged"] == 2
         assert status["rows"] == len(bdb_scan(now, threshold))
 
-    # Only the live versions' output files are left in the state bucket.
+    # Only the live versions' output files are left in the state bucket, once the collector has run.
+    collect_garbage(runtime, "bdb-scan-1c")
     live = get(lambdas, "/jobs/bdb-scan-1c/results?view=files&limit=1000")["files"]
     assert {f["key"] for f in live} == {f"rankings/{files[0].name}", f"rankings/{files[2].name}"}
     runtime_state = uploads.s3.list_objects_v2(Bucket=STATE, Prefix="jobs/bdb-scan-1c/parts/")

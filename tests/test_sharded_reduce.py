@@ -3,6 +3,8 @@ retracted or rebuilt; a commit rewrites only the shards its groups fall in; a ch
 from before shards is carried over; a crash between shards and manifest leaves only collectable garbage."""
 from __future__ import annotations
 
+import datetime as dt
+
 import json
 from decimal import Decimal
 
@@ -19,7 +21,7 @@ from chalicelib.runtime import utc_now
 from reducers._bdb import USERVISITS
 
 from . import test_udaf  # noqa: F401 - registers the value_set aggregate
-from .conftest import uservisits_rows
+from .conftest import collect_garbage, uservisits_rows
 from .faults import FaultyStore, Killed
 from .test_reducer import CountingStore
 
@@ -112,6 +114,8 @@ def test_a_commit_rewrites_only_the_shards_its_groups_fall_in(runtime, uploads):
     assert len(changed) == 1
     assert [key for key in puts if "/results/" in key] == [after[changed[0]]]
     live = {key for key in after if key}
+    assert before[changed[0]] in {o.key for o in runtime.state_store.list(layout.results_prefix("sharded"))}
+    collect_garbage(runtime, "sharded")  # an hour later, no reader of the old manifest is left
     assert {o.key for o in runtime.state_store.list(layout.results_prefix("sharded"))} == live  # old one deleted
 
 
@@ -165,6 +169,7 @@ def test_changing_the_shard_count_repartitions_on_the_next_commit_and_keeps_the_
 
     assert len(manifest(runtime, "sharded").result_keys) == 3
     assert served(runtime, "sharded") == served(runtime, "whole")
+    collect_garbage(runtime, "sharded")
     assert len(list(runtime.state_store.list(layout.results_prefix("sharded")))) <= 3  # the 8 old shards deleted
 
 
@@ -185,7 +190,7 @@ def test_a_manifest_from_before_shards_is_read_as_one_shard_and_repartitioned(ru
     assert served(runtime, "sharded") == served(runtime, "whole")
 
 
-def test_a_crash_between_the_shards_and_the_manifest_leaves_garbage_the_reconcile_collects(runtime, uploads):
+def test_a_crash_between_the_shards_and_the_manifest_leaves_garbage_the_collector_deletes(runtime, uploads):
     install(runtime, job("sharded", SUBTRACTABLE, 8))
     upload(runtime, uploads, dict(list(FILES.items())[:2]))
     reduce(runtime, "sharded")
@@ -197,8 +202,10 @@ def test_a_crash_between_the_shards_and_the_manifest_leaves_garbage_the_reconcil
     reduce(runtime, "sharded")
     live = {key for key in manifest(runtime, "sharded").result_keys if key}
     assert len(list(runtime.state_store.list(layout.results_prefix("sharded")))) > len(live)
+    collect_garbage(runtime, "sharded", after=dt.timedelta(minutes=30))  # too soon: a run may still commit them
+    assert len(list(runtime.state_store.list(layout.results_prefix("sharded")))) > len(live)
 
-    runtime.reconciler.reconcile(runtime.jobs.get("sharded"))
+    collect_garbage(runtime, "sharded")
 
     assert {o.key for o in runtime.state_store.list(layout.results_prefix("sharded"))} == live
 
@@ -238,6 +245,7 @@ def test_of_two_overlapping_reducers_one_commits_and_the_other_deletes_only_the_
 
     assert served(runtime, "sharded") == served(runtime, "whole")
     live = {key for key in manifest(runtime, "sharded").result_keys if key}
+    collect_garbage(runtime, "sharded")
     assert {o.key for o in runtime.state_store.list(layout.results_prefix("sharded"))} == live
 
 
@@ -300,6 +308,7 @@ def test_a_sharded_result_starts_whole_and_is_repartitioned_as_it_grows(runtime,
     reduce(runtime, "whole", "sharded")
     assert len(manifest(runtime, "sharded").result_keys) == 4 and served(runtime, "sharded") == served(runtime, "whole")
     live = {key for key in manifest(runtime, "sharded").result_keys if key}
+    collect_garbage(runtime, "sharded")
     assert {o.key for o in runtime.state_store.list(layout.results_prefix("sharded"))} == live
 
 

@@ -1,20 +1,27 @@
 """Where Tally keeps state in the state bucket. One function per kind of object, so the scheme is in one place.
 
-    jobs/<job>/parts/<contribution>/<split>-<n>.arrow
-                                               the partial of one input object version, in one or more
-                                               parts (a high-cardinality object spills parts to keep the
-                                               mapper's memory bounded); kept while that version is live,
-                                               so it can be retracted or a result rebuilt from them
-    jobs/<job>/parts/<contribution>/<split>-<n>.parquet
+    jobs/<job>/parts/<contribution>/<attempt>-<n>.arrow
+                                               the partial of one input object version, as one mapping attempt
+                                               wrote it, in one or more parts (a high-cardinality object spills
+                                               parts to keep the mapper's memory bounded); kept while that
+                                               version is live, so it can be retracted or a result rebuilt
+    jobs/<job>/parts/<contribution>/<attempt>-<n>.parquet
                                                a scan job's output rows of one input object version; the
                                                live ones are those the committed result (a file table)
                                                names (see engine/scan.py)
-    jobs/<job>/inbox/<marker>.json             a change to apply, written after its parts: an object version
+    jobs/<job>/inbox/<contribution>.<attempt>.json
+                                               a change to apply, written after its parts: an object version
                                                was mapped (its parts are listed, or a small partial is carried
-                                               inline), or an object was removed
-    jobs/<job>/inbox/<contribution>.r<i>of<n>.json
+                                               inline)
+    jobs/<job>/inbox/<contribution>.r<i>of<n>.<attempt>.json
                                                range i of n of a large object version was mapped (see
                                                engine/fanout.py); applied once all n are in
+    jobs/<job>/inbox/<removal>.json            an object was removed (no parts; repeats of one event share it)
+    jobs/<job>/inbox/repair.<token>.json       live versions whose partials are missing: the next run drops
+                                               them and rebuilds the result from the others (engine/repair.py)
+    jobs/<job>/garbage/<time>-<token>.json     keys a run stopped needing, deleted once a grace period has
+                                               passed and a manifest read then proves them unreferenced
+                                               (engine/garbage.py)
     jobs/<job>/packs/<generation>-<token>.arrow     the inline partials one reducer commit made live, kept
                                                together (one row set per contribution) for the same reasons
                                                as parts; deleted once none of them is live
@@ -26,13 +33,17 @@
                                                a commit rewrites only the shards it changes)
     jobs/<job>/ledger/<generation>-<token>.arrow    the live object version of every input key in that result
 
-A contribution id is derived from (input key, version or ETag): a duplicated event rewrites the same parts and
-marker, and the ledger says whether that version is live already.
+A contribution id is derived from (input key, ETag): every event, listing and HEAD names a version by its
+ETag, versioned bucket or not, so they all agree on it (the version id only pins the mapper's reads). Each
+mapping attempt writes its parts and marker under an id of its own: a duplicated or retried delivery never
+rewrites, and a clean-up never deletes, what another attempt wrote (docs/deletion.md). The ledger says whether
+a version is live already, and which attempt's parts it keeps.
 """
 from __future__ import annotations
 
 import hashlib
 import uuid
+from datetime import datetime
 from typing import NamedTuple
 
 
@@ -48,12 +59,23 @@ def parts_prefix(job: str, contribution: str = "") -> str:
     return f"jobs/{job}/parts/{contribution + '/' if contribution else ''}"
 
 
-def part_key(job: str, contribution: str, split: str, index: int, extension: str = "arrow") -> str:
-    return f"{parts_prefix(job, contribution)}{split}-{index:05d}.{extension}"
+def new_attempt() -> str:
+    """A fresh id for one mapping attempt: its part keys and marker key are its own."""
+    return uuid.uuid4().hex[:16]
+
+
+def part_key(job: str, contribution: str, attempt: str, index: int, extension: str = "arrow") -> str:
+    return f"{parts_prefix(job, contribution)}{attempt}-{index:05d}.{extension}"
 
 
 def contribution_of_part(key: str) -> str:
     return key.rsplit("/", 2)[-2]
+
+
+def attempt_of_part(key: str) -> tuple[str, str]:
+    """(contribution, attempt) of a part key."""
+    contribution, name = key.rsplit("/", 2)[-2:]
+    return contribution, name.split("-", 1)[0]
 
 
 def packs_prefix(job: str) -> str:
@@ -74,10 +96,15 @@ def id_of(json_key: str) -> str:
     return json_key.rsplit("/", 1)[-1].removesuffix(".json")
 
 
-def range_marker(contribution: str, index: int, count: int) -> str:
-    """Marker id of range `index` of `count` of a contribution. It starts with the contribution id, so a
-    version's range markers sort together in the inbox listing."""
-    return f"{contribution}.r{index}of{count}"
+def version_marker(contribution: str, attempt: str) -> str:
+    """Marker id of one attempt at mapping a whole object version."""
+    return f"{contribution}.{attempt}"
+
+
+def range_marker(contribution: str, index: int, count: int, attempt: str) -> str:
+    """Marker id of one attempt at range `index` of `count` of a contribution. It starts with the contribution
+    id, so a version's range markers sort together in the inbox listing."""
+    return f"{contribution}.r{index}of{count}.{attempt}"
 
 
 def contribution_of_marker(marker: str) -> str:
@@ -87,14 +114,40 @@ def contribution_of_marker(marker: str) -> str:
 
 def range_of_marker(marker: str) -> tuple[int, int] | None:
     """(index, count) of a range marker id; None for any other marker."""
-    _, _, suffix = marker.partition(".r")
-    index, _, count = suffix.partition("of")
-    return (int(index), int(count)) if index.isdigit() and count.isdigit() else None
+    for segment in marker.split(".")[1:]:
+        index, of, count = segment[1:].partition("of")
+        if segment.startswith("r") and of and index.isdigit() and count.isdigit():
+            return int(index), int(count)
+    return None
+
+
+def attempt_of_marker(marker: str) -> tuple[str, str] | None:
+    """(contribution, attempt) of a marker id that names parts (a version's or a range's); None otherwise."""
+    segments = marker.split(".")
+    if len(segments) < 2 or segments[0] == REPAIR:
+        return None
+    return segments[0], segments[-1]
+
+
+REPAIR = "repair"
+
+
+def repair_marker() -> str:
+    return f"{REPAIR}.{uuid.uuid4().hex[:12]}"
 
 
 def removal_marker(key: str, sequencer: str | None) -> str:
     """Marker id of an ObjectRemoved event: S3's sequencer makes repeats of one event share it."""
     return contribution_id(key, "removed:" + (sequencer or uuid.uuid4().hex))
+
+
+def garbage_prefix(job: str) -> str:
+    return f"jobs/{job}/garbage/"
+
+
+def garbage_key(job: str, at: datetime) -> str:
+    """A garbage record's key: sorts by when it was written, and is unique to the run that writes it."""
+    return f"{garbage_prefix(job)}{at.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.json"
 
 
 def quarantine_prefix(job: str) -> str:

@@ -141,12 +141,12 @@ class PartialAccumulator:
 
 
 class _PartWriter:
-    """Writes one contribution's partial as numbered parts. Where a part ends depends on the group budget and
-    the block size; the split id names both, so parts of attempts made with other settings never mix."""
+    """Writes one contribution's partial as numbered parts, under keys of this mapping attempt's own: a
+    duplicated delivery, a retry or a restart never overwrites parts that another attempt's marker names."""
 
-    def __init__(self, store: ObjectStore, job: Job, contribution: str, split: str, marker: str | None = None):
-        self.store, self.job, self.contribution, self.split = store, job, contribution, split
-        self.marker = marker or contribution  # a range's marker is its own; the contribution is the version's
+    def __init__(self, store: ObjectStore, job: Job, contribution: str, attempt: str, marker: str):
+        self.store, self.job, self.contribution, self.attempt = store, job, contribution, attempt
+        self.marker = marker  # a range's marker is its own; the contribution is the version's
         self.written: list[str] = []
         self.groups = 0  # rows of every part: what the reducer will hold when it reads them
 
@@ -173,7 +173,7 @@ class _PartWriter:
                       PARTIAL_COMPRESSION)
 
     def _put(self, data: bytes) -> None:
-        key = layout.part_key(self.job.name, self.contribution, self.split, len(self.written))
+        key = layout.part_key(self.job.name, self.contribution, self.attempt, len(self.written))
         self.store.put(key, data)
         self.written.append(key)
 
@@ -295,22 +295,22 @@ class Mapper:
     def _map_stream(self, event: ObjectEvent, jobs: list[Job], opened: Opened, block_size: int,
                     task: fanout.RangeTask | None = None) -> list[MapOutcome]:
         etag = event.etag or opened.etag
-        contribution = layout.contribution_id(event.key, event.version_id or etag)
+        # Named by its ETag, as the reconcile's listing and the reducer's HEAD name it, even in a versioned
+        # bucket: the version id only pins the reads.
+        contribution = layout.contribution_id(event.key, etag)
+        attempt = layout.new_attempt()
         stats = ReadStats()
         meta = {"key": event.key, "etag": etag, "version_id": event.version_id, "sequencer": event.sequencer,
                 "size": opened.size, "event_time": event.event_time}
-        split = f"g{self.max_groups}b{block_size}"
-        marker = contribution
+        marker = layout.version_marker(contribution, attempt)
         used = frozenset().union(*(job.plan.columns for job in jobs))
         reader = replace(jobs[0].format.reader(), include=tuple(n for n in jobs[0].format.columns if n in used))
         if task is not None:
-            # A range's parts sit beside its siblings' under the version's contribution: the split id keeps
-            # them apart. A header is the first line of the object, so only range 0 has one to skip.
+            # A header is the first line of the object, so only range 0 has one to skip.
             meta.update(size=task.size, range=[task.index, task.count])
-            split, marker = f"r{task.index}of{task.count}{split}", layout.range_marker(contribution, task.index,
-                                                                                          task.count)
+            marker = layout.range_marker(contribution, task.index, task.count, attempt)
             reader = replace(reader, header=reader.header and task.index == 0)
-        sinks = {job.name: self._sink(job, contribution, split, meta, marker) for job in jobs}
+        sinks = {job.name: self._sink(job, contribution, attempt, meta, marker, task is None) for job in jobs}
         try:
             with self._source(event, opened, reader, task) as source:
                 for batch in batches(source, reader, event.key, stats, block_size):
@@ -324,7 +324,8 @@ class Mapper:
                                + "; ".join(stats.bad_row_examples))
         except (BadInput, ObjectMissing, CommitConflict) as error:
             for sink in sinks.values():
-                self.state.delete(sink.written)  # parts spilled before the error: never whole
+                # Parts spilled before the error: this attempt's own, and no marker names them.
+                self.state.delete(sink.written)
             if isinstance(error, RowTooLong) and block_size < MAX_BLOCK_SIZE:
                 raise
             if not isinstance(error, BadInput):
@@ -343,13 +344,13 @@ class Mapper:
                                        range=meta.get("range")))
         return outcomes
 
-    def _sink(self, job: Job, contribution: str, split: str, meta: dict, marker: str):
+    def _sink(self, job: Job, contribution: str, attempt: str, meta: dict, marker: str, whole: bool):
         if job.is_scan:
-            return ScanWriter(self.state, job, contribution, split, self.scan_part_bytes, marker)
+            return ScanWriter(self.state, job, contribution, attempt, marker, self.scan_part_bytes)
         # A range's partial always goes in parts: its marker waits for its siblings', and the reducer's packs
         # keep one partial per contribution, not one per range.
-        inline_limit = self.inline_limit if marker == contribution else -1
-        return _AggregateSink(_PartWriter(self.state, job, contribution, split, marker), self.max_groups, meta,
+        inline_limit = self.inline_limit if whole else -1
+        return _AggregateSink(_PartWriter(self.state, job, contribution, attempt, marker), self.max_groups, meta,
                               inline_limit)
 
     def _source(self, event: ObjectEvent, opened: Opened, reader, task: fanout.RangeTask | None = None):

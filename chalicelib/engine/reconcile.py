@@ -3,10 +3,9 @@
 S3 may drop an event, a throttled Lambda may give up on one, and a job added later has never seen the objects
 already in its prefix. The reconcile lists the prefix and maps every object version that is neither live in
 the ledger, nor waiting in the inbox, nor quarantined (that is also the backfill), and notes the removal of
-every live key whose object is gone. It also deletes superseded results and ledgers a crashed reducer left, and
-orphaned parts and packs: those of versions that are not
-live and have no marker (packs: that no live version references), once they are old enough that no mapper or
-reducer can still be writing them.
+every live key whose object is gone. It then looks for live partials that are gone (engine/repair.py) and,
+last, with reads of its own made after it decided nothing else, runs the garbage collector
+(engine/garbage.py).
 
 A large object's version waits in the inbox as range markers. While some are missing and the last one landed
 recently, its other ranges are taken to be in flight (Lambda retries a failed one for minutes); once that is
@@ -25,11 +24,12 @@ from ..jobs import Job, JobCatalog
 from ..storage import ObjectStore, StoredObject
 from . import layout
 from .events import ObjectEvent
+from .garbage import GRACE, GarbageCollector
 from .mapper import Mapper, MapOutcome
 from .reducer import Reducer
+from .repair import Repairer
 
 log = logging.getLogger("tally.reconcile")
-ORPHAN_AGE = timedelta(hours=1)
 # Objects younger than this are left to their own events, which are most likely still in flight: mapping
 # them here too would only duplicate the work. An on-demand backfill passes zero.
 EVENT_GRACE = timedelta(minutes=2)
@@ -43,7 +43,6 @@ class ReconcilePlan:
     job: str
     to_map: tuple[StoredObject, ...]
     removed: tuple[str, ...]
-    orphaned_parts: tuple[str, ...]
 
 
 @dataclass
@@ -52,25 +51,27 @@ class ReconcileReport:
     landed: int = 0
     mapped: list[MapOutcome] = field(default_factory=list)
     removed: int = 0
-    orphans_deleted: int = 0
+    orphans_deleted: int = 0  # state objects the garbage collector deleted
     left: int = 0  # objects still to map when the time budget ran out
+    lost: int = 0  # live versions whose partials are gone: a repair marker asks the reducer to rebuild
 
 
 class Reconciler:
     def __init__(self, jobs: JobCatalog, input_store: ObjectStore, state_store: ObjectStore, mapper: Mapper,
-                 reducer: Reducer, clock: Callable[[], datetime]):
+                 reducer: Reducer, clock: Callable[[], datetime], garbage_grace: timedelta = GRACE):
         self.jobs, self.input, self.state = jobs, input_store, state_store
         self.mapper, self.reducer, self.clock = mapper, reducer, clock
+        self.collector = GarbageCollector(state_store, lambda name: reducer.read_live(jobs.get(name)), clock,
+                                          garbage_grace)
+        self.repairer = Repairer(reducer, state_store, clock)
 
     def plan(self, job: Job, grace: timedelta = EVENT_GRACE, range_grace: timedelta = RANGE_GRACE
              ) -> ReconcilePlan:
         _, ledger_table = self.reducer.read_committed(job)
         ledger = ledger_table.to_pylist()
         live = {(e["key"], e["etag"]) for e in ledger}
-        live_contributions = {e["contribution"] for e in ledger}
         inbox = list(self.state.list(layout.inbox_prefix(job.name)))
         waiting = awaited(inbox, self.clock() - range_grace)
-        with_markers = {layout.contribution_of_marker(layout.id_of(o.key)) for o in inbox}
         quarantined = {layout.id_of(o.key) for o in self.state.list(layout.quarantine_prefix(job.name))}
         landed = [o for o in self.input.list(job.prefix) if job.matches(o.key)]
         settled = self.clock() - grace
@@ -83,17 +84,7 @@ class Reconciler:
         present = {o.key for o in landed}
         # A live key missing from the listing was removed (S3 lists what it has, strongly consistent).
         removed = tuple(sorted({e["key"] for e in ledger} - present))
-        cutoff = self.clock() - ORPHAN_AGE
-        referenced = {ref for e in ledger for ref in e["parts"]}
-        orphaned = tuple(
-            o.key for o in self.state.list(layout.parts_prefix(job.name))
-            if layout.contribution_of_part(o.key) not in live_contributions | with_markers
-            and o.last_modified is not None and o.last_modified < cutoff
-        ) + tuple(
-            o.key for o in self.state.list(layout.packs_prefix(job.name))
-            if o.key not in referenced and o.last_modified is not None and o.last_modified < cutoff
-        )
-        return ReconcilePlan(job.name, to_map, removed, orphaned)
+        return ReconcilePlan(job.name, to_map, removed)
 
     def reconcile(self, job: Job, max_seconds: float = 600.0, progress: Callable[[int, int], None] | None = None,
                   grace: timedelta = EVENT_GRACE, range_grace: timedelta = RANGE_GRACE) -> ReconcileReport:
@@ -112,11 +103,13 @@ class Reconciler:
             if self.input.head(key) is None:  # still gone: not re-uploaded since the listing
                 event = ObjectEvent(self.input.bucket, key, "", 0, name="ObjectRemoved:Reconcile")
                 report.removed += len(self.mapper.note_removal(event, [job]))
-        if plan.orphaned_parts:
-            self.state.delete(list(plan.orphaned_parts))
-        report.orphans_deleted = len(plan.orphaned_parts) + self.reducer.collect_garbage(job)
+        lost = self.repairer.find_lost(job)
+        self.repairer.request(job, lost)
+        report.lost = len(lost.contributions)
+        # Last, and on reads of its own: nothing decided above, minutes ago, may decide a deletion.
+        report.orphans_deleted = self.collector.collect(job.name).deleted
         log.info("reconciled", extra={"job": job.name, "mapped": len(report.mapped), "removed": report.removed,
-                                      "orphans": report.orphans_deleted, "left": report.left})
+                                      "orphans": report.orphans_deleted, "left": report.left, "lost": report.lost})
         return report
 
     def reconcile_all(self, max_seconds: float = 600.0) -> list[ReconcileReport]:
@@ -129,16 +122,17 @@ def awaited(inbox: Iterable[StoredObject], lost_before: datetime) -> set[str]:
     set of range markers, and incomplete sets still expecting ranges (their newest marker is from after
     `lost_before`)."""
     whole: set[str] = set()
-    ranges: dict[tuple[str, int], list[StoredObject]] = {}
+    ranges: dict[tuple[str, int], list[tuple[int, StoredObject]]] = {}
     for obj in inbox:
         marker = layout.id_of(obj.key)
         contribution, in_range = layout.contribution_of_marker(marker), layout.range_of_marker(marker)
         if in_range is None:
-            whole.add(marker)
+            whole.add(contribution)
         else:
-            ranges.setdefault((contribution, in_range[1]), []).append(obj)
+            ranges.setdefault((contribution, in_range[1]), []).append((in_range[0], obj))
     for (contribution, count), markers in ranges.items():
-        newest = max((o.last_modified for o in markers if o.last_modified is not None), default=None)
-        if len(markers) == count or newest is None or newest > lost_before:
+        newest = max((o.last_modified for _, o in markers if o.last_modified is not None), default=None)
+        # A range mapped twice has two markers: count the ranges, not the markers.
+        if len({index for index, _ in markers}) == count or newest is None or newest > lost_before:
             whole.add(contribution)
     return whole

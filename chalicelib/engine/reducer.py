@@ -1,17 +1,29 @@
-"""Apply a job's inbox to its result, exactly once, safe against crashes and overlapping reducers.
+"""Apply a job's inbox to its result, exactly once, safe against crashes, overlapping reducers and lost
+responses.
 
 A run gathers the committed state, the inbox markers and what S3 says is current for the keys they touch,
 plans the changes as data (`changes.plan_changes`), then executes in steps whose order is the correctness
 argument:
 
-1. write the new result (the shards it changes) and ledger under fresh, never-shared keys;
+1. write the new result (the shards it changes), its ledger and pack under fresh keys unique to this attempt,
+   and a garbage record naming what the commit stops referencing (engine/garbage.py);
 2. commit by replacing the manifest with a conditional write (If-Match the ETag read at the start, or
-   If-None-Match for the first commit): of two overlapping reducers exactly one commits, the other discards
-   its work and applies nothing twice;
-3. only then delete the processed markers, the parts no version needs any more, and superseded results.
+   If-None-Match for the first commit): of two overlapping reducers exactly one commits, the other applies
+   nothing. A conflict may also be our own write whose response was lost and whose retry met the 412: the
+   manifest is read back, and names our ledger (unique to this attempt) if the write applied;
+3. only then delete the processed markers.
 
-A crash before 2 leaves garbage that a later run deletes; a crash after 2 leaves processed markers, which the
-ledger turns into no-ops on the next run. Late duplicates are no-ops the same way.
+Nothing is deleted on stale information (docs/deletion.md): a run deletes at once only what is unique to its
+own attempt and certainly unreferenced (the objects of a commit that certainly lost). Everything else it stops
+needing, superseded results, retracted versions' parts, stale or repeated attempts' parts, goes through a
+garbage record, which the collector acts on after a grace period longer than any run, and only for keys a
+manifest read then proves unreferenced. A run that decided a version is stale may therefore overlap one that
+makes it live: the parts stay, and the live result can still retract it.
+
+A crash before 2 leaves garbage that the collector deletes; a crash after 2 leaves processed markers, which the
+ledger turns into no-ops on the next run. Late duplicates are no-ops the same way. An object the committed
+state names that is missing while the manifest has not moved on is lost state, not a race: an error with a
+metric, and for lost partials a repair marker (engine/repair.py).
 """
 from __future__ import annotations
 
@@ -35,11 +47,11 @@ import pyarrow.compute as pc
 
 from ..aggregation.codec import decode, encode
 from ..aggregation.partition import shard_of
-from ..errors import CommitConflict, ObjectMissing, PartialMismatch
+from ..errors import CommitConflict, ObjectMissing, PartialMismatch, ReduceFailed, StateMissing
 from ..jobs import Job, JobCatalog
 from ..storage import ObjectStore
-from . import layout, scan
-from .changes import ChangePlan, Current, IncompleteRanges, combine_ranges, marker_ids, plan_changes
+from . import garbage, layout, scan
+from .changes import ChangePlan, Current, IncompleteRanges, combine_ranges, marker_ids, plan_changes, released
 from .sharded import SHARD_GROUPS, Changes, ShardedUpdate, shard_count, update_shards
 
 log = logging.getLogger("tally.reducer")
@@ -66,9 +78,14 @@ class Manifest:
     committed_at: str
     rows: int
     objects: int
+    # Not stored: the objects of a manifest written under another definition of the job, which the first
+    # commit under this one stops referencing.
+    other_definition: tuple[str, ...] = field(default=(), compare=False)
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        fields = asdict(self)
+        del fields["other_definition"]
+        return json.dumps(fields, sort_keys=True).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> "Manifest":
@@ -95,6 +112,8 @@ class ReduceReport:
     more_pending: bool = False
     errors: list[str] = field(default_factory=list)
     landed: list[str] = field(default_factory=list)  # event times of the merged objects (lag metric)
+    missing: int = 0  # objects the committed state names that are gone (StateMissing)
+    repaired: int = 0  # live versions dropped because their partials were lost (the result rebuilt without them)
 
 
 @dataclass(frozen=True)
@@ -122,6 +141,7 @@ class Gathered:
     more_pending: bool
     incomplete: tuple[IncompleteRanges, ...] = ()
     quarantined: frozenset[str] = frozenset()  # contributions of incomplete sets that will never complete
+    read: tuple[dict, ...] = ()  # every marker read, as written (range markers and repeats not combined)
 
     @property
     def entries(self) -> dict[str, dict]:
@@ -144,17 +164,35 @@ class Reducer:
 
     # -- reading committed state -------------------------------------------------------------------------
 
-    def read_manifest(self, job: Job) -> tuple[Manifest | None, str | None]:
+    def read_manifest(self, job: Job, as_written: bool = False) -> tuple[Manifest | None, str | None]:
         try:
             data, etag = self.state.get(layout.manifest_key(job.name))
         except ObjectMissing:
             return None, None
         manifest = Manifest.decode(data)
-        if manifest.fingerprint != job.plan.fingerprint:
+        if manifest.fingerprint != job.plan.fingerprint and not as_written:
             # The job's definition changed: state computed under the old one must not leak into the new.
             log.warning("job definition changed; starting a new result", extra={"job": job.name})
-            return replace(manifest, result_keys=(), ledger_key="", rows=0, objects=0), etag
+            return replace(manifest, result_keys=(), ledger_key="", rows=0, objects=0,
+                           other_definition=(*manifest.result_keys, manifest.ledger_key)), etag
         return manifest, etag
+
+    def read_live(self, job: Job) -> garbage.Live:
+        """Every object the committed state references, under whichever definition wrote it: what the garbage
+        collector must not delete."""
+        for attempt in range(5):
+            manifest, _ = self.read_manifest(job, as_written=True)
+            if manifest is None:
+                return garbage.Live(frozenset())
+            try:
+                ledger = self._read_immutable(manifest.ledger_key, _LEDGER_FINGERPRINT) if manifest.ledger_key \
+                    else LEDGER_SCHEMA.empty_table()
+            except ObjectMissing:
+                if attempt == 4:
+                    raise
+                continue
+            return garbage.Live.of(manifest.result_keys, manifest.ledger_key, ledger.select(["parts"]).to_pylist())
+        raise AssertionError("unreachable")
 
     def read_ledger(self, manifest: Manifest | None) -> pa.Table:
         if manifest is None or not manifest.ledger_key:
@@ -231,31 +269,31 @@ class Reducer:
 
     def reduce_all(self, max_seconds: float = 40.0) -> list[ReduceReport]:
         """Every job, until nothing is pending or the time budget is spent. Jobs are independent, so they run
-        side by side (Arrow and boto3 release the GIL). A failing job does not stop the others, but the run
-        still fails at the end so the failure is seen (and Lambda records it)."""
+        side by side (Arrow and boto3 release the GIL). A failing job does not stop the others: its report
+        carries the error, and `raise_failures` fails the invocation once the reports are logged and counted."""
         deadline = time.monotonic() + max_seconds
 
         def drain(job: Job) -> list[ReduceReport]:
             reports = []
             while True:
-                report = self._reduce_guarded(job)
+                report = self.reduce_reported(job)
                 reports.append(report)
                 if not report.more_pending or report.errors or time.monotonic() > deadline:
                     return reports
 
         with ThreadPoolExecutor(max(1, min(self.parallelism, len(self.jobs)))) as pool:
-            reports = [report for batch in pool.map(drain, self.jobs) for report in batch]
-        failed = [r for r in reports if r.errors]
-        if failed:
-            raise RuntimeError("; ".join(f"{r.job}: {e}" for r in failed for e in r.errors))
-        return reports
+            return [report for batch in pool.map(drain, self.jobs) for report in batch]
 
-    def _reduce_guarded(self, job: Job) -> ReduceReport:
+    def reduce_reported(self, job: Job) -> ReduceReport:
+        """One run of one job, whose failure is in its report (a lost race is not a failure)."""
         try:
             return self.reduce_job(job)
         except CommitConflict as exc:
             log.info("another reducer committed first", extra={"job": job.name, "detail": str(exc)})
             return ReduceReport(job.name, conflict=True, more_pending=True)
+        except StateMissing as exc:
+            log.error("the committed state names an object that is gone", extra={"job": job.name, "key": exc.key})
+            return ReduceReport(job.name, errors=[f"StateMissing: {exc}"], missing=1)
         except Exception as exc:  # noqa: BLE001 - reported and re-raised by reduce_all
             log.exception("reduce failed", extra={"job": job.name})
             return ReduceReport(job.name, errors=[f"{type(exc).__name__}: {exc}"])
@@ -266,19 +304,20 @@ class Reducer:
         # The manifest may be read after the listing: the ledger, not the order of reads, makes a marker that
         # another run applied meanwhile a no-op.
         manifest, etag = self.read_manifest(job)
-        with _superseded_is_conflict():
+        with self._missing_classified(job, etag):
             ledger = self.read_ledger(manifest)
         batch = _whole_contributions(listed, self.batch)
         with ThreadPoolExecutor(8) as pool:
-            markers, incomplete = combine_ranges(m for m in pool.map(self._read_marker, batch) if m is not None)
+            read = [m for m in pool.map(self._read_marker, batch) if m is not None]
+            markers, incomplete = combine_ranges(read)
             markers, deferred = (markers, False) if job.is_scan else _within_groups(
                 markers, self.max_groups, dict(zip(ledger["key"].to_pylist(), ledger["rows"].to_pylist())))
             quarantined = frozenset(ranges.contribution for ranges, record in zip(incomplete, pool.map(
                 self.state.head, [layout.quarantine_key(job.name, r.contribution) for r in incomplete])) if record)
         # Read after the markers: S3's answer is then at least as new as every marker it is compared with.
-        current = self.current_versions(sorted({m["key"] for m in markers} | {r.key for r in incomplete}))
+        current = self.current_versions(sorted({m["key"] for m in markers if "key" in m} | {r.key for r in incomplete}))
         return Gathered(manifest, etag, ledger, markers, current, len(listed) > len(batch) or deferred,
-                        tuple(incomplete), quarantined)
+                        tuple(incomplete), quarantined, tuple(read))
 
     def current_versions(self, keys: list[str]) -> dict[str, Current | None]:
         """What the input bucket holds now for each key (sorted). Objects that land together mostly sort
@@ -313,8 +352,9 @@ class Reducer:
     def _read_marker(self, key: str) -> dict | None:
         try:
             marker = json.loads(self.state.get(key)[0])
-            if marker.get("kind") in ("put", "removed") and marker.get("key") and marker.get("contribution"):
-                return marker
+            if marker.get("kind") in ("put", "removed") and marker.get("key") and marker.get("contribution") \
+                    or marker.get("kind") == "repair" and isinstance(marker.get("lost"), list):
+                return {**marker, "id": layout.id_of(key)}
         except ObjectMissing:
             return None  # processed by an overlapping run meanwhile
         except ValueError:
@@ -322,14 +362,6 @@ class Reducer:
         log.warning("deleting a marker Tally did not write", extra={"marker": key})
         self.state.delete([key])
         return None
-
-    def _drop(self, job: Job, broken: list[dict]) -> None:
-        # Parts gone (a stale version's clean-up raced its re-mapping) or written for another definition of
-        # the job: drop those markers; the reconcile maps a still-current version again.
-        log.warning("dropping markers with unusable parts",
-                    extra={"job": job.name, "keys": [m["key"] for m in broken]})
-        self.state.delete([layout.inbox_key(job.name, marker) for m in broken for marker in marker_ids(m)])
-        self._delete_parts(job, tuple(m["contribution"] for m in broken))
 
     def reduce_job(self, job: Job) -> ReduceReport:
         listed = self.list_inbox(job)
@@ -341,20 +373,18 @@ class Reducer:
         # gathered again, unchanged, until their last ranges land.
         report = ReduceReport(job.name, generation=gathered.manifest.generation if gathered.manifest else None,
                               more_pending=gathered.more_pending and bool(plan.processed))
-        if plan.changes_result:
-            try:
+        try:
+            if plan.changes_result:
                 self.execute(job, gathered, plan, report)
-            except UnusableParts as unusable:
-                self._drop(job, unusable.markers)
-                raise CommitConflict("markers with unusable parts were dropped; retrying without them") from None
+            else:
+                self._discard(job, gathered, plan)
+        except UnusableParts as unusable:
+            self._drop(job, gathered, unusable.markers)
+            raise CommitConflict("markers with unusable parts were dropped; retrying without them") from None
+        except StateMissing as missing:
+            self._request_repair(job, gathered, missing)
+            raise
         report.dropped = len(plan.processed) - report.merged
-        # Committed, or nothing to commit. Clean-up only: a crash here is redone by the next run.
-        self.state.delete([layout.inbox_key(job.name, marker) for marker in plan.processed])
-        # Inline partials have no parts of their own; packs are freed by the commit that stops needing them.
-        with_parts = {m["contribution"] for m in gathered.markers if m.get("parts")} | {
-            e["contribution"] for e in plan.retract if not all(map(layout.is_pack, e["parts"]))} | {
-            r.contribution for r in gathered.incomplete}  # a range always has parts
-        self._delete_parts(job, tuple(c for c in plan.stale_contributions if c in with_parts))
         return report
 
     def execute(self, job: Job, gathered: Gathered, plan: ChangePlan, report: ReduceReport) -> None:
@@ -362,51 +392,85 @@ class Reducer:
         keys = layout.generation_keys(job.name, generation)
         applied = self.apply(job, gathered, plan, generation, keys.pack)
         ledger = pa.Table.from_pylist(sorted(applied.entries.values(), key=lambda e: e["key"]), LEDGER_SCHEMA)
-        manifest = self._commit(job, gathered, keys, generation, applied.result, ledger, applied.pack)
-        self._delete_unreferenced_packs(gathered.entries.values(), applied.entries.values())
-        if gathered.manifest is not None:  # superseded now; left-overs of crashes go in collect_garbage
-            superseded = [*applied.result.superseded(gathered.manifest.result_keys), gathered.manifest.ledger_key]
-            self._forget(superseded)
-            self.state.delete([key for key in superseded if key])
+        superseded = [*applied.result.superseded(gathered.manifest.result_keys), gathered.manifest.ledger_key,
+                      *gathered.manifest.other_definition] if gathered.manifest else []
+        live = garbage.Live.of(applied.result.result_keys(keys.result), keys.ledger, applied.entries.values())
+        unneeded = (released(gathered.read, plan) | set(superseded)) - live.keys
+        manifest = self._commit(job, gathered, keys, generation, applied.result, ledger, applied.pack, unneeded)
+        self._forget(superseded)
+        # Committed: the markers are in the ledger now. Clean-up only: a crash here is redone by the next run.
+        self.state.delete([layout.inbox_key(job.name, marker) for marker in plan.processed])
         report.generation, report.rows = generation, manifest.rows
-        report.merged, report.retracted = len(plan.add), len(plan.retract)
+        report.merged, report.retracted, report.repaired = len(plan.add), len(plan.retract), len(plan.lost)
         report.landed = [t for t in (m.get("event_time") or m.get("mapped_at") for m in plan.add) if t]
         log.info("applied changes", extra={"job": job.name, "generation": generation, "added": len(plan.add),
                                            "retracted": len(plan.retract), "rows": manifest.rows})
 
+    def _discard(self, job: Job, gathered: Gathered, plan: ChangePlan) -> None:
+        """Nothing to commit: the processed markers were repeats or stale. Their attempts' parts go to a garbage
+        record, not to DeleteObjects: an overlapping run that read them earlier may be about to make them live."""
+        unneeded = released(gathered.read, plan) - garbage.Live.of((), "", gathered.entries.values()).keys
+        garbage.write_record(self.state, job.name, unneeded, self.clock(), "stale or repeated mapping attempts")
+        self.state.delete([layout.inbox_key(job.name, marker) for marker in plan.processed])
+
+    def _drop(self, job: Job, gathered: Gathered, broken: list[dict]) -> None:
+        # Parts missing, or written for another definition of the job: drop those markers; the reconcile maps a
+        # still-current version again.
+        log.warning("dropping markers with unusable parts",
+                    extra={"job": job.name, "keys": [m["key"] for m in broken]})
+        ids = {marker_id for m in broken for marker_id in marker_ids(m)}
+        parts = {part for m in gathered.read if m["id"] in ids for part in m.get("parts", [])}
+        live = garbage.Live.of((), "", gathered.entries.values())
+        garbage.write_record(self.state, job.name, parts - live.keys, self.clock(), "unusable parts")
+        self.state.delete([layout.inbox_key(job.name, marker_id) for marker_id in sorted(ids)])
+
+    def _request_repair(self, job: Job, gathered: Gathered, missing: StateMissing) -> None:
+        """A live version's partial is gone: ask the next run to drop it and rebuild the result from the others;
+        the reconcile then maps the key's current version again. A lost result or ledger is not repaired here:
+        `tally repair --reset` starts the result over."""
+        lost = sorted({e["contribution"] for e in gathered.entries.values() if missing.key in e["parts"]})
+        if not lost:
+            return
+        marker = layout.repair_marker()
+        body = {"kind": "repair", "lost": lost, "missing": missing.key, "at": self.clock().isoformat()}
+        self.state.put(layout.inbox_key(job.name, marker), json.dumps(body).encode(), "application/json")
+        log.error("live partials are missing; the next run rebuilds the result without them",
+                  extra={"job": job.name, "missing": missing.key, "contributions": lost})
+
     def apply(self, job: Job, gathered: Gathered, plan: ChangePlan, generation: int, pack_key: str) -> Applied:
         """The result and the live versions once `plan` is applied to the gathered state; writes nothing."""
         entries = gathered.entries
-        for entry in plan.retract:
+        for entry in (*plan.retract, *plan.lost):
             entries.pop(entry["key"], None)
         added_by_marker = self._read_added_parts(job, plan)
         added = [table for tables in added_by_marker for table in tables]
         inline = {m["contribution"]: tables[0] for m, tables in zip(plan.add, added_by_marker) if "inline" in m}
         for marker in plan.add:
             entries[marker["key"]] = _ledger_entry(marker, generation, pack_key)
-        # Reading what the gathered generation names: an overlapping run that committed meanwhile may have
-        # deleted it (the result it superseded, the parts and packs only retracted versions used).
-        with _superseded_is_conflict():
+        with self._missing_classified(job, gathered.manifest_etag):
             if job.is_scan:  # the result is the table of live output files; their rows are never read here
                 base = self.read_result(job, gathered.manifest)
-                files = scan.live_files(base, [entry["contribution"] for entry in plan.retract], plan.add)
+                gone = [entry["contribution"] for entry in (*plan.retract, *plan.lost)]
+                files = scan.live_files(base, gone, plan.add)
                 result = ShardedUpdate((files,), ("",), scan.output_rows(files))
             else:
                 result = self._update_shards(job, gathered.manifest, self._changes(job, plan, added, entries))
         return Applied(result, entries, _pack(inline) if inline else None)
 
     def _changes(self, job: Job, plan: ChangePlan, added: list[pa.Table], entries: dict[str, dict]) -> Changes:
-        if not plan.retract:
+        if not plan.retract and not plan.rebuilds:
             return Changes(added)
-        removed = self.read_retained(job, plan.retract)
-        if job.plan.subtractable:
-            return Changes(added, removed)
-        # min/max, sketches: rebuild the shards the changes reach from every live version's retained partials
+        if job.plan.subtractable and not plan.rebuilds:
+            return Changes(added, self.read_retained(job, plan.retract))
+        # min/max, sketches, or a lost partial: rebuild from every live version's retained partials; the shards a
+        # lost partial reached are unknown, so a repair rebuilds them all.
+        removed = [] if plan.rebuilds else self.read_retained(job, plan.retract)
         log.info("rebuilding result from retained partials", extra={"job": job.name, "objects": len(entries)})
         added_ids = {m["contribution"] for m in plan.add}
         kept = [e for e in entries.values() if e["contribution"] not in added_ids]
         return Changes(added, removed, (self.read_retained(job, batch)
-                                        for batch in _batches_of_entries(kept, self.max_groups)))
+                                        for batch in _batches_of_entries(kept, self.max_groups)),
+                       everywhere=plan.rebuilds)
 
     def _update_shards(self, job: Job, manifest: Manifest | None, changes: Changes) -> ShardedUpdate:
         committed, rows = (manifest.result_keys, manifest.rows) if manifest else ((), 0)
@@ -472,7 +536,7 @@ class Reducer:
         return read_parts
 
     def _commit(self, job: Job, gathered: Gathered, keys: layout.GenerationKeys, generation: int,
-                result: ShardedUpdate, ledger: pa.Table, pack: pa.Table | None) -> Manifest:
+                result: ShardedUpdate, ledger: pa.Table, pack: pa.Table | None, unneeded: set[str]) -> Manifest:
         result_keys = result.result_keys(keys.result)
         shards = {key: table for key, table in zip(result_keys, result.tables) if table is not None and key}
         objects = [*((key, table, job.plan.fingerprint) for key, table in shards.items()),
@@ -480,12 +544,16 @@ class Reducer:
         if pack is not None:
             objects.append((keys.pack, pack, job.plan.fingerprint))
         written = [key for key, _, _ in objects]
-        with ThreadPoolExecutor(max(1, min(self.parallelism, len(objects)))) as pool:  # encoding releases the GIL
+        now = self.clock()
+        with ThreadPoolExecutor(max(1, min(self.parallelism, len(objects) + 1))) as pool:  # encoding releases the GIL
+            # The record of what this commit stops referencing is written before the commit can make it so.
+            record = pool.submit(garbage.write_record, self.state, job.name, unneeded, now, f"commit {generation}")
             list(pool.map(lambda o: self.state.put_if_absent(o[0], encode(o[1], o[2])), objects))
+            record = record.result()
         for key, table in [*shards.items(), (keys.ledger, ledger)]:
             self._remember(key, table)
-        manifest = Manifest(generation, job.plan.fingerprint, result_keys, keys.ledger,
-                            self.clock().isoformat(), result.rows, ledger.num_rows)
+        manifest = Manifest(generation, job.plan.fingerprint, result_keys, keys.ledger, now.isoformat(),
+                            result.rows, ledger.num_rows)
         try:
             if gathered.manifest_etag is None:
                 self.state.put_if_absent(layout.manifest_key(job.name), manifest.encode(), "application/json")
@@ -493,52 +561,46 @@ class Reducer:
                 self.state.put_if_match(layout.manifest_key(job.name), manifest.encode(),
                                         gathered.manifest_etag, "application/json")
         except CommitConflict:
+            if self._applied_after_all(job, manifest, [*written, record]):
+                return manifest
             self._forget(written)
-            self.state.delete(written)
             raise
         return manifest
 
-    def _delete_unreferenced_packs(self, before: Iterable[dict], after: Iterable[dict]) -> None:
-        """Packs only retracted versions referenced. Clean-up only: a crash here leaves a pack that the
-        reconcile's orphan sweep collects."""
-        referenced = {ref for entry in after for ref in entry["parts"] if layout.is_pack(ref)}
-        unreferenced = {ref for entry in before for ref in entry["parts"] if layout.is_pack(ref)} - referenced
-        if unreferenced:
-            self.state.delete(sorted(unreferenced))
+    def _applied_after_all(self, job: Job, manifest: Manifest, own: list[str | None]) -> bool:
+        """A conditional write that met a 412 may be our own write's retry: S3 applied the first attempt, its
+        response was lost (a 500 or a timeout), and botocore tried again. Read the manifest back: it names our
+        ledger, unique to this attempt, if and only if our write applied. If another run's manifest holds our
+        generation, ours never applied and nothing can ever name our objects: they are deleted now. A later
+        generation leaves it open (ours may have applied and been superseded at once): our objects are then
+        left to the collector, which deletes them only when unreferenced."""
+        current, _ = self.read_manifest(job, as_written=True)
+        if current is not None and current.ledger_key == manifest.ledger_key:
+            log.info("the manifest write applied though its response was lost", extra={"job": job.name})
+            return True
+        if current is not None and current.generation == manifest.generation:
+            garbage.discard_own(self.state, filter(None, own))
+        return False
 
-    def _delete_parts(self, job: Job, contributions: tuple[str, ...]) -> None:
-        keys = [o.key for c in contributions for o in self.state.list(layout.parts_prefix(job.name, c))]
-        if keys:
-            self.state.delete(keys)
-
-    def collect_garbage(self, job: Job) -> int:
-        """Delete result shards and ledgers the manifest does not name, up to the committed generation, that a run
-        did not delete itself (it crashed after committing, or lost a race and crashed before cleaning up); a
-        shard no commit since has touched keeps its older generation and stays live. Newer generations are left
-        alone: they may belong to a reducer that is about to commit. Lists two prefixes: the reconcile's job."""
-        manifest, _ = self.read_manifest(job)
-        if manifest is None:
-            return 0
-        live = {*manifest.result_keys, manifest.ledger_key}
-        garbage = [
-            o.key
-            for prefix in (layout.results_prefix(job.name), layout.ledger_prefix(job.name))
-            for o in self.state.list(prefix)
-            if o.key not in live and layout.generation_of(o.key) <= manifest.generation
-        ]
-        if garbage:
-            self.state.delete(garbage)
-        return len(garbage)
+    @contextmanager
+    def _missing_classified(self, job: Job, etag: str | None):
+        """An object the gathered manifest names is missing. Garbage is collected an hour after the commit that
+        stopped naming it, so if the manifest has moved on this run is that stale: a lost race. If it has not,
+        the committed state itself has lost the object."""
+        try:
+            yield
+        except ObjectMissing as exc:
+            _, now = self.read_manifest(job)
+            if now != etag:
+                raise CommitConflict(f"state moved on while reading it: {exc}") from exc
+            raise StateMissing(job.name, exc.key) from exc
 
 
-@contextmanager
-def _superseded_is_conflict():
-    """The generation we started from was replaced and collected by a reducer that committed meanwhile:
-    that is a lost race, not an error; our commit would fail its If-Match anyway."""
-    try:
-        yield
-    except ObjectMissing as exc:
-        raise CommitConflict(f"state moved on while reading it: {exc}") from exc
+def raise_failures(reports: Iterable[ReduceReport]) -> None:
+    """Fails the invocation if a job failed, so Lambda records it, after its metrics are out."""
+    failed = [f"{r.job}: {e}" for r in reports for e in r.errors]
+    if failed:
+        raise ReduceFailed("; ".join(failed))
 
 
 def _whole_contributions(listed: list[str], batch: int) -> list[str]:

@@ -36,13 +36,12 @@ FILES_SCHEMA = pa.schema([
 class ScanWriter:
     """One job's output for one object version: batches in, Parquet files out, then the marker."""
 
-    def __init__(self, store: ObjectStore, job: Job, contribution: str, split: str, part_bytes: int = PART_BYTES,
-                 marker: str | None = None):
-        # Where a file ends depends on the part budget too: name it, so files of attempts made with other
-        # settings never mix under one contribution (a marker's files are all of one attempt).
-        self.store, self.job, self.contribution, self.split = store, job, contribution, f"{split}p{part_bytes}"
+    def __init__(self, store: ObjectStore, job: Job, contribution: str, attempt: str, marker: str,
+                 part_bytes: int = PART_BYTES):
+        # Files are named by the mapping attempt: a marker's files are all its own attempt's.
+        self.store, self.job, self.contribution, self.attempt = store, job, contribution, attempt
         self.part_bytes = part_bytes
-        self.marker = marker or contribution  # a range's marker is its own (see engine/fanout.py)
+        self.marker = marker  # a range's marker is its own (see engine/fanout.py)
         self.written: list[str] = []
         self.outputs: list[dict] = []
         self._pending: list[pa.Table] = []
@@ -72,7 +71,7 @@ class ScanWriter:
         table = pa.concat_tables(self._pending)
         self._pending, self._pending_bytes = [], 0
         data = encode_rows(table, self.job.plan.fingerprint)
-        key = layout.part_key(self.job.name, self.contribution, self.split, len(self.written), "parquet")
+        key = layout.part_key(self.job.name, self.contribution, self.attempt, len(self.written), "parquet")
         self.store.put(key, data, "application/vnd.apache.parquet")
         self.written.append(key)
         self.outputs.append({"file": key, "rows": table.num_rows, "bytes": len(data)})

@@ -28,6 +28,9 @@ class Changes:
     # Set for plans that cannot subtract (min/max, sketches): every live partial but the added ones, to
     # rebuild each touched shard from, in batches read one at a time (they may be the whole dataset's).
     kept: Iterable[Sequence[pa.Table]] | None = None
+    # Rebuild every shard, not only those the added and removed partials reach (a lost partial's groups are
+    # unknown).
+    everywhere: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,8 @@ def update_shards(plan: AggregationPlan, count: int, committed: Sequence[str], c
     if repartitioning:
         tasks = [([committed[old] for old in olds], news) for olds, news in families(len(committed), count)]
     else:
-        touched = sorted({shard for pieces in (*added, *removed) for shard, piece in enumerate(pieces)
-                          if piece.num_rows})
+        touched = range(count) if changes.everywhere else sorted(
+            {shard for pieces in (*added, *removed) for shard, piece in enumerate(pieces) if piece.num_rows})
         tasks = [([previous[shard]], [shard]) for shard in touched]
     workers = max(1, min(parallelism, len(tasks) or 1))
     if changes.kept is not None:

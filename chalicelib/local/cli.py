@@ -82,6 +82,14 @@ def parser() -> argparse.ArgumentParser:
                           help="S3 endpoint (default: local mode's moto server, or AWS with --stage)")
     backfill.add_argument("--input-bucket", default="tally-input")
     backfill.add_argument("--state-bucket", default="tally-state")
+    repair = commands.add_parser("repair", help="rebuild a job's result without live partials that were lost, "
+                                 "then map those keys again (docs/deletion.md)")
+    repair.add_argument("job")
+    repair.add_argument("--reset", action="store_true",
+                        help="start the result over (a lost ledger or result shard): the prefix is mapped again")
+    for option, default in (("--stage", None), ("--s3-endpoint", None), ("--input-bucket", "tally-input"),
+                            ("--state-bucket", "tally-state")):
+        repair.add_argument(option, default=default)
     buckets = commands.add_parser("create-buckets", help="create a stage's input and state buckets (once)")
     buckets.add_argument("--stage", required=True)
     buckets.add_argument("--config", type=Path, default=Path(".chalice/config.json"))
@@ -140,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]error:[/] {error}")
         return EXIT_FAILED
     except (Unreachable, EndpointConnectionError, NoCredentialsError) as error:
-        local = getattr(args, "api", None) == LOCAL_API or (args.command == "backfill" and not args.stage)
+        local = getattr(args, "api", None) == LOCAL_API or (args.command in ("backfill", "repair") and not args.stage)
         hint = " (is `tally local` running?)" if local else ""
         console.print(f"[red]error:[/] {error}{hint}")
         return EXIT_UNREACHABLE
@@ -156,6 +164,8 @@ def _dispatch(args: argparse.Namespace, console) -> int:
         return _run_local(_local_options(args))
     if args.command == "backfill":
         return _run_backfill(args, console)
+    if args.command == "repair":
+        return _run_repair(args, console)
     if args.command == "create-buckets":
         return _run_create_buckets(args, console)
     if args.command in ("jobs", "status", "query"):
@@ -207,11 +217,8 @@ def _run_bench(args: argparse.Namespace, console) -> int:
     return EXIT_OK
 
 
-def _run_backfill(args: argparse.Namespace, console) -> int:
-    from datetime import timedelta
-
-    from rich.progress import Progress
-
+def _bucket_runtime(args: argparse.Namespace):
+    """The engine against a deployed stage's buckets (--stage) or local mode's (the default)."""
     from ..runtime import Runtime
     from ..settings import Settings
 
@@ -223,7 +230,46 @@ def _run_backfill(args: argparse.Namespace, console) -> int:
     else:
         settings = Settings(s3_endpoint=args.s3_endpoint or "http://127.0.0.1:9000",
                             input_bucket=args.input_bucket, state_bucket=args.state_bucket)
-    runtime = Runtime(settings)
+    return Runtime(settings)
+
+
+def _run_repair(args: argparse.Namespace, console) -> int:
+    from datetime import timedelta
+
+    from ..engine.reducer import raise_failures
+
+    runtime = _bucket_runtime(args)
+    job = runtime.jobs.get(args.job)
+    repairer = runtime.reconciler.repairer
+    if args.reset:
+        manifest = repairer.reset(job)
+        console.print(f"{job.name}: result reset at generation {manifest.generation}")
+    else:
+        lost = repairer.find_lost(job)
+        repairer.request(job, lost)
+        console.print(f"{job.name}: {len(lost.contributions)} live versions with lost partials "
+                      f"({len(lost.keys)} objects missing)")
+
+    def drain() -> None:
+        while True:
+            report = runtime.reducer.reduce_reported(job)
+            raise_failures([report])
+            if not report.more_pending:
+                return
+
+    drain()  # drops the lost versions and rebuilds without them (or applies the reset)
+    report = runtime.reconciler.reconcile(job, grace=timedelta(0))  # their keys' current versions, mapped again
+    drain()
+    console.print(f"{job.name}: {len(report.mapped)} objects mapped again; the result is repaired")
+    return EXIT_OK
+
+
+def _run_backfill(args: argparse.Namespace, console) -> int:
+    from datetime import timedelta
+
+    from rich.progress import Progress
+
+    runtime = _bucket_runtime(args)
     job = runtime.jobs.get(args.job)
     with Progress(console=console) as progress:
         task = progress.add_task(f"backfilling {job.name}", total=None)
