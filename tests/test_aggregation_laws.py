@@ -14,6 +14,7 @@ from collections import defaultdict
 from decimal import Decimal
 from functools import cache
 
+import duckdb
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -24,6 +25,8 @@ from chalicelib.aggregation.grouped import GroupedAggregate
 from chalicelib.aggregation.plan import AggregationPlan
 from chalicelib.errors import PartialMismatch
 from chalicelib.jobs import CsvFormat, Job
+
+from . import float_referee
 
 # tests/conftest.py owns the global hypothesis profile; these are this file's own, picked by the same variable
 # and applied per test, so loading them changes nothing for other test files.
@@ -541,3 +544,159 @@ def test_min_max_and_sketches_refuse_retraction(aggregate):
     assert not plan.subtractable
     with pytest.raises(PartialMismatch):
         plan.retract(plan.empty(), [plan.empty()])
+
+
+# --- float sums: inf, -inf and NaN come and go exactly, finite values within the documented bound ---------------
+
+# Outputs named after the DuckDB function each one is held to.
+FLOAT_AGGREGATES = {function: f"{function}(v)" for function in float_referee.FUNCTIONS}
+FINITE = st.floats(min_value=-1e150, max_value=1e150)  # subnormals to huge: the range moments.py's bound covers
+FLOAT_VALUES = st.one_of(FINITE, st.floats(min_value=-1e3, max_value=1e3), FINITE,
+                         st.sampled_from([math.inf, -math.inf, math.nan]), st.none())
+
+
+@cache
+def float_plan() -> AggregationPlan:
+    return Job(name="f", prefix="p/", format=CsvFormat(columns={"k": "string", "v": "float64"}), keys={"k": "k"},
+               aggregates=FLOAT_AGGREGATES).plan
+
+
+def float_rows(max_size: int = 30) -> st.SearchStrategy[list[tuple]]:
+    return st.lists(st.tuples(KEYS, FLOAT_VALUES), max_size=max_size)
+
+
+def float_table(rows: list[tuple]) -> pa.Table:
+    keys, values = zip(*rows) if rows else ((), ())
+    return pa.table({"k": pa.array(keys, pa.string()), "v": pa.array(values, pa.float64())})
+
+
+def lifted_float(plan: AggregationPlan, rows: list[tuple]) -> pa.Table:
+    return plan.lift(float_table(rows))
+
+
+def by_group(rows: list[tuple]) -> dict:
+    """Each group's non-null values, in row order."""
+    groups: dict = defaultdict(list)
+    for key, value in rows:
+        groups[key].append(value)
+    return {key: [v for v in values if v is not None] for key, values in groups.items()}
+
+
+def finite(values: list[float]) -> list[float]:
+    return [v for v in values if math.isfinite(v)]
+
+
+def answers(plan: AggregationPlan, partial: pa.Table) -> dict:
+    return {row.pop("k"): row for row in plan.finalize(partial).to_pylist()}
+
+
+@LAWS
+@given(data=st.data())
+def test_retracting_a_float_contribution_gives_the_result_without_it(data):
+    """finalize(retract(merge(a, b), [b])) is finalize(a): NULL, NaN and the infinities exactly, and every
+    non-finite count as it was; finite answers within the bound over all the values the sums took in."""
+    plan = float_plan()
+    kept, removed = data.draw(float_rows(), label="kept"), data.draw(float_rows(), label="removed")
+    retracted = plan.retract(plan.merge([lifted_float(plan, kept), lifted_float(plan, removed)]),
+                             [lifted_float(plan, removed)])
+
+    counts = [f.name for f in plan.state_schema if pa.types.is_integer(f.type)]
+    order = [(name, "ascending") for name in plan.key_names]
+    assert retracted.select(["k", *counts]).sort_by(order).equals(lifted_float(plan, kept).select(["k", *counts])
+                                                                  .sort_by(order))
+    got, holds, dropped = answers(plan, retracted), by_group(kept), by_group(removed)
+    assert got.keys() == holds.keys()
+    for key, values in holds.items():
+        taken_in = finite(values) + 2 * finite(dropped.get(key, []))
+        for function in float_referee.FUNCTIONS:
+            float_referee.assert_answer(function, got[key][function], values, taken_in)
+
+
+@LAWS
+@given(data=st.data())
+def test_a_float_fold_finalizes_to_duckdbs_answer(data):
+    """finalize(fold(xs)) over any split of xs is what DuckDB answers over xs: NULL, NaN and the infinities
+    exactly (the one documented exception aside); a finite answer within the bound of the exact one, and DuckDB's
+    within twice that (it rounds in another order)."""
+    plan = float_plan()
+    rows = data.draw(float_rows(max_size=60), label="rows")
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(rows)), max_size=4), label="cuts"))
+    pieces = [float_table(rows[i:j]) for i, j in zip([0, *cuts], [*cuts, len(rows)]) if j > i]
+    # Every other piece stated row by row, as the mapper states nearly distinct keys; the first is aggregated,
+    # since a merge aggregates only what it combines.
+    partial = plan.merge([plan.lift_rows(p) if n % 2 else plan.lift(p) for n, p in enumerate(pieces)])
+
+    ours, duckdbs = answers(plan, partial), duckdb_answers(rows)
+    assert ours.keys() == duckdbs.keys()
+    for key, values in by_group(rows).items():
+        for function in float_referee.FUNCTIONS:
+            got, want = ours[key][function], duckdbs[key][function]
+            float_referee.assert_answer(function, got, values, finite(values))
+            if function.endswith("_pop") and len(values) == 1 and not math.isfinite(values[0]):
+                assert math.isnan(got) and want == 0.0, (function, values)  # see moments.py
+            elif got is not None and math.isfinite(got):
+                assert float_referee.within(function, want, values, values, times=2), (function, got, want, values)
+            else:
+                float_referee.assert_same_float(got, want, (function, got, want, values))
+
+
+def duckdb_answers(rows: list[tuple]) -> dict:
+    table = float_table(rows)
+    selected = ", ".join(f"{function}(v) AS {function}" for function in float_referee.FUNCTIONS)
+    with duckdb.connect() as con:
+        con.register("t", table)
+        result = con.sql(f"SELECT k, {selected} FROM t GROUP BY k").to_arrow_table()
+    return {row.pop("k"): row for row in result.to_pylist()}
+
+
+@pytest.mark.parametrize("values, expected", [
+    # sum, avg, var_samp, var_pop, stddev_samp, stddev_pop: as DuckDB answers over the same values
+    ([1.0, math.inf], (math.inf, math.inf, math.nan, math.nan, math.nan, math.nan)),
+    ([-math.inf, 2.0, None], (-math.inf, -math.inf, math.nan, math.nan, math.nan, math.nan)),
+    ([math.inf, math.inf], (math.inf, math.inf, math.nan, math.nan, math.nan, math.nan)),
+    ([math.inf, -math.inf], (math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)),
+    ([1.0, math.nan, math.inf], (math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)),
+    ([math.inf], (math.inf, math.inf, None, math.nan, None, math.nan)),  # DuckDB: var_pop 0.0, see moments.py
+    ([None], (None, None, None, None, None, None)),
+    ([1.0, 2.0, 4.0], (7.0, 7 / 3, 7 / 3, 14 / 9, math.sqrt(7 / 3), math.sqrt(14 / 9))),
+])
+def test_float_aggregates_answer_over_non_finite_values_as_sql_does(values, expected):
+    plan = float_plan()
+    got = answers(plan, lifted_float(plan, [("a", v) for v in values]))["a"]
+    for function, want in zip(float_referee.FUNCTIONS, expected):
+        if want is not None and math.isfinite(want):
+            assert got[function] == pytest.approx(want, rel=1e-15), function
+        else:
+            float_referee.assert_same_float(got[function], want, function)
+
+
+def test_a_population_variance_of_one_non_finite_value_is_nan_where_duckdb_says_zero():
+    """The one place Tally parts from DuckDB (moments.py): a NaN or infinite input never reads as variance 0."""
+    plan = float_plan()
+    for value in (math.inf, -math.inf, math.nan):
+        ours, duckdbs = answers(plan, lifted_float(plan, [("a", value)]))["a"], duckdb_answers([("a", value)])["a"]
+        assert math.isnan(ours["var_pop"]) and math.isnan(ours["stddev_pop"])
+        assert duckdbs["var_pop"] == 0.0 and duckdbs["stddev_pop"] == 0.0
+
+
+def test_retracting_a_huge_value_takes_the_small_ones_rounded_away_against_it_along():
+    """The documented bound, not exactness: 1e300 + 1.0 keeps no trace of the 1.0, so retracting 1e300 leaves 0.0,
+    as DuckDB's SUM over 1e300, 1.0, -1e300 does."""
+    plan = float_plan()
+    huge, one = lifted_float(plan, [("a", 1e300)]), lifted_float(plan, [("a", 1.0)])
+    total = answers(plan, plan.retract(plan.merge([huge, one]), [huge]))["a"]["sum"]
+    assert total == 0.0 and float_referee.within("sum", total, [1.0], [1e300, 1.0, -1e300])
+    assert duckdb_answers([("a", 1e300), ("a", 1.0), ("a", -1e300)])["a"]["sum"] == 0.0
+
+
+def test_integer_and_decimal_states_keep_their_shape_and_float_states_their_own_fingerprint():
+    """Kept results and partials of integer and decimal jobs still decode and merge: their fingerprints are what
+    they were before float sums counted non-finite values. Float jobs' are not, so a kept float result (without
+    the counts) is started over rather than merged into a wrong number."""
+    assert (plan_for("int64").fingerprint, additive_plan("int64").fingerprint) == (
+        "1c46f84c5ec2e0bf", "bdc6b782bcaf7ed7")
+    assert (plan_for("decimal(18,6)").fingerprint, additive_plan("decimal(18,6)").fingerprint) == (
+        "1a28a018a14d61ab", "ba55698a8a8394e6")
+    assert "n_" not in "".join(plan_for("int64").state_schema.names + plan_for("decimal(18,6)").state_schema.names)
+    assert plan_for("float64").fingerprint != "5fd45e7e7264df50"
+    assert additive_plan("float64").fingerprint != "fa73f7ec6ec2161e"

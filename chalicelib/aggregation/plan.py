@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from functools import cached_property
 from typing import Sequence
@@ -47,8 +47,12 @@ class AggregationPlan:
                 if not pa.types.is_boolean(mask.type):
                     raise JobDefinitionError(f"filter {self.filter.source!r} is not a condition")
             fields = [pa.field(name, expr.evaluate_array(empty).type) for name, expr in self.keys]
+            # Each aggregate takes the form its values need: a float sum also counts its non-finite values.
+            typed = tuple(replace(spec, function=spec.function.for_values(_value_type(spec, empty)))
+                          for spec in self.aggregates)
+            object.__setattr__(self, "aggregates", typed)
             for spec in self.specs:
-                value_type = spec.argument.evaluate_array(empty).type if spec.argument else None
+                value_type = _value_type(spec, empty)
                 types = spec.function.state_types(value_type)
                 fields += [pa.field(state, t) for state, t in zip(spec.states, types)]
         except (pa.ArrowException, TypeError, ValueError) as exc:
@@ -242,6 +246,10 @@ class AggregationPlan:
             column = grouped.column(produced.get(f.name, f.name))
             arrays.append(column if column.type == f.type else pc.cast(column, f.type))
         return pa.Table.from_arrays(arrays, schema=self.state_schema).combine_chunks()
+
+
+def _value_type(spec: AggregateSpec, empty: pa.Table) -> pa.DataType | None:
+    return spec.argument.evaluate_array(empty).type if spec.argument else None
 
 
 _COUNT_ALL = pc.CountOptions(mode="all")
