@@ -7,6 +7,11 @@ class TallyError(Exception):
     """Base of every error Tally raises on purpose."""
 
 
+class InvalidSettings(TallyError):
+    """The TALLY_* environment does not validate, or asks for something unsafe where it runs; raised when the
+    settings are read (a Lambda's cold start), never later."""
+
+
 class JobDefinitionError(TallyError):
     """A job in reducers/ does not validate; raised at load time, never at run time."""
 

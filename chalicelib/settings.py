@@ -6,7 +6,7 @@ from typing import Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import TallyError
+from .errors import InvalidSettings
 
 _PREFIX = "TALLY_"
 
@@ -56,8 +56,9 @@ class Settings(BaseModel):
     reduce_every_minutes: int = Field(default=1, ge=1, le=1440)
     reconcile_every_minutes: int = Field(default=15, ge=1, le=1440)
     # How the deployed HTTP API is protected: AWS_IAM (SigV4-signed requests), an API Gateway API key, or
-    # nothing (local mode only: it listens on loopback).
-    api_auth: Literal["iam", "api_key", "none"] = "none"
+    # nothing. The default is the safe one, so a stage that forgets the variable is not served to anyone; "none"
+    # is for local mode (it listens on loopback) and is refused on Lambda (from_env).
+    api_auth: Literal["iam", "api_key", "none"] = "iam"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -72,9 +73,14 @@ class Settings(BaseModel):
         if "range_function" not in raw and environ.get("AWS_LAMBDA_FUNCTION_NAME"):
             raw["range_function"] = sibling_function(environ["AWS_LAMBDA_FUNCTION_NAME"], "map_range")
         try:
-            return cls.model_validate(raw)
+            settings = cls.model_validate(raw)
         except ValidationError as exc:
-            raise TallyError(f"invalid TALLY_* environment: {exc}") from exc
+            raise InvalidSettings(f"invalid TALLY_* environment: {exc}") from exc
+        if settings.api_auth == "none" and environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+            raise InvalidSettings(
+                "TALLY_API_AUTH=none on Lambda would serve every job's results to anyone who finds the URL: it "
+                "is for local mode only; set iam (the default) or api_key in the stage's environment")
+        return settings
 
     @property
     def split_bytes(self) -> int | None:

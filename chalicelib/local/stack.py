@@ -165,10 +165,11 @@ class LocalTally:
 
     @property
     def settings(self) -> Settings:
-        # Text logs: the handlers' records and metric sets as readable lines in the terminal, not JSON/EMF.
+        # Text logs: the handlers' records and metric sets as readable lines in the terminal, not JSON/EMF. No
+        # API authentication: the API listens on loopback and has no API Gateway in front of it to check any.
         return Settings(input_bucket=self.options.input_bucket, state_bucket=self.options.state_bucket,
                         s3_endpoint=self.s3_endpoint, log_level=self.options.log_level, log_format="text",
-                        jobs=self.options.jobs, split_mb=self.options.split_mb, read_streams=1)
+                        jobs=self.options.jobs, split_mb=self.options.split_mb, read_streams=1, api_auth="none")
 
     def client(self, service: str = "s3"):
         if service == "s3":
