@@ -67,5 +67,5 @@ class ObjectMissing(TallyError):
 
 
 class DispatchFailed(TallyError):
-    """A range task could not be handed to its mapper (the invocation was refused): the object's event fails,
-    so it is delivered again."""
+    """A range task or a reconciled object could not be handed to its mapper (the invocation was refused): the
+    object's event, or that job's reconcile, fails, so it is delivered or tried again."""

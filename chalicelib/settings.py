@@ -48,6 +48,10 @@ class Settings(BaseModel):
     # The function range tasks are invoked on (asynchronously). On Lambda it defaults to the running
     # function's sibling `<app>-<stage>-map_range`; unset elsewhere, where ranges are mapped in-process.
     range_function: str | None = None
+    # The function the reconcile hands the object versions it finds unmapped to (asynchronously, one S3 event
+    # record each). On Lambda it defaults to the sibling `<app>-<stage>-map_object`; unset elsewhere, where the
+    # reconcile maps them in-process (tests, `tally backfill`) or local mode queues them for its workers.
+    object_function: str | None = None
     log_level: str = "INFO"
     # "json": Powertools' structured lines and CloudWatch EMF metrics (Lambda); "text": one readable line per
     # log record and per metric set (local mode's terminal). Same records, same keys.
@@ -70,8 +74,9 @@ class Settings(BaseModel):
         }
         if "region" not in raw and environ.get("AWS_REGION"):
             raw["region"] = environ["AWS_REGION"]
-        if "range_function" not in raw and environ.get("AWS_LAMBDA_FUNCTION_NAME"):
-            raw["range_function"] = sibling_function(environ["AWS_LAMBDA_FUNCTION_NAME"], "map_range")
+        for field, handler in (("range_function", "map_range"), ("object_function", "map_object")):
+            if field not in raw and environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+                raw[field] = sibling_function(environ["AWS_LAMBDA_FUNCTION_NAME"], handler)
         try:
             settings = cls.model_validate(raw)
         except ValidationError as exc:

@@ -5,6 +5,8 @@
   into an in-process queue (Lambda's asynchronous event queue) and handed to `app.handler_map["map_object"]`
   in a pool of worker processes; a failed mapper is retried, three attempts in all as on Lambda, then the
   event goes to a dead-letter queue;
+- the reconcile (on a timer, in this process) puts the object versions it finds unmapped into the same event
+  queue, as it invokes map_object on AWS;
 - large objects: the mappers' range tasks come back from the workers on a queue and join the same event
   queue, for `app.handler_map["map_range"]` in the same pool with the same retries (Lambda's asynchronous
   invocation of map_range, on AWS);
@@ -28,6 +30,7 @@ import uuid
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
+from ..engine.events import notification
 from ..settings import Settings
 from ..storage import make_s3_client
 
@@ -189,8 +192,9 @@ class LocalTally:
         os.environ.update(environment)
         from ..runtime import Runtime, set_runtime
 
-        # The reconcile, in this process, fans large objects out into the same queue as the workers do.
-        runtime = Runtime(self.settings, dispatch=self.fan_out)
+        # The reconcile, in this process, hands what it finds to the workers through the same queue as S3's
+        # events, as it invokes map_object on AWS.
+        runtime = Runtime(self.settings, dispatch=self.fan_out, object_dispatch=self.map_later)
         set_runtime(runtime)
         runtime.reducer  # noqa: B018 - its S3 client and the jobs, built before the first tick needs them
         s3 = self.client()
@@ -282,6 +286,11 @@ class LocalTally:
         """A mapper's `dispatch`: each range task becomes an invocation of map_range."""
         for task in tasks:
             self._events.put(("map_range", task.to_dict(), 1))
+
+    def map_later(self, event) -> None:
+        """The reconcile's `dispatch`: an object version becomes an invocation of map_object with the one-record
+        S3 notification S3 would have sent."""
+        self._events.put(("map_object", notification([event]), 1))
 
     def _collect_range_tasks(self) -> None:
         while not self._stop.is_set():
