@@ -9,7 +9,7 @@ HYPOTHESIS_PROFILE ?= $(if $(CI),ci,dev)
 # Debian's Chromium for the dashboard's browser test (Playwright drives it; it never downloads a browser).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo local bench test test-fast package create-buckets clean
+.PHONY: demo local bench test test-fast package policies create-buckets clean
 
 $(INSTALLED): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ test-fast: $(INSTALLED)
 package: $(INSTALLED) $(WHEELHOUSE)/.complete
 	PIP_NO_INDEX=1 PIP_FIND_LINKS=$(CURDIR)/$(WHEELHOUSE) $(BIN)/chalice package --pkg-format terraform \
 		--stage $(or $(STAGE),dev) build/terraform
+
+# Rewrites .chalice/policy-<stage>-<function>.json (and the config entries naming them) after a change to a
+# stage's buckets or to chalicelib/local/policies.py; tests/test_policies.py fails until they are committed.
+policies: $(INSTALLED)
+	$(BIN)/python -m chalicelib.local.policies
 
 # One-time creation of a stage's buckets (names from .chalice/config.json), e.g. `make create-buckets STAGE=prod`.
 create-buckets: $(INSTALLED)

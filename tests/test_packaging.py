@@ -75,17 +75,17 @@ def test_every_function_runs_on_the_shared_dependency_layer(package):
         assert function["filename"].endswith("/deployment.zip")
 
 
-def test_lambda_role_has_exactly_the_least_privilege_policy(package):
-    policies = [json.loads(p["policy"]) if isinstance(p["policy"], str) else p["policy"]
-                for p in resources(package)["aws_iam_role_policy"].values()]
-    expected = json.loads((ROOT / ".chalice" / "policy-dev.json").read_text())
-    assert policies and all(policy == expected for policy in policies)
-    # map_object may invoke map_range (the large-object fan-out), that function and no other.
-    function_name = resources(package)["aws_lambda_function"]["map_range"]["function_name"]
-    [invoke] = [s for s in expected["Statement"] if "lambda:InvokeFunction" in s["Action"]]
-    assert invoke["Action"] == ["lambda:InvokeFunction"] and invoke["Resource"].endswith(":function:" + function_name)
-    actions = {a for statement in expected["Statement"] for a in statement["Action"]}
-    assert "s3:*" not in actions and not any(a.endswith(":*") for a in actions)
+def test_each_function_has_its_own_role_with_its_own_committed_policy(package):
+    declared = resources(package)
+    for handler, function in declared["aws_lambda_function"].items():
+        role = function["role"].removeprefix("${aws_iam_role.").removesuffix(".arn}")
+        policy = declared["aws_iam_role_policy"][role]["policy"]
+        assert role == f"{handler}_role" and declared["aws_iam_role_policy"][role]["role"].startswith(
+            f"${{aws_iam_role.{role}.")
+        assert json.loads(policy) == json.loads((ROOT / ".chalice" / f"policy-dev-{handler}.json").read_text())
+    api = json.loads(declared["aws_iam_role_policy"]["api_handler_role"]["policy"])
+    actions = {a for statement in api["Statement"] for a in statement["Action"]}
+    assert not actions & {"s3:PutObject", "s3:DeleteObject", "lambda:InvokeFunction"}
 
 
 def contents(archive_path: Path) -> tuple[set[str], int]:
