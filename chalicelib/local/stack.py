@@ -4,7 +4,8 @@
 - events: S3 bucket notifications to an SQS queue on that server, carrying S3's own event records, taken
   into an in-process queue (Lambda's asynchronous event queue) and handed to `app.handler_map["map_object"]`
   in a pool of worker processes; a failed mapper is retried, three attempts in all as on Lambda, then the
-  event goes to a dead-letter queue;
+  record Lambda would send to the on-failure destination goes to a dead-letter queue (`tally replay-failures`
+  puts them back on the event queue);
 - the reconcile (on a timer, in this process) puts the object versions it finds unmapped into the same event
   queue, as it invokes map_object on AWS;
 - large objects: the mappers' range tasks come back from the workers on a queue and join the same event
@@ -15,6 +16,7 @@
 """
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import logging
@@ -31,6 +33,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from ..engine.events import notification
+from .failures import REPLAYED, failure_record
 from ..settings import Settings
 from ..storage import make_s3_client
 
@@ -38,6 +41,8 @@ log = logging.getLogger("tally.local")
 
 QUEUE = "tally-events"
 DEAD_LETTERS = "tally-events-dlq"
+# The functions' ARN prefix in the records of failed invocations: the stage "local" of the app.
+LOCAL_FUNCTIONS = "arn:aws:lambda:local:000000000000:function:tally-local"
 MAPPER_ATTEMPTS = 3  # Lambda's asynchronous invocation: the first try and two retries
 RECONCILE_AT_LEAST_EVERY = 300.0  # seconds, however busy the events are
 
@@ -274,6 +279,8 @@ class LocalTally:
                     body = json.loads(message["Body"])
                     if "Records" in body:  # not the s3:TestEvent sent when the subscription is made
                         self._events.put(("map_object", body, 1))
+                    elif body.get("invoke") in REPLAYED:  # a failed invocation, replayed
+                        self._events.put((body["invoke"], body["payload"], 1))
                 if messages:
                     sqs.delete_message_batch(QueueUrl=queue, Entries=[
                         {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
@@ -334,7 +341,9 @@ class LocalTally:
         else:
             log.error("%s failed %d times; event sent to %s: %s", handler, attempt, DEAD_LETTERS, error)
             if self._dead_letters:
-                self.client("sqs").send_message(QueueUrl=self._dead_letters, MessageBody=json.dumps(event))
+                record = failure_record(f"{LOCAL_FUNCTIONS}-{handler}", event, error, attempt,
+                                        dt.datetime.now(dt.timezone.utc))
+                self.client("sqs").send_message(QueueUrl=self._dead_letters, MessageBody=json.dumps(record))
 
     def _poll_listing(self) -> None:
         """With a foreign S3 endpoint there is no notification to subscribe to: list the input bucket and
