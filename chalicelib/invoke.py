@@ -3,8 +3,8 @@ versions the reconcile finds unmapped to map_object.
 
 Lambda queues each invocation, retries a failed one twice, then gives it up to the function's on-failure
 destination (the stage's failure queue; `tally replay-failures` invokes them again); the reconcile also maps
-again a version whose ranges never all land. Like the storage module for S3, this is the one place that talks
-to the Lambda API.
+again a version whose ranges never all land. Like the storage module for S3, this is the one place the
+running service talks to the Lambda API (the deploy-time configuration is local/deploy.py's).
 """
 from __future__ import annotations
 

@@ -109,9 +109,9 @@ def test_objects_younger_than_the_grace_period_are_left_to_their_own_events(runt
     assert len(runtime.reconciler.reconcile(runtime.jobs.get(JOB), grace=dt.timedelta(0)).mapped) == 1
 
 
-def dispatching(runtime, dispatch, clock=utc_now) -> Reconciler:
+def dispatching(runtime, dispatch) -> Reconciler:
     return Reconciler(runtime.jobs, runtime.input_store, runtime.state_store, runtime.mapper, runtime.reducer,
-                      clock, dispatch=dispatch)
+                      utc_now, dispatch=dispatch)
 
 
 def test_the_reconcile_hands_what_it_finds_to_the_mapper_and_maps_nothing_itself(runtime, uploads, lambdas):
@@ -136,24 +136,28 @@ def test_the_reconcile_hands_what_it_finds_to_the_mapper_and_maps_nothing_itself
     assert status(runtime)["idle"] is True
 
 
-def test_reconcile_all_reconciles_every_job_and_fails_at_the_end_naming_the_ones_that_failed(runtime, uploads):
+def test_reconcile_all_reconciles_every_job_and_fails_at_the_end_naming_the_ones_that_failed(runtime, uploads,
+                                                                                             monkeypatch):
     uploads.put("uservisits/a.csv", uservisits_rows(("1.1.1.1", "1")))
     uploads.put("requests/r.jsonl", "{}\n")
-    handed: list[str] = []
+    mapped: list[str] = []
 
-    def dispatch(event: ObjectEvent) -> None:
+    def map_object(event: ObjectEvent) -> list:
         if event.key.startswith("uservisits/"):
-            raise DispatchFailed(f"refused {event.key}")
-        handed.append(event.key)
+            raise OSError(f"state bucket unreachable for {event.key}")
+        mapped.append(event.key)
+        return []
 
+    monkeypatch.setattr(runtime.mapper, "map_object", map_object)
     # Past the grace period, which reconcile_all does not shorten.
-    reconciler = dispatching(runtime, dispatch, lambda: utc_now() + dt.timedelta(minutes=5))
+    reconciler = Reconciler(runtime.jobs, runtime.input_store, runtime.state_store, runtime.mapper,
+                            runtime.reducer, lambda: utc_now() + dt.timedelta(minutes=5))
     uservisits_jobs = {job.name for job in runtime.jobs if job.prefix == "uservisits/"}
     with pytest.raises(RuntimeError) as failed:
         reconciler.reconcile_all()
 
-    assert handed == ["requests/r.jsonl"]  # page-latency was reconciled whatever its place among the jobs
-    assert len(uservisits_jobs) > 1 and {name for name in uservisits_jobs if f"{name}: DispatchFailed" in
+    assert mapped == ["requests/r.jsonl"]  # page-latency was reconciled whatever its place among the jobs
+    assert len(uservisits_jobs) > 1 and {name for name in uservisits_jobs if f"{name}: OSError" in
                                          str(failed.value)} == uservisits_jobs
 
 
