@@ -33,9 +33,9 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from ..engine.events import notification
-from .failures import REPLAYED, failure_record
 from ..settings import Settings
 from ..storage import make_s3_client
+from .failures import REPLAYED, failure_record
 
 log = logging.getLogger("tally.local")
 
