@@ -9,7 +9,7 @@ HYPOTHESIS_PROFILE ?= $(if $(CI),ci,dev)
 # Debian's Chromium for the dashboard's browser test (Playwright drives it; it never downloads a browser).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo local bench test test-fast package create-buckets clean
+.PHONY: demo local bench test test-fast package deploy policies create-buckets clean
 
 $(INSTALLED): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,9 +45,19 @@ test: $(INSTALLED) $(WHEELHOUSE)/.complete $(CHROMIUM)
 test-fast: $(INSTALLED)
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
+# A stage as terraform: chalice package plus failures.tf.json (the mappers' failure queue), in build/terraform.
 package: $(INSTALLED) $(WHEELHOUSE)/.complete
-	PIP_NO_INDEX=1 PIP_FIND_LINKS=$(CURDIR)/$(WHEELHOUSE) $(BIN)/chalice package --pkg-format terraform \
-		--stage $(or $(STAGE),dev) build/terraform
+	PIP_NO_INDEX=1 PIP_FIND_LINKS=$(CURDIR)/$(WHEELHOUSE) $(BIN)/tally package --stage $(or $(STAGE),dev) \
+		build/terraform
+
+# chalice deploy, then the failure queue as the mappers' on-failure destination (idempotent).
+deploy: $(INSTALLED)
+	$(BIN)/tally deploy --stage $(or $(STAGE),dev)
+
+# Rewrites .chalice/policy-<stage>-<function>.json (and the config entries naming them) after a change to a
+# stage's buckets or to chalicelib/local/policies.py; tests/test_policies.py fails until they are committed.
+policies: $(INSTALLED)
+	$(BIN)/python -m chalicelib.local.policies
 
 # One-time creation of a stage's buckets (names from .chalice/config.json), e.g. `make create-buckets STAGE=prod`.
 create-buckets: $(INSTALLED)

@@ -24,6 +24,9 @@ SETTINGS = Settings.from_env()
 app = Chalice(app_name="tally", configure_logs=False)
 logger = make_logger(SETTINGS)
 observe = Observer(SETTINGS, logger, utc_now)
+# The reconcile stops handing objects over after this (its next run goes on), leaving the rest of its timeout
+# in .chalice/config.json (300 s) to the listings of the jobs after it and to the cleanup.
+RECONCILE_BUDGET_SECONDS = 180
 ROUTE_AUTH = {"iam": {"authorizer": IAMAuthorizer()}, "api_key": {"api_key_required": True}, "none": {}}[
     SETTINGS.api_auth]
 
@@ -67,11 +70,12 @@ def reduce_results(event):
 
 @app.schedule(Rate(SETTINGS.reconcile_every_minutes, unit=Rate.MINUTES), name="reconcile_inputs")
 def reconcile_inputs(event):
-    # Maps what events missed (dropped, throttled, or before the job existed) and notes removals.
+    # Finds what events missed (dropped, throttled, or before the job existed) and hands it to map_object
+    # (asynchronously: this function only lists, plans and cleans up); notes removals.
     reports = [
-        {"job": r.job, "mapped": len(r.mapped), "removed": r.removed, "orphans_deleted": r.orphans_deleted,
-         "left": r.left}
-        for r in get_runtime().reconciler.reconcile_all(max_seconds=600)
+        {"job": r.job, "mapped": len(r.mapped), "dispatched": r.dispatched, "removed": r.removed,
+         "orphans_deleted": r.orphans_deleted, "left": r.left}
+        for r in get_runtime().reconciler.reconcile_all(max_seconds=RECONCILE_BUDGET_SECONDS)
     ]
     logger.info("reconciled", extra={"reports": reports})
     return reports

@@ -7,6 +7,11 @@ class TallyError(Exception):
     """Base of every error Tally raises on purpose."""
 
 
+class InvalidSettings(TallyError):
+    """The TALLY_* environment does not validate, or asks for something unsafe where it runs; raised when the
+    settings are read (a Lambda's cold start), never later."""
+
+
 class JobDefinitionError(TallyError):
     """A job in reducers/ does not validate; raised at load time, never at run time."""
 
@@ -62,8 +67,8 @@ class ObjectMissing(TallyError):
 
 
 class DispatchFailed(TallyError):
-    """A range task could not be handed to its mapper (the invocation was refused): the object's event fails,
-    so it is delivered again."""
+    """A range task or a reconciled object could not be handed to its mapper (the invocation was refused): the
+    object's event, or that job's reconcile, fails, so it is delivered or tried again."""
 
 
 class StateMissing(TallyError):

@@ -1,8 +1,10 @@
-"""Range tasks to the map_range Lambda, invoked asynchronously (`InvocationType="Event"`).
+"""Asynchronous Lambda invocations (`InvocationType="Event"`): range tasks to map_range, and the object
+versions the reconcile finds unmapped to map_object.
 
-Lambda queues each invocation, retries a failed one twice, then gives it up (to the function's on-failure
-destination, if one is configured); the reconcile maps again a version whose ranges never all land. Like the
-storage module for S3, this is the one place that talks to the Lambda API.
+Lambda queues each invocation, retries a failed one twice, then gives it up to the function's on-failure
+destination (the stage's failure queue; `tally replay-failures` invokes them again); the reconcile also maps
+again a version whose ranges never all land. Like the storage module for S3, this is the one place the
+running service talks to the Lambda API (the deploy-time configuration is local/deploy.py's).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import json
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from .engine.events import ObjectEvent, notification
 from .engine.fanout import RangeTask
 from .errors import DispatchFailed
 
@@ -22,12 +25,26 @@ class LambdaRangeInvoker:
 
     def __call__(self, tasks: list[RangeTask]) -> None:
         for task in tasks:
-            try:
-                self.client.invoke(FunctionName=self.function_name, InvocationType="Event",
-                                   Payload=json.dumps(task.to_dict()).encode())
-            except (BotoCoreError, ClientError) as exc:
-                raise DispatchFailed(f"invoking {self.function_name} for range {task.index} of {task.key}: "
-                                     f"{exc}") from exc
+            invoke_async(self.client, self.function_name, task.to_dict(), f"range {task.index} of {task.key}")
+
+
+class LambdaObjectInvoker:
+    """The reconcile's `dispatch`: one asynchronous invocation of `function_name` (map_object) per object
+    version, with the one-record S3 notification S3 would have sent, so a made-up event takes the same path as
+    the one it replaces: the same handler, fan-out, retries and on-failure destination."""
+
+    def __init__(self, function_name: str, client):
+        self.function_name, self.client = function_name, client
+
+    def __call__(self, event: ObjectEvent) -> None:
+        invoke_async(self.client, self.function_name, notification([event]), f"object {event.key}")
+
+
+def invoke_async(client, function_name: str, payload: dict, what: str) -> None:
+    try:
+        client.invoke(FunctionName=function_name, InvocationType="Event", Payload=json.dumps(payload).encode())
+    except (BotoCoreError, ClientError) as exc:
+        raise DispatchFailed(f"invoking {function_name} for {what}: {exc}") from exc
 
 
 def make_lambda_client(region: str):

@@ -7,7 +7,7 @@ from functools import cached_property
 
 from .engine.fanout import Dispatch
 from .engine.mapper import Mapper
-from .engine.reconcile import Reconciler
+from .engine.reconcile import ObjectDispatch, Reconciler
 from .engine.reducer import Reducer
 from .engine.results import ResultReader
 from .engine.scan_results import ScanReader
@@ -28,6 +28,9 @@ class Runtime:
     # Where the mapper sends range tasks of large objects: local mode's worker pool, a test's list. Otherwise
     # the map_range Lambda when settings name one, else this process maps them itself.
     dispatch: Dispatch | None = None
+    # Where the reconcile sends the object versions it finds unmapped: local mode's worker queue, a test's list.
+    # Otherwise the map_object Lambda when settings name one, else the reconcile maps them in this process.
+    object_dispatch: ObjectDispatch | None = None
 
     @cached_property
     def client(self):
@@ -54,9 +57,22 @@ class Runtime:
     def _lambda_dispatch(self) -> Dispatch | None:
         if not self.settings.range_function:
             return None
-        from .invoke import LambdaRangeInvoker, make_lambda_client
+        from .invoke import LambdaRangeInvoker
 
-        return LambdaRangeInvoker(self.settings.range_function, make_lambda_client(self.settings.region))
+        return LambdaRangeInvoker(self.settings.range_function, self.lambda_client)
+
+    def _lambda_object_dispatch(self) -> ObjectDispatch | None:
+        if not self.settings.object_function:
+            return None
+        from .invoke import LambdaObjectInvoker
+
+        return LambdaObjectInvoker(self.settings.object_function, self.lambda_client)
+
+    @cached_property
+    def lambda_client(self):
+        from .invoke import make_lambda_client
+
+        return make_lambda_client(self.settings.region)
 
     @cached_property
     def reducer(self) -> Reducer:
@@ -66,7 +82,8 @@ class Runtime:
     @cached_property
     def reconciler(self) -> Reconciler:
         return Reconciler(self.jobs, self.input_store, self.state_store, self.mapper, self.reducer, utc_now,
-                          dt.timedelta(minutes=self.settings.garbage_grace_minutes))
+                          dispatch=self.object_dispatch or self._lambda_object_dispatch(),
+                          garbage_grace=dt.timedelta(minutes=self.settings.garbage_grace_minutes))
 
     @cached_property
     def results(self) -> ResultReader:

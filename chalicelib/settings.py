@@ -6,7 +6,7 @@ from typing import Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import TallyError
+from .errors import InvalidSettings
 
 _PREFIX = "TALLY_"
 
@@ -51,6 +51,10 @@ class Settings(BaseModel):
     # How long after a run stops needing an object it may be deleted (engine/garbage.py): longer than two
     # Lambda lifetimes, so no run that could still read or commit it is running.
     garbage_grace_minutes: int = Field(default=60, ge=31)
+    # The function the reconcile hands the object versions it finds unmapped to (asynchronously, one S3 event
+    # record each). On Lambda it defaults to the sibling `<app>-<stage>-map_object`; unset elsewhere, where the
+    # reconcile maps them in-process (tests, `tally backfill`) or local mode queues them for its workers.
+    object_function: str | None = None
     log_level: str = "INFO"
     # "json": Powertools' structured lines and CloudWatch EMF metrics (Lambda); "text": one readable line per
     # log record and per metric set (local mode's terminal). Same records, same keys.
@@ -59,8 +63,9 @@ class Settings(BaseModel):
     reduce_every_minutes: int = Field(default=1, ge=1, le=1440)
     reconcile_every_minutes: int = Field(default=15, ge=1, le=1440)
     # How the deployed HTTP API is protected: AWS_IAM (SigV4-signed requests), an API Gateway API key, or
-    # nothing (local mode only: it listens on loopback).
-    api_auth: Literal["iam", "api_key", "none"] = "none"
+    # nothing. The default is the safe one, so a stage that forgets the variable is not served to anyone; "none"
+    # is for local mode (it listens on loopback) and is refused on Lambda (from_env).
+    api_auth: Literal["iam", "api_key", "none"] = "iam"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -72,12 +77,18 @@ class Settings(BaseModel):
         }
         if "region" not in raw and environ.get("AWS_REGION"):
             raw["region"] = environ["AWS_REGION"]
-        if "range_function" not in raw and environ.get("AWS_LAMBDA_FUNCTION_NAME"):
-            raw["range_function"] = sibling_function(environ["AWS_LAMBDA_FUNCTION_NAME"], "map_range")
+        for field, handler in (("range_function", "map_range"), ("object_function", "map_object")):
+            if field not in raw and environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+                raw[field] = sibling_function(environ["AWS_LAMBDA_FUNCTION_NAME"], handler)
         try:
-            return cls.model_validate(raw)
+            settings = cls.model_validate(raw)
         except ValidationError as exc:
-            raise TallyError(f"invalid TALLY_* environment: {exc}") from exc
+            raise InvalidSettings(f"invalid TALLY_* environment: {exc}") from exc
+        if settings.api_auth == "none" and environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+            raise InvalidSettings(
+                "TALLY_API_AUTH=none on Lambda would serve every job's results to anyone who finds the URL: it "
+                "is for local mode only; set iam (the default) or api_key in the stage's environment")
+        return settings
 
     @property
     def split_bytes(self) -> int | None:

@@ -113,3 +113,24 @@ def test_large_objects_mapped_as_ranges_in_the_worker_pool_are_served_exactly(sp
     assert api.status("bdb-agg-2a")["objects"]["merged"] == len(final)
     assert splitting_tally.errors == []
     assert splitting_tally.mapped_events >= len(paths) + 2 * 8  # three S3 events, and ranges: 8 per 256 KB
+
+
+def test_what_the_reconcile_finds_in_local_mode_is_mapped_by_the_workers_not_by_the_reconcile(local_tally):
+    import datetime as dt
+
+    from chalicelib.runtime import get_runtime
+
+    s3 = local_tally.client()
+    # Lose the object's event: no notification is configured when it lands.
+    s3.put_bucket_notification_configuration(Bucket="tally-input", NotificationConfiguration={})
+    s3.put_object(Bucket="tally-input", Key="uservisits/lost event.csv",
+                  Body=b"1.2.3.4,u,2001-01-01,1.5,ua,USA,USA-EN,w,1\n")
+    runtime = get_runtime()  # local mode's, with its dispatch into the worker queue
+
+    report = runtime.reconciler.reconcile(runtime.jobs.get("bdb-agg-2a"), grace=dt.timedelta(0))
+
+    assert (report.mapped, report.dispatched) == ([], 1)
+    api = TallyClient(local_tally.api_url)
+    wait_until_idle(api, ["bdb-agg-2a"], timeout=60)
+    assert [row["values"]["adRevenue"] for row in api.all_rows("bdb-agg-2a")] == [1.5]
+    assert local_tally.mapped_events >= 1 and local_tally.errors == []

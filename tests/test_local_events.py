@@ -3,13 +3,13 @@ three attempts in all, then its event goes to the dead-letter queue. And the red
 as the mappers fall idle, not only at its next tick."""
 from __future__ import annotations
 
-import json
 from concurrent.futures import Future
 
 import time
 
 from chalicelib.local.client import TallyClient
 from chalicelib.local.datagen import write_uservisits
+from chalicelib.local.failures import FailedInvocation
 from chalicelib.local.stack import DEAD_LETTERS, LocalOptions, LocalTally
 from tests.conftest import running_local_tally
 
@@ -53,7 +53,9 @@ def test_after_the_third_failure_the_event_is_a_dead_letter(s3_server):
 
     sqs = stack.client("sqs")
     [message] = sqs.receive_message(QueueUrl=stack._dead_letters, WaitTimeSeconds=1)["Messages"]
-    assert json.loads(message["Body"]) == EVENT and stack._events.empty()
+    record = FailedInvocation.from_message(message["Body"])  # the record Lambda sends its destination
+    assert (record.handler, record.payload, record.condition) == ("map_object", EVENT, "RetriesExhausted")
+    assert record.error == "state bucket unreachable" and stack._events.empty()
 
 
 def test_a_failed_range_is_tried_again_as_a_range_then_dead_lettered(s3_server):
@@ -67,7 +69,8 @@ def test_a_failed_range_is_tried_again_as_a_range_then_dead_lettered(s3_server):
     stack._in_flight.acquire()
     stack._mapped("map_range", task, 3, failed())
     [message] = stack.client("sqs").receive_message(QueueUrl=stack._dead_letters, WaitTimeSeconds=1)["Messages"]
-    assert json.loads(message["Body"]) == task and stack._events.empty()
+    record = FailedInvocation.from_message(message["Body"])
+    assert (record.handler, record.payload) == ("map_range", task) and stack._events.empty()
 
 
 def test_the_reducer_is_woken_when_the_last_running_mapper_finishes_and_no_event_waits(s3_server):

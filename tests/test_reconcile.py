@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from decimal import Decimal
 
-from chalicelib.engine import layout
-from chalicelib.engine.reconcile import Reconciler
-from chalicelib.local.cli import main as tally
-from chalicelib.runtime import utc_now
+import pytest
 
-from .conftest import INPUT, uservisits_rows
+from chalicelib.engine import layout
+from chalicelib.engine.events import ObjectEvent, notification
+from chalicelib.engine.reconcile import Reconciler
+from chalicelib.errors import DispatchFailed
+from chalicelib.local.cli import main as tally
+from chalicelib.runtime import Runtime, utc_now
+from chalicelib.settings import Settings
+
+from .conftest import INPUT, STATE, scheduled_event, uservisits_rows
 
 JOB = "bdb-agg-2a"
 
@@ -101,3 +107,78 @@ def test_objects_younger_than_the_grace_period_are_left_to_their_own_events(runt
     uploads.put("uservisits/a.csv", uservisits_rows(("1.1.1.1", "1")))
     assert runtime.reconciler.reconcile(runtime.jobs.get(JOB)).mapped == []
     assert len(runtime.reconciler.reconcile(runtime.jobs.get(JOB), grace=dt.timedelta(0)).mapped) == 1
+
+
+def dispatching(runtime, dispatch) -> Reconciler:
+    return Reconciler(runtime.jobs, runtime.input_store, runtime.state_store, runtime.mapper, runtime.reducer,
+                      utc_now, dispatch=dispatch)
+
+
+def test_the_reconcile_hands_what_it_finds_to_the_mapper_and_maps_nothing_itself(runtime, uploads, lambdas):
+    # A key S3 URL-encodes (space and plus): the handed-over record must read back as the same key.
+    uploads.put("uservisits/a b+c.csv", uservisits_rows(("1.1.1.1", "1"), ("2.2.2.2", "2")))
+    uploads.put("uservisits/d.csv.gz", uservisits_rows(("1.1.1.1", "3")), compress=True)
+    dispatched: list[ObjectEvent] = []
+
+    report = dispatching(runtime, dispatched.append).reconcile(runtime.jobs.get(JOB), grace=dt.timedelta(0))
+
+    assert (report.mapped, report.dispatched, report.left) == ([], 2, 0)
+    assert sorted(e.key for e in dispatched) == ["uservisits/a b+c.csv", "uservisits/d.csv.gz"]
+    assert all(e.bucket == INPUT and e.created and e.etag and e.size for e in dispatched)
+    assert list(runtime.state_store.list(layout.inbox_prefix(JOB))) == []  # nothing mapped here
+
+    # Delivered to map_object as the S3 notification the AWS and local dispatchers send, then reduced.
+    for event in dispatched:
+        outcomes = lambdas.lambda_.invoke("map_object", notification([event])).payload
+        assert {(o["job"], o["key"], o["outcome"]) for o in outcomes} >= {(JOB, event.key, "mapped")}
+    lambdas.lambda_.invoke("reduce_results", scheduled_event())
+    assert served(runtime) == {"1.1.1.1": Decimal(4), "2.2.2.2": Decimal(2)}
+    assert status(runtime)["idle"] is True
+
+
+def test_reconcile_all_reconciles_every_job_and_fails_at_the_end_naming_the_ones_that_failed(runtime, uploads,
+                                                                                             monkeypatch):
+    uploads.put("uservisits/a.csv", uservisits_rows(("1.1.1.1", "1")))
+    uploads.put("requests/r.jsonl", "{}\n")
+    mapped: list[str] = []
+
+    def map_object(event: ObjectEvent) -> list:
+        if event.key.startswith("uservisits/"):
+            raise OSError(f"state bucket unreachable for {event.key}")
+        mapped.append(event.key)
+        return []
+
+    monkeypatch.setattr(runtime.mapper, "map_object", map_object)
+    # Past the grace period, which reconcile_all does not shorten.
+    reconciler = Reconciler(runtime.jobs, runtime.input_store, runtime.state_store, runtime.mapper,
+                            runtime.reducer, lambda: utc_now() + dt.timedelta(minutes=5))
+    uservisits_jobs = {job.name for job in runtime.jobs if job.prefix == "uservisits/"}
+    with pytest.raises(RuntimeError) as failed:
+        reconciler.reconcile_all()
+
+    assert mapped == ["requests/r.jsonl"]  # page-latency was reconciled whatever its place among the jobs
+    assert len(uservisits_jobs) > 1 and {name for name in uservisits_jobs if f"{name}: OSError" in
+                                         str(failed.value)} == uservisits_jobs
+
+
+def test_on_lambda_the_reconcile_invokes_map_object_once_per_object_asynchronously(s3):
+    from botocore.stub import Stubber
+
+    from chalicelib.invoke import LambdaObjectInvoker
+
+    on_lambda = Runtime(Settings.from_env({"AWS_LAMBDA_FUNCTION_NAME": "tally-prod-reconcile_inputs",
+                                           "TALLY_INPUT_BUCKET": INPUT, "TALLY_STATE_BUCKET": STATE}), s3_client=s3)
+    invoker = on_lambda.reconciler.dispatch
+    assert isinstance(invoker, LambdaObjectInvoker) and invoker.function_name == "tally-prod-map_object"
+    assert Runtime(Settings(), s3_client=s3).reconciler.dispatch is None  # tests and `tally backfill`: here
+
+    event = ObjectEvent(INPUT, "uservisits/a b.csv", "e1", 10, name="ObjectCreated:Reconcile")
+    with Stubber(invoker.client) as stub:
+        stub.add_response("invoke", {"StatusCode": 202}, {
+            "FunctionName": "tally-prod-map_object", "InvocationType": "Event",
+            "Payload": json.dumps(notification([event])).encode()})
+        invoker(event)
+        stub.assert_no_pending_responses()
+        stub.add_client_error("invoke", "TooManyRequestsException", http_status_code=429)
+        with pytest.raises(DispatchFailed, match="uservisits/a b.csv"):
+            invoker(event)

@@ -1,14 +1,15 @@
 """S3 event records, every one of them, with keys unquoted (S3 URL-encodes keys, `+` for space).
 
 Accepts a direct S3 notification (`{"Records": [{"s3": ...}]}`), the same wrapped in SQS messages (local mode's
-queue, or an S3 -> SQS -> Lambda deployment), and ignores S3's `s3:TestEvent`.
+queue, or an S3 -> SQS -> Lambda deployment), and ignores S3's `s3:TestEvent`. `notification` writes the
+records back in S3's shape, for the events the reconcile hands to the mapper.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from typing import Any, Iterator
-from urllib.parse import unquote_plus
+from urllib.parse import quote_plus, unquote_plus
 
 
 @dataclass(frozen=True)
@@ -50,3 +51,22 @@ def _records(event: dict[str, Any]) -> Iterator[ObjectEvent]:
             name=record.get("eventName", "ObjectCreated:Put"),
             event_time=record.get("eventTime"),
         )
+
+
+def notification(events: list[ObjectEvent]) -> dict[str, Any]:
+    """The S3 notification S3 would send for `events`: `parse_records` reads back exactly these events."""
+    return {"Records": [_record(event) for event in events]}
+
+
+def _record(event: ObjectEvent) -> dict[str, Any]:
+    obj: dict[str, Any] = {"key": quote_plus(event.key, safe="/"), "size": event.size, "eTag": event.etag}
+    if event.version_id is not None:
+        obj["versionId"] = event.version_id
+    if event.sequencer is not None:
+        obj["sequencer"] = event.sequencer
+    record = {"eventVersion": "2.1", "eventSource": "aws:s3", "eventName": event.name,
+              "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": event.bucket, "arn": f"arn:aws:s3:::{event.bucket}"},
+                     "object": obj}}
+    if event.event_time is not None:
+        record["eventTime"] = event.event_time
+    return record

@@ -36,6 +36,9 @@ EVENT_GRACE = timedelta(minutes=2)
 # An incomplete set of range markers whose newest is older than this has lost a range: async Lambda gives a
 # failed invocation up after two retries, about three minutes.
 RANGE_GRACE = timedelta(minutes=10)
+# Hands one object version to a mapper elsewhere (an asynchronous invocation of map_object on AWS, local mode's
+# worker queue), so the reconcile lists and plans but maps nothing itself.
+ObjectDispatch = Callable[[ObjectEvent], None]
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class ReconcileReport:
     job: str
     landed: int = 0
     mapped: list[MapOutcome] = field(default_factory=list)
+    dispatched: int = 0  # objects handed to the dispatch, mapped elsewhere
     removed: int = 0
     orphans_deleted: int = 0  # state objects the garbage collector deleted
     left: int = 0  # objects still to map when the time budget ran out
@@ -58,9 +62,11 @@ class ReconcileReport:
 
 class Reconciler:
     def __init__(self, jobs: JobCatalog, input_store: ObjectStore, state_store: ObjectStore, mapper: Mapper,
-                 reducer: Reducer, clock: Callable[[], datetime], garbage_grace: timedelta = GRACE):
+                 reducer: Reducer, clock: Callable[[], datetime], dispatch: ObjectDispatch | None = None,
+                 garbage_grace: timedelta = GRACE):
         self.jobs, self.input, self.state = jobs, input_store, state_store
         self.mapper, self.reducer, self.clock = mapper, reducer, clock
+        self.dispatch = dispatch  # None: map here, in this process (tests, `tally backfill`)
         self.collector = GarbageCollector(state_store, lambda name: reducer.read_live(jobs.get(name)), clock,
                                           garbage_grace)
         self.repairer = Repairer(reducer, state_store, clock)
@@ -96,7 +102,11 @@ class Reconciler:
                 report.left = len(plan.to_map) - done
                 break
             event = ObjectEvent(self.input.bucket, obj.key, obj.etag, obj.size, name="ObjectCreated:Reconcile")
-            report.mapped += [o for o in self.mapper.map_object(event) if o.job == job.name]
+            if self.dispatch is None:
+                report.mapped += [o for o in self.mapper.map_object(event) if o.job == job.name]
+            else:
+                self.dispatch(event)
+                report.dispatched += 1
             if progress:
                 progress(done + 1, len(plan.to_map))
         for key in plan.removed:
@@ -108,13 +118,25 @@ class Reconciler:
         report.lost = len(lost.contributions)
         # Last, and on reads of its own: nothing decided above, minutes ago, may decide a deletion.
         report.orphans_deleted = self.collector.collect(job.name).deleted
-        log.info("reconciled", extra={"job": job.name, "mapped": len(report.mapped), "removed": report.removed,
-                                      "orphans": report.orphans_deleted, "left": report.left, "lost": report.lost})
+        log.info("reconciled", extra={"job": job.name, "mapped": len(report.mapped), "dispatched": report.dispatched,
+                                      "removed": report.removed, "orphans": report.orphans_deleted,
+                                      "left": report.left, "lost": report.lost})
         return report
 
     def reconcile_all(self, max_seconds: float = 600.0) -> list[ReconcileReport]:
+        """Every job. A failing job does not stop the others, but the run still fails at the end so the
+        failure is seen (and Lambda records it)."""
         deadline = time.monotonic() + max_seconds
-        return [self.reconcile(job, max(0.0, deadline - time.monotonic())) for job in self.jobs]
+        reports, failures = [], []
+        for job in self.jobs:
+            try:
+                reports.append(self.reconcile(job, max(0.0, deadline - time.monotonic())))
+            except Exception as exc:  # noqa: BLE001 - logged with its job, re-raised with the others below
+                log.exception("reconcile failed", extra={"job": job.name})
+                failures.append(f"{job.name}: {type(exc).__name__}: {exc}")
+        if failures:
+            raise RuntimeError("; ".join(failures))
+        return reports
 
 
 def awaited(inbox: Iterable[StoredObject], lost_before: datetime) -> set[str]:

@@ -1,6 +1,8 @@
 """The `tally` command: `tally local` runs the service on this machine, `tally demo` runs the main job,
 `jobs` / `status` / `query` read the HTTP API (local mode's, or a deployed stage's with --api), `backfill`
-maps what a job is missing, `create-buckets` makes a stage's buckets once, `bench` measures Tally.
+maps what a job is missing, `create-buckets` makes a stage's buckets once, `deploy` / `package` deploy a stage
+(or write its terraform), `replay-failures` invokes the mappers' failed invocations again, `bench` measures
+Tally.
 
 Exit codes, for scripts: 0 done; 1 the command failed (an API error such as an unknown job, a failed demo
 check, a bucket name taken); 2 bad usage (argparse's code); 3 the service or S3 did not answer, or there are
@@ -95,6 +97,20 @@ def parser() -> argparse.ArgumentParser:
     buckets.add_argument("--config", type=Path, default=Path(".chalice/config.json"))
     buckets.add_argument("--region", default=None, help="default: AWS_REGION / your AWS config")
     buckets.add_argument("--endpoint-url", default=None, help="another S3-compatible endpoint")
+    deploy = commands.add_parser("deploy", help="chalice deploy a stage, then make the failure queue the "
+                                 "mappers' on-failure destination")
+    deploy.add_argument("--stage", required=True)
+    deploy.add_argument("--region", default=None, help="default: AWS_REGION / your AWS config")
+    package = commands.add_parser("package", help="a stage as terraform (chalice package) plus its failure queue")
+    package.add_argument("--stage", required=True)
+    package.add_argument("out", type=Path, nargs="?", default=Path("build/terraform"))
+    replay = commands.add_parser("replay-failures", help="invoke the mappers' failed invocations again, deleting "
+                                 "each from the failure queue once invoked")
+    replay.add_argument("--stage", default=None, help="a deployed stage: its queue tally-<stage>-failures and "
+                        "its functions, through your AWS credentials (default: local mode's dead-letter queue)")
+    replay.add_argument("--region", default=None, help="with --stage; default: AWS_REGION / your AWS config")
+    replay.add_argument("--endpoint", default=None, help="local mode's SQS endpoint (default: its moto server, "
+                        "http://127.0.0.1:9000)")
     demo = commands.add_parser("demo", help="stream generated Big Data Benchmark data through local mode")
     _local_arguments(demo)
     demo.add_argument("--size-mb", type=_positive, default=256, help="uservisits data to generate")
@@ -148,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]error:[/] {error}")
         return EXIT_FAILED
     except (Unreachable, EndpointConnectionError, NoCredentialsError) as error:
-        local = getattr(args, "api", None) == LOCAL_API or (args.command in ("backfill", "repair") and not args.stage)
+        local = getattr(args, "api", None) == LOCAL_API or (
+            args.command in ("backfill", "repair", "replay-failures") and not args.stage)
         hint = " (is `tally local` running?)" if local else ""
         console.print(f"[red]error:[/] {error}{hint}")
         return EXIT_UNREACHABLE
@@ -168,6 +185,8 @@ def _dispatch(args: argparse.Namespace, console) -> int:
         return _run_repair(args, console)
     if args.command == "create-buckets":
         return _run_create_buckets(args, console)
+    if args.command in ("deploy", "package", "replay-failures"):
+        return _run_stage_command(args, console)
     if args.command in ("jobs", "status", "query"):
         from . import commands
         from .client import TallyClient, signer_for
@@ -195,6 +214,49 @@ def _run_create_buckets(args: argparse.Namespace, console) -> int:
     for bucket, outcome in create_buckets(client, buckets, region).items():
         console.print(f"{bucket}: {outcome}")
     return EXIT_OK
+
+
+def _run_stage_command(args: argparse.Namespace, console) -> int:
+    from . import deploy
+
+    if args.command == "package":
+        written = deploy.package(args.stage, args.out)
+        console.print(f"{args.out}: chalice.tf.json, the zips and {written.name}; then terraform init && apply")
+        return EXIT_OK
+    if args.command == "deploy":
+        queue = deploy.deploy(args.stage, args.region)
+        console.print(f"map_object's and map_range's failed invocations go to {queue}")
+        return EXIT_OK
+    return _run_replay(args, console)
+
+
+def _run_replay(args: argparse.Namespace, console) -> int:
+    import datetime as dt
+
+    import boto3
+
+    from .failures import REPLAYED, InvokeAgain, SendToLocalEvents, replay
+    from .policies import failure_queue, function_name
+    from .stack import DEAD_LETTERS, QUEUE
+
+    started = dt.datetime.now(dt.timezone.utc)
+    if args.stage:
+        session = boto3.session.Session(region_name=args.region)
+        sqs = session.client("sqs")
+        queue = sqs.get_queue_url(QueueName=failure_queue(args.stage))["QueueUrl"]
+        redeliver = InvokeAgain(session.client("lambda"),
+                                {function_name(args.stage, handler) for handler in REPLAYED})
+    else:
+        sqs = boto3.client("sqs", endpoint_url=args.endpoint or "http://127.0.0.1:9000", region_name="us-east-1",
+                           aws_access_key_id="tally-local", aws_secret_access_key="tally-local")
+        queue = sqs.get_queue_url(QueueName=DEAD_LETTERS)["QueueUrl"]
+        redeliver = SendToLocalEvents(sqs, sqs.get_queue_url(QueueName=QUEUE)["QueueUrl"])
+    report = replay(sqs, queue, redeliver, started)
+    console.print(f"{report.replayed} failed invocations invoked again and deleted from {queue}"
+                  + (f"; {report.later} that failed after the replay began were left" if report.later else ""))
+    for error in report.errors:
+        console.print(f"[red]not replayed (left in the queue):[/] {error}")
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _run_bench(args: argparse.Namespace, console) -> int:

@@ -4,7 +4,10 @@
 - events: S3 bucket notifications to an SQS queue on that server, carrying S3's own event records, taken
   into an in-process queue (Lambda's asynchronous event queue) and handed to `app.handler_map["map_object"]`
   in a pool of worker processes; a failed mapper is retried, three attempts in all as on Lambda, then the
-  event goes to a dead-letter queue;
+  record Lambda would send to the on-failure destination goes to a dead-letter queue (`tally replay-failures`
+  puts them back on the event queue);
+- the reconcile (on a timer, in this process) puts the object versions it finds unmapped into the same event
+  queue, as it invokes map_object on AWS;
 - large objects: the mappers' range tasks come back from the workers on a queue and join the same event
   queue, for `app.handler_map["map_range"]` in the same pool with the same retries (Lambda's asynchronous
   invocation of map_range, on AWS);
@@ -13,6 +16,7 @@
 """
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import logging
@@ -28,13 +32,17 @@ import uuid
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
+from ..engine.events import notification
 from ..settings import Settings
 from ..storage import make_s3_client
+from .failures import REPLAYED, failure_record
 
 log = logging.getLogger("tally.local")
 
 QUEUE = "tally-events"
 DEAD_LETTERS = "tally-events-dlq"
+# The functions' ARN prefix in the records of failed invocations: the stage "local" of the app.
+LOCAL_FUNCTIONS = "arn:aws:lambda:local:000000000000:function:tally-local"
 MAPPER_ATTEMPTS = 3  # Lambda's asynchronous invocation: the first try and two retries
 RECONCILE_AT_LEAST_EVERY = 300.0  # seconds, however busy the events are
 
@@ -165,10 +173,11 @@ class LocalTally:
 
     @property
     def settings(self) -> Settings:
-        # Text logs: the handlers' records and metric sets as readable lines in the terminal, not JSON/EMF.
+        # Text logs: the handlers' records and metric sets as readable lines in the terminal, not JSON/EMF. No
+        # API authentication: the API listens on loopback and has no API Gateway in front of it to check any.
         return Settings(input_bucket=self.options.input_bucket, state_bucket=self.options.state_bucket,
                         s3_endpoint=self.s3_endpoint, log_level=self.options.log_level, log_format="text",
-                        jobs=self.options.jobs, split_mb=self.options.split_mb, read_streams=1)
+                        jobs=self.options.jobs, split_mb=self.options.split_mb, read_streams=1, api_auth="none")
 
     def client(self, service: str = "s3"):
         if service == "s3":
@@ -188,8 +197,9 @@ class LocalTally:
         os.environ.update(environment)
         from ..runtime import Runtime, set_runtime
 
-        # The reconcile, in this process, fans large objects out into the same queue as the workers do.
-        runtime = Runtime(self.settings, dispatch=self.fan_out)
+        # The reconcile, in this process, hands what it finds to the workers through the same queue as S3's
+        # events, as it invokes map_object on AWS.
+        runtime = Runtime(self.settings, dispatch=self.fan_out, object_dispatch=self.map_later)
         set_runtime(runtime)
         runtime.reducer  # noqa: B018 - its S3 client and the jobs, built before the first tick needs them
         s3 = self.client()
@@ -269,6 +279,8 @@ class LocalTally:
                     body = json.loads(message["Body"])
                     if "Records" in body:  # not the s3:TestEvent sent when the subscription is made
                         self._events.put(("map_object", body, 1))
+                    elif body.get("invoke") in REPLAYED:  # a failed invocation, replayed
+                        self._events.put((body["invoke"], body["payload"], 1))
                 if messages:
                     sqs.delete_message_batch(QueueUrl=queue, Entries=[
                         {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
@@ -281,6 +293,11 @@ class LocalTally:
         """A mapper's `dispatch`: each range task becomes an invocation of map_range."""
         for task in tasks:
             self._events.put(("map_range", task.to_dict(), 1))
+
+    def map_later(self, event) -> None:
+        """The reconcile's `dispatch`: an object version becomes an invocation of map_object with the one-record
+        S3 notification S3 would have sent."""
+        self._events.put(("map_object", notification([event]), 1))
 
     def _collect_range_tasks(self) -> None:
         while not self._stop.is_set():
@@ -324,7 +341,9 @@ class LocalTally:
         else:
             log.error("%s failed %d times; event sent to %s: %s", handler, attempt, DEAD_LETTERS, error)
             if self._dead_letters:
-                self.client("sqs").send_message(QueueUrl=self._dead_letters, MessageBody=json.dumps(event))
+                record = failure_record(f"{LOCAL_FUNCTIONS}-{handler}", event, error, attempt,
+                                        dt.datetime.now(dt.timezone.utc))
+                self.client("sqs").send_message(QueueUrl=self._dead_letters, MessageBody=json.dumps(record))
 
     def _poll_listing(self) -> None:
         """With a foreign S3 endpoint there is no notification to subscribe to: list the input bucket and
