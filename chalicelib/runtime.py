@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Callable
 
 from .engine.fanout import Dispatch
 from .engine.mapper import Mapper
@@ -31,6 +32,10 @@ class Runtime:
     # Where the reconcile sends the object versions it finds unmapped: local mode's worker queue, a test's list.
     # Otherwise the map_object Lambda when settings name one, else the reconcile maps them in this process.
     object_dispatch: ObjectDispatch | None = None
+    # The jobs to run; None loads them from `settings.jobs_package` (a test passes its own).
+    catalog: JobCatalog | None = None
+    # The time every part takes its timestamps from (a test's fake clock, shared with its fake S3).
+    clock: Callable[[], dt.datetime] = utc_now
 
     @cached_property
     def client(self):
@@ -38,6 +43,8 @@ class Runtime:
 
     @cached_property
     def jobs(self) -> JobCatalog:
+        if self.catalog is not None:
+            return self.catalog
         return load_jobs(self.settings.jobs_package).select(self.settings.jobs)
 
     @cached_property
@@ -50,7 +57,7 @@ class Runtime:
 
     @cached_property
     def mapper(self) -> Mapper:
-        return Mapper(self.jobs, self.input_store, self.state_store, utc_now, self.settings.map_max_groups,
+        return Mapper(self.jobs, self.input_store, self.state_store, self.clock, self.settings.map_max_groups,
                       split_bytes=self.settings.split_bytes, dispatch=self.dispatch or self._lambda_dispatch(),
                       read_streams=self.settings.read_streams)
 
@@ -76,12 +83,12 @@ class Runtime:
 
     @cached_property
     def reducer(self) -> Reducer:
-        return Reducer(self.jobs, self.state_store, self.input_store, utc_now, self.settings.reduce_batch,
+        return Reducer(self.jobs, self.state_store, self.input_store, self.clock, self.settings.reduce_batch,
                        self.settings.reduce_parallelism, self.settings.shard_groups, self.settings.reduce_max_groups)
 
     @cached_property
     def reconciler(self) -> Reconciler:
-        return Reconciler(self.jobs, self.input_store, self.state_store, self.mapper, self.reducer, utc_now,
+        return Reconciler(self.jobs, self.input_store, self.state_store, self.mapper, self.reducer, self.clock,
                           dispatch=self.object_dispatch or self._lambda_object_dispatch(),
                           garbage_grace=dt.timedelta(minutes=self.settings.garbage_grace_minutes))
 
@@ -95,7 +102,7 @@ class Runtime:
 
     @cached_property
     def status(self) -> StatusReader:
-        return StatusReader(self.reducer, self.input_store, self.state_store, utc_now)
+        return StatusReader(self.reducer, self.input_store, self.state_store, self.clock)
 
 
 _runtime: Runtime | None = None

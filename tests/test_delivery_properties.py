@@ -1,31 +1,53 @@
 """Property: under any schedule of uploads, overwrites and deletes, with events duplicated, reordered and
-dropped, reducers overlapping and any process killed at any S3 call, once the reconcile and the reducer have
-run the served result equals the query evaluated over exactly the objects in the bucket."""
+dropped, mappers killed and retried, reducers overlapping (their clean-up included), killed at any S3 call,
+or losing the response of a write that applied, S3 changing between any two of a reducer's calls, and the
+garbage collector running at any age, once the reconcile and the reducer have run:
+
+- the served result is the query evaluated over exactly the objects in the bucket;
+- every object the committed state names exists, and no run ever found one missing;
+- once the grace period has passed, the collector leaves exactly what the committed state names.
+
+Each example runs on moto with a fake clock that moto stamps objects with too, so "an hour later" is an hour
+later for every age test; Tally's thread pools run their tasks in order, so an example is reproducible.
+"""
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
+import datetime as dt
+import gzip
 import io
+import logging
 import math
-from datetime import timedelta
+import statistics
+from concurrent.futures import Future
 from decimal import Decimal
+from unittest import mock
 
 import boto3
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
+from chalicelib.engine import layout
 from chalicelib.engine.fanout import RangeTask
+from chalicelib.engine.garbage import GRACE
 from chalicelib.engine.mapper import INLINE_LIMIT
-from chalicelib.engine.reducer import Reducer, ReduceReport
+from chalicelib.engine.reducer import Reducer
 from chalicelib.errors import CommitConflict
-from chalicelib.runtime import Runtime, utc_now
+from chalicelib.jobs import Job, JobCatalog, load_jobs
+from chalicelib.runtime import Runtime
 from chalicelib.settings import Settings
+from reducers._bdb import USERVISITS
 
 from .conftest import INPUT, STATE, Uploader, rankings_rows, uservisits_rows
-from .faults import FaultyStore, Killed
+from .faults import FaultyStore, Killed, LostResponse
 
-JOB = "bdb-agg-2a"
-SHARDED_JOB = "bdb-agg-2c"
+JOB, SHARDED_JOB, SKETCH_JOB, SCAN_JOB = "bdb-agg-2a", "bdb-agg-2c", "visits-by-country", "bdb-scan-1b"
+# min and max cannot be subtracted: a retraction rebuilds the shards it reaches from the retained partials.
+EXTREMES = Job(name="extremes", prefix="uservisits/", format=USERVISITS, keys={"ip": "substr(sourceIP, 1, 8)"},
+               aggregates={"top": "max(adRevenue)", "low": "min(adRevenue)", "visits": "count()"})
 KEYS = ["uservisits/a.csv", "uservisits/b c.csv", "uservisits/ü.csv.gz"]
 ROWS = st.lists(st.tuples(st.sampled_from(["1.1.1.1", "1.1.1.2", "22.2.2.2", "33.3.3.3"]),
                           st.sampled_from(["0.5", "1", "2.25", "100.000001"])), min_size=0, max_size=4)
@@ -34,34 +56,270 @@ upload = st.tuples(st.just("upload"), st.sampled_from(KEYS), ROWS)
 delete = st.tuples(st.just("delete"), st.sampled_from(KEYS))
 deliver = st.tuples(st.just("deliver"), st.integers(0, 20), st.booleans())  # which pending event; keep a duplicate
 drop = st.tuples(st.just("drop"), st.integers(0, 20))
-reduce = st.tuples(st.just("reduce"))
-overlap = st.tuples(st.just("overlap"))
+crash_mapper = st.tuples(st.just("crash_mapper"), st.integers(0, 20), st.integers(1, 3))
+# What happens between two of a reducer run's S3 calls (the k-th and the one before; a run makes about 10 to 30):
+# a few steps in order, or, most telling, S3 changing and then another run acting on the change while this one
+# waits (it may have read what the other then finds stale).
+change = st.one_of(upload, delete)
+deliver_now = st.tuples(st.just("deliver"), st.integers(0, 20), st.just(False))  # a mapper runs meanwhile
+overlap = st.tuples(st.just("overlap"))  # a whole other run, its clean-up included
+MIDRUN = st.one_of(
+    st.lists(st.one_of(change, deliver_now, overlap,
+                       st.tuples(st.just("collect")),                   # the garbage collector, now
+                       st.tuples(st.just("slow"), st.integers(1, 5))),  # minutes pass (a run lives 15 at most)
+             min_size=1, max_size=3),
+    st.tuples(change, overlap).map(list), st.tuples(change, overlap).map(list),
+    st.tuples(change, deliver_now, overlap).map(list),
+)
+reduce = st.tuples(st.just("reduce"), st.none() | st.tuples(st.integers(1, 16), MIDRUN))
 crash_reducer = st.tuples(st.just("crash_reducer"), st.sampled_from(["put_if_absent", "put_if_match", "delete"]),
                           st.booleans(), st.integers(1, 3))
-crash_mapper = st.tuples(st.just("crash_mapper"), st.integers(0, 20), st.integers(1, 3))
+# The write applies, its response is lost, botocore's retry meets the 412 its first attempt caused.
+lost_response = st.tuples(st.just("lost_response"), st.sampled_from(["manifest.json", "/results/", "/ledger/",
+                                                                     "/garbage/"]))
+collect = st.tuples(st.just("collect_after"), st.sampled_from([0, 20, 61, 180]))  # minutes pass, then it runs
+reconcile = st.tuples(st.just("reconcile"))
 # A schedule is rounds of: changes to the bucket, some of the pending events handled in any order (others
-# stay pending into later rounds: late and reordered), then a reducer run. Rounds make most schedules merge
-# state before they change it, which is where retraction, ordering and crash bugs live.
+# stay pending into later rounds: late and reordered), then reducer runs and the like. Rounds make most
+# schedules merge state before they change it, which is where retraction, ordering and crash bugs live.
 ROUND = st.tuples(
     st.lists(st.one_of(upload, upload, delete), min_size=1, max_size=3),
     st.lists(st.one_of(deliver, deliver, drop, crash_mapper), max_size=5),
-    st.lists(st.one_of(reduce, overlap, crash_reducer), min_size=1, max_size=2),
+    st.lists(st.one_of(reduce, reduce, reduce, crash_reducer, lost_response, collect, reconcile),
+             min_size=1, max_size=2),
 )
 SCHEDULES = st.lists(ROUND, min_size=1, max_size=5).map(
     lambda rounds: [step for changes, events, reducers in rounds for step in (*changes, *events, *reducers)])
+# Partials carried inline or in parts, spilled several to an object or not; a plain or a versioned bucket.
+OPTIONS = st.fixed_dictionaries({"inline_limit": st.sampled_from([0, INLINE_LIMIT]),
+                                 "max_groups": st.sampled_from([2, 500_000]), "versioned": st.booleans()})
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, minutes: float) -> None:
+        self.now += dt.timedelta(minutes=minutes)
+
+
+class InOrder:
+    """A ThreadPoolExecutor that runs each task when it is submitted: a run's S3 calls then come in one order,
+    so "the k-th call" names the same call every time an example is replayed."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - a Future carries it, as the pool's would
+            future.set_exception(exc)
+        return future
+
+    def map(self, fn, *iterables):
+        return [fn(*args) for args in zip(*iterables)]
+
+    def shutdown(self, *args, **kwargs):
+        pass
+
+
+class Between:
+    """A reducer's stores: before its k-th S3 call (on either bucket), `action` runs."""
+
+    def __init__(self, store, counter: dict, k: int, action):
+        self._store, self._counter, self._k, self._action = store, counter, k, action
+        self.bucket = store.bucket
+
+    def __getattr__(self, name):
+        target = getattr(self._store, name)
+        if not callable(target):
+            return target
+
+        def call(*args, **kwargs):
+            self._counter["calls"] += 1
+            if self._counter["calls"] == self._k:
+                self._action()
+            return target(*args, **kwargs)
+
+        return call
+
+
+class Alarms(logging.Handler):
+    """Records every warning and error of the reducer, the reconcile and the collector: in these schedules
+    nothing is ever missing, unusable or lost, so there must be none."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(f"{record.name}: {record.getMessage()}")
+
+
+@functools.cache
+def s3_client():
+    """One client for every example: each `mock_aws()` starts from an empty S3, and a client costs 0.1 s."""
+    return boto3.client("s3", region_name="us-east-1")
+
+
+@contextlib.contextmanager
+def world(job: Job, options: dict, body=None, split_bytes: int = 0):
+    clock = FakeClock()
+    alarms = Alarms()
+    loggers = [logging.getLogger(name) for name in ("tally.reducer", "tally.reconcile", "tally.garbage")]
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock_aws())
+        stack.enter_context(mock.patch("moto.s3.models.utcnow", lambda: clock.now.replace(tzinfo=None)))
+        for module in ("reducer", "sharded", "garbage"):
+            stack.enter_context(mock.patch(f"chalicelib.engine.{module}.ThreadPoolExecutor", InOrder))
+        for logger in loggers:
+            logger.addHandler(alarms)
+            stack.callback(logger.removeHandler, alarms)
+        s3 = s3_client()
+        s3.create_bucket(Bucket=INPUT)
+        s3.create_bucket(Bucket=STATE)
+        if options["versioned"]:
+            s3.put_bucket_versioning(Bucket=INPUT, VersioningConfiguration={"Status": "Enabled"})
+        yield World(s3, job, options, clock, alarms, body, split_bytes)
+
+
+class World:
+    """One schedule's world: S3 and Tally on one fake clock, and the events S3 sent that are not delivered yet."""
+
+    def __init__(self, s3, job: Job, options: dict, clock: FakeClock, alarms: Alarms, body, split_bytes: int):
+        self.s3, self.job, self.clock, self.alarms = s3, job, clock, alarms
+        self.body = body or (lambda key, rows: uservisits_rows(*rows))
+        self.pending: list = []
+        # A sharded result has a shard per group (up to 16): the schedules' few groups re-partition it midway.
+        self.runtime = Runtime(Settings(input_bucket=INPUT, state_bucket=STATE, split_mb=split_bytes / (1 << 20),
+                                        shard_groups=1, api_auth="none"),
+                               s3_client=s3, dispatch=self.pending.extend, catalog=JobCatalog([job]), clock=clock)
+        self.runtime.mapper.inline_limit = options["inline_limit"]
+        self.runtime.mapper.max_groups, self.runtime.mapper.block_size = options["max_groups"], 256
+        self.uploads = Uploader(s3)
+
+    def reducer(self, state=None, input_store=None) -> Reducer:
+        return Reducer(self.runtime.jobs, state or self.runtime.state_store, input_store or self.runtime.input_store,
+                       self.clock, shard_groups=1)
+
+    def run(self, schedule: list) -> None:
+        for step in schedule:
+            self.step(step)
+
+    def step(self, step: tuple) -> None:
+        kind = step[0]
+        if kind == "upload":
+            key = self.job.prefix + step[1].removeprefix("uservisits/")
+            self.pending.append(self.uploads.put(key, self.body(key, step[2]), compress=key.endswith(".gz")))
+        elif kind == "delete":
+            self.pending.append(self.uploads.delete(self.job.prefix + step[1].removeprefix("uservisits/")))
+        elif kind in ("deliver", "drop", "crash_mapper") and self.pending:
+            record = self.pending.pop(step[1] % len(self.pending))
+            if kind == "deliver":
+                self.handle(record)
+                if step[2]:
+                    self.pending.append(record)  # at least once: it may come again
+            elif kind == "crash_mapper":
+                mapper = self.runtime.mapper
+                healthy, mapper.state = mapper.state, FaultyStore(self.runtime.state_store, "put", nth=step[2])
+                try:
+                    self.handle(record)
+                except Killed:
+                    self.pending.append(record)  # Lambda retries a failed invocation
+                finally:
+                    mapper.state = healthy
+        elif kind == "reduce":
+            self.reduce(step[1])
+        elif kind == "crash_reducer":
+            with contextlib.suppress(Killed):
+                self.reducer(FaultyStore(self.runtime.state_store, step[1], after=step[2], nth=step[3])
+                             ).reduce_job(self.job)
+        elif kind == "lost_response":
+            operation = "put_if_absent" if step[1] != "manifest.json" else (
+                "put_if_match" if self.runtime.state_store.head(layout.manifest_key(self.job.name)) else
+                "put_if_absent")
+            with contextlib.suppress(CommitConflict):
+                self.reducer(LostResponse(self.runtime.state_store, operation, key_contains=step[1])
+                             ).reduce_job(self.job)
+        elif kind == "collect_after":
+            self.clock.advance(step[1])
+            self.runtime.reconciler.collector.collect(self.job.name)
+        elif kind == "reconcile":
+            self.runtime.reconciler.reconcile(self.job, grace=dt.timedelta(0))
+        elif kind == "overlap":
+            with contextlib.suppress(CommitConflict):
+                self.reducer().reduce_job(self.job)
+        elif kind == "collect":
+            self.runtime.reconciler.collector.collect(self.job.name)
+        elif kind == "slow":
+            self.clock.advance(step[1])
+
+    def handle(self, item) -> None:
+        if isinstance(item, RangeTask):
+            self.runtime.mapper.map_range(item)
+        else:
+            self.runtime.mapper.handle(self.uploads.event(item))
+
+    def reduce(self, between) -> None:
+        """One reducer run; `between`: (k, step), the step taken just before the run's k-th S3 call."""
+        if between is None:
+            reducer = self.runtime.reducer
+        else:
+            k, midrun = between
+            counter = {"calls": 0}
+            reducer = self.reducer(Between(self.runtime.state_store, counter, k, lambda: self.run(midrun)),
+                                   Between(self.runtime.input_store, counter, k, lambda: self.run(midrun)))
+        with contextlib.suppress(CommitConflict):  # lost a race: the next run applies what this one did not
+            reducer.reduce_job(self.job)
+
+    def settle(self) -> None:
+        """Whatever events are still undelivered are lost: the reconcile makes up for them, the reducer drains;
+        range tasks the reconcile fans out from here on are delivered at once."""
+        self.runtime.mapper.dispatch = lambda tasks: [self.runtime.mapper.map_range(task) for task in tasks]
+        for _ in range(2):
+            self.runtime.reconciler.reconcile(self.job, grace=dt.timedelta(0), range_grace=dt.timedelta(0))
+            while self.runtime.reducer.reduce_job(self.job).more_pending:
+                pass
+
+    def assert_sound(self) -> None:
+        """Nothing the committed state names is missing; no run found anything missing or unusable; and once the
+        grace has passed, the collector leaves exactly what the committed state names."""
+        status = self.runtime.status.status(self.job)
+        assert status["idle"] is True, status
+        assert self.alarms.records == []
+        live = self.runtime.reducer.read_live(self.job).keys
+        assert all(self.runtime.state_store.head(key) for key in live)
+        self.clock.advance(GRACE.total_seconds() / 60 + 1)
+        self.runtime.reconciler.collector.collect(self.job.name)
+        state = {o.key for prefix in (layout.parts_prefix, layout.packs_prefix, layout.results_prefix,
+                                      layout.ledger_prefix, layout.garbage_prefix, layout.inbox_prefix)
+                 for o in self.runtime.state_store.list(prefix(self.job.name))}
+        assert state == set(live), (sorted(state - live), sorted(live - state))
+
+
+def csv_rows(s3):
+    for item in s3.list_objects_v2(Bucket=INPUT).get("Contents", []):
+        body = s3.get_object(Bucket=INPUT, Key=item["Key"])["Body"].read()
+        text = (gzip.decompress(body) if item["Key"].endswith(".gz") and body else body).decode()
+        yield from csv.reader(io.StringIO(text))
 
 
 def query_over_bucket(s3, prefix_length: int = 8) -> dict[str, Decimal]:
     """SELECT SUBSTR(sourceIP, 1, prefix_length), SUM(adRevenue) GROUP BY 1, computed with the csv module."""
-    import gzip
-
     totals: dict[str, Decimal] = {}
-    for item in s3.list_objects_v2(Bucket=INPUT).get("Contents", []):
-        body = s3.get_object(Bucket=INPUT, Key=item["Key"])["Body"].read()
-        text = (gzip.decompress(body) if item["Key"].endswith(".gz") and body else body).decode()
-        for row in csv.reader(io.StringIO(text)):
-            prefix = row[0][:prefix_length]
-            totals[prefix] = totals.get(prefix, Decimal(0)) + Decimal(row[3])
+    for row in csv_rows(s3):
+        totals[row[0][:prefix_length]] = totals.get(row[0][:prefix_length], Decimal(0)) + Decimal(row[3])
     return totals
 
 
@@ -70,181 +328,106 @@ def served(runtime, job_name: str = JOB) -> dict[str, Decimal]:
     return dict(zip(table.column("sourceIP_prefix").to_pylist(), table.column("adRevenue").to_pylist()))
 
 
+@given(SCHEDULES, OPTIONS)
+def test_after_any_schedule_the_result_is_the_query_over_the_bucket(schedule, options):
+    note(f"schedule: {schedule} options: {options}")
+    with world(load_jobs("reducers").get(JOB), options) as w:
+        w.run(schedule)
+        w.settle()
+
+        assert served(w.runtime) == query_over_bucket(w.s3)
+        w.assert_sound()
+        assert served(w.runtime) == query_over_bucket(w.s3)
+
+
+@settings(max_examples=max(10, settings.default.max_examples // 4))
+@given(SCHEDULES, OPTIONS)
+def test_after_any_schedule_a_sharded_result_is_the_query_over_the_bucket(schedule, options):
+    """bdb-agg-2c keeps its result in up to 16 shards, growing into them as its groups grow, each commit rewriting
+    only those its changes reach: overlapping reducers, crashes between shard writes and the manifest,
+    re-partitions, retractions, all end as the query over the bucket."""
+    note(f"schedule: {schedule} options: {options}")
+    job = load_jobs("reducers").get(SHARDED_JOB)
+    assert job.shards > 1
+    with world(job, options) as w:
+        w.run(schedule)
+        w.settle()
+
+        assert served(w.runtime, SHARDED_JOB) == query_over_bucket(w.s3, 12)
+        w.assert_sound()
+
+
+def extremes_over_bucket(s3) -> dict[str, tuple[Decimal, Decimal, int]]:
+    """SELECT SUBSTR(sourceIP, 1, 8), MAX(adRevenue), MIN(adRevenue), COUNT(*) GROUP BY 1, by hand."""
+    values: dict[str, list[Decimal]] = {}
+    for row in csv_rows(s3):
+        values.setdefault(row[0][:8], []).append(Decimal(row[3]))
+    return {ip: (max(v), min(v), len(v)) for ip, v in values.items()}
+
+
+@settings(max_examples=max(10, settings.default.max_examples // 2))
+@given(SCHEDULES, OPTIONS)
+def test_after_any_schedule_a_min_max_result_is_the_query_over_the_bucket(schedule, options):
+    """min and max cannot be subtracted: every retraction rebuilds the shards it reaches from the retained
+    partials of the live versions, which is where a deleted part would show."""
+    note(f"schedule: {schedule} options: {options}")
+    with world(EXTREMES, options) as w:
+        w.run(schedule)
+        w.settle()
+
+        _, table = w.runtime.results.current(EXTREMES)
+        assert {row["ip"]: (row["top"], row["low"], row["visits"]) for row in table.to_pylist()} == \
+            extremes_over_bucket(w.s3)
+        w.assert_sound()
+
+
 def distinct_visitors_over_bucket(s3) -> dict[str, tuple[int, float | None]]:
     """Per country: COUNT(DISTINCT sourceIP) and STDDEV_SAMP(adRevenue), by hand. Tens of rows: the HLL is exact."""
-    import gzip
-    import statistics
-
     rows: dict[str, list] = {}
-    for item in s3.list_objects_v2(Bucket=INPUT).get("Contents", []):
-        body = s3.get_object(Bucket=INPUT, Key=item["Key"])["Body"].read()
-        text = (gzip.decompress(body) if item["Key"].endswith(".gz") and body else body).decode()
-        for row in csv.reader(io.StringIO(text)):
-            rows.setdefault(row[5], []).append((row[0], Decimal(row[3])))
+    for row in csv_rows(s3):
+        rows.setdefault(row[5], []).append((row[0], Decimal(row[3])))
     return {country: (len({ip for ip, _ in values}),
                       float(statistics.stdev([r for _, r in values])) if len(values) > 1 else None)
             for country, values in rows.items()}
 
 
-def served_visitors(runtime) -> dict[str, tuple[int, float | None]]:
-    _, table = runtime.results.current(runtime.jobs.get("visits-by-country"))
-    return {row["countryCode"]: (row["visitors"], row["revenue_stddev"]) for row in table.to_pylist()}
-
-
-def settle(runtime, job) -> None:
-    """Whatever events are still undelivered are lost: the reconcile makes up for them, the reducer drains."""
-    for _ in range(2):
-        runtime.reconciler.reconcile(job, grace=timedelta(0), range_grace=timedelta(0))
-        while runtime.reducer.reduce_job(job).more_pending:
-            pass
-
-
-def run(schedule, s3, inline_limit: int, job_name: str = JOB, body=lambda key, rows: uservisits_rows(*rows),
-        split_bytes: int = 0) -> Runtime:
-    """Pending are S3's event records and, with a split size, the range tasks of large objects: delivered,
-    duplicated, dropped and crashed the same way."""
-    pending: list = []
-    # A sharded result has a shard per group (up to 16): the schedules' few groups re-partition it mid-schedule.
-    runtime = Runtime(Settings(input_bucket=INPUT, state_bucket=STATE, split_mb=split_bytes / (1 << 20),
-                               shard_groups=1), s3_client=s3, dispatch=pending.extend)
-    runtime.mapper.inline_limit = inline_limit
-    job, uploads = runtime.jobs.get(job_name), Uploader(s3)
-
-    def handle(item) -> None:
-        if isinstance(item, RangeTask):
-            runtime.mapper.map_range(item)
-        else:
-            runtime.mapper.handle(uploads.event(item))
-
-    prefix = job.prefix
-    for step in schedule:
-        kind = step[0]
-        if kind == "upload":
-            key = prefix + step[1].removeprefix("uservisits/")
-            pending.append(uploads.put(key, body(key, step[2]), compress=key.endswith(".gz")))
-        elif kind == "delete":
-            pending.append(uploads.delete(prefix + step[1].removeprefix("uservisits/")))
-        elif kind in ("deliver", "drop", "crash_mapper") and pending:
-            record = pending.pop(step[1] % len(pending))
-            if kind == "deliver":
-                handle(record)
-                if step[2]:
-                    pending.append(record)  # at least once: it may come again
-            elif kind == "crash_mapper":
-                mapper_store, runtime.mapper.state = runtime.mapper.state, FaultyStore(
-                    runtime.state_store, "put", nth=step[2])
-                try:
-                    handle(record)
-                except Killed:
-                    pending.append(record)  # Lambda retries a failed invocation
-                finally:
-                    runtime.mapper.state = mapper_store
-        elif kind == "reduce":
-            runtime.reducer.reduce_job(job)
-        elif kind == "overlap":
-            other = Reducer(runtime.jobs, runtime.state_store, runtime.input_store, utc_now,
-                            shard_groups=runtime.settings.shard_groups)
-            first, second = runtime.reducer.gather(job), other.gather(job)
-            for reducer, seen in ((other, second), (runtime.reducer, first)):
-                plan = seen.plan()
-                if plan.changes_result:
-                    try:
-                        reducer.execute(job, seen, plan, ReduceReport(job.name))
-                    except CommitConflict:
-                        pass
-        elif kind == "crash_reducer":
-            faulty = Reducer(runtime.jobs, FaultyStore(runtime.state_store, step[1], after=step[2], nth=step[3]),
-                             runtime.input_store, utc_now, shard_groups=runtime.settings.shard_groups)
-            try:
-                faulty.reduce_job(job)
-            except Killed:
-                pass
-    return runtime
-
-
-# Partials in their own parts, or carried inline by markers and kept in packs by the reducer.
-@given(SCHEDULES, st.sampled_from([0, INLINE_LIMIT]))
-def test_after_any_schedule_the_result_is_the_query_over_the_bucket(schedule, inline_limit):
-    note(f"schedule: {schedule}")
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=INPUT)
-        s3.create_bucket(Bucket=STATE)
-        runtime = run(schedule, s3, inline_limit)
-        # Whatever events are still undelivered are lost: the reconcile must make up for them.
-        job = runtime.jobs.get(JOB)
-        settle(runtime, job)
-
-        assert served(runtime) == query_over_bucket(s3)
-        assert runtime.status.status(job)["idle"] is True
-
-
 @settings(max_examples=max(10, settings.default.max_examples // 4))
-@given(SCHEDULES, st.sampled_from([0, INLINE_LIMIT]))
-def test_after_any_schedule_a_sharded_result_is_the_query_over_the_bucket(schedule, inline_limit):
-    """bdb-agg-2c keeps its result in up to 16 shards, growing into them as its groups grow, each commit rewriting
-    only those its changes reach: overlapping reducers, crashes between shard writes and the manifest,
-    re-partitions, retractions, all end as the query over the bucket."""
-    note(f"schedule: {schedule}")
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=INPUT)
-        s3.create_bucket(Bucket=STATE)
-        runtime = run(schedule, s3, inline_limit, SHARDED_JOB)
-        job = runtime.jobs.get(SHARDED_JOB)
-        assert job.shards > 1
-        settle(runtime, job)
-
-        assert served(runtime, SHARDED_JOB) == query_over_bucket(s3, 12)
-        assert runtime.status.status(job)["idle"] is True
-
-
-@settings(max_examples=max(10, settings.default.max_examples // 4))
-@given(SCHEDULES, st.sampled_from([0, INLINE_LIMIT]))
-def test_after_any_schedule_a_sketch_result_is_the_query_over_the_bucket(schedule, inline_limit):
+@given(SCHEDULES, OPTIONS)
+def test_after_any_schedule_a_sketch_result_is_the_query_over_the_bucket(schedule, options):
     """The same schedules for a job whose sketches cannot be retracted: deletes and overwrites rebuild it from
     the retained partials, and it still ends as the query over the bucket (here exact: tens of rows)."""
-    note(f"schedule: {schedule}")
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=INPUT)
-        s3.create_bucket(Bucket=STATE)
-        runtime = run(schedule, s3, inline_limit, "visits-by-country")
-        job = runtime.jobs.get("visits-by-country")
-        settle(runtime, job)
+    note(f"schedule: {schedule} options: {options}")
+    with world(load_jobs("reducers").get(SKETCH_JOB), options) as w:
+        w.run(schedule)
+        w.settle()
 
-        expected, got = distinct_visitors_over_bucket(s3), served_visitors(runtime)
+        _, table = w.runtime.results.current(w.job)
+        got = {row["countryCode"]: (row["visitors"], row["revenue_stddev"]) for row in table.to_pylist()}
+        expected = distinct_visitors_over_bucket(w.s3)
         assert got.keys() == expected.keys()
         for country, (visitors, stddev) in expected.items():
             assert got[country][0] == visitors, (country, got, expected)
             assert (got[country][1] is None) == (stddev is None), (country, got, expected)
             assert stddev is None or math.isclose(got[country][1], stddev, rel_tol=1e-9), (country, got, expected)
-        assert runtime.status.status(job)["idle"] is True
+        w.assert_sound()
 
 
-@settings(max_examples=max(10, settings().max_examples // 2))
-@given(SCHEDULES, st.sampled_from([64, 160]))
-def test_after_any_schedule_with_objects_split_in_ranges_the_result_is_the_query_over_the_bucket(schedule, split):
+@settings(max_examples=max(10, settings.default.max_examples // 2))
+@given(SCHEDULES, OPTIONS, st.sampled_from([64, 160]))
+def test_after_any_schedule_with_objects_split_in_ranges_the_result_is_the_query_over_the_bucket(
+        schedule, options, split):
     """Objects above the split size fan out into range tasks, which the schedule delivers like events: in any
     order, twice, crashed and retried, or dropped (then the reconcile maps the version again)."""
-    note(f"schedule: {schedule}")
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=INPUT)
-        s3.create_bucket(Bucket=STATE)
-        runtime = run(schedule, s3, INLINE_LIMIT, split_bytes=split)
-        job = runtime.jobs.get(JOB)
-        # What is still pending is lost; what the reconcile fans out from here on is delivered at once.
-        runtime.mapper.dispatch = lambda tasks: [runtime.mapper.map_range(task) for task in tasks]
-        settle(runtime, job)
+    note(f"schedule: {schedule} options: {options}")
+    with world(load_jobs("reducers").get(JOB), options, split_bytes=split) as w:
+        w.run(schedule)
+        w.settle()
 
-        assert served(runtime) == query_over_bucket(s3)
-        assert runtime.status.status(job)["idle"] is True
-        assert not list(runtime.state_store.list(f"jobs/{JOB}/inbox/"))
+        assert served(w.runtime) == query_over_bucket(w.s3)
+        w.assert_sound()
 
 
 # A scan job on the same machinery: the served output rows are exactly the query's rows over the bucket.
-SCAN_JOB = "bdb-scan-1b"
 RANKS = {"0.5": 5, "1": 100, "2.25": 101, "100.000001": 5000}  # the schedule's values, as pageRanks
 
 
@@ -254,14 +437,7 @@ def scan_body(key: str, rows) -> str:
 
 def scan_over_bucket(s3) -> list[tuple[str, int]]:
     """SELECT pageURL, pageRank FROM rankings WHERE pageRank > 100, computed with the csv module."""
-    import gzip
-
-    rows = []
-    for item in s3.list_objects_v2(Bucket=INPUT).get("Contents", []):
-        body = s3.get_object(Bucket=INPUT, Key=item["Key"])["Body"].read()
-        text = (gzip.decompress(body) if item["Key"].endswith(".gz") and body else body).decode()
-        rows += [(row[0], int(row[1])) for row in csv.reader(io.StringIO(text)) if int(row[1]) > 100]
-    return sorted(rows)
+    return sorted((row[0], int(row[1])) for row in csv_rows(s3) if int(row[1]) > 100)
 
 
 def served_scan(runtime) -> list[tuple[str, int]]:
@@ -276,17 +452,13 @@ def served_scan(runtime) -> list[tuple[str, int]]:
         cursor = ScanQuery.from_params({"cursor": page["next_cursor"]}).cursor
 
 
-@settings(max_examples=max(10, settings().max_examples // 3))  # ~30 s in the dev profile
-@given(SCHEDULES)
-def test_after_any_schedule_a_scan_jobs_output_is_the_query_over_the_bucket(schedule):
-    note(f"schedule: {schedule}")
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=INPUT)
-        s3.create_bucket(Bucket=STATE)
-        runtime = run(schedule, s3, INLINE_LIMIT, SCAN_JOB, scan_body)
-        job = runtime.jobs.get(SCAN_JOB)
-        settle(runtime, job)
+@settings(max_examples=max(10, settings.default.max_examples // 3))
+@given(SCHEDULES, OPTIONS)
+def test_after_any_schedule_a_scan_jobs_output_is_the_query_over_the_bucket(schedule, options):
+    note(f"schedule: {schedule} options: {options}")
+    with world(load_jobs("reducers").get(SCAN_JOB), options, scan_body) as w:
+        w.run(schedule)
+        w.settle()
 
-        assert served_scan(runtime) == scan_over_bucket(s3)
-        assert runtime.status.status(job)["idle"] is True
+        assert served_scan(w.runtime) == scan_over_bucket(w.s3)
+        w.assert_sound()
