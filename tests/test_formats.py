@@ -359,6 +359,16 @@ def test_under_fail_the_first_bad_row_fails_the_read_with_its_line(fmt, data, li
     assert (caught.value.line, caught.value.reason) == (line, reason)
 
 
+def test_an_object_of_mostly_bad_rows_is_a_wrong_format_and_fails_the_read():
+    mostly_bad = b"ann,1,1\n" * 100 + b"bob,x,2\n" * 10_001
+    with pytest.raises(BadInput) as caught:
+        read_tolerant(mostly_bad, CSV, block_size=4096)
+    assert caught.value.reason.startswith("most rows are bad (10,")
+    assert "line 101: amount: cannot convert 'x'" in caught.value.reason and caught.value.line == 101
+    table, stats = read_tolerant(b"ann,1,1\n" * 10_002 + b"bob,x,2\n" * 10_001, CSV, block_size=4096)
+    assert (table.num_rows, stats.bad_rows) == (10_002, 10_001)  # as many good as bad: only skipped
+
+
 # Values the CSV reader treats specially: null values, blanks, signs, exponents, precision at the edge, dates.
 TRICKY = ["", " ", "NA", "null", "NaN", "nan", " 1", "1\t", "+1", "-0", "1e3", "1E+2", "1.5e-3", ".5", "5.", "inf",
           "0x1F", "1.0000001", "12345678901234.5", "9223372036854775807", "9223372036854775808", "1e999999999",
