@@ -110,6 +110,9 @@ SCHEMAS: dict[str, Any] = {
         "partials_pending": {"type": "integer", "description": "object versions with markers in the inbox (a "
                              "large object's ranges count as one, complete or not)"}, "rows": {"type": "integer"}, "rows_read": {"type": "integer"},
         "bad_rows_skipped": {"type": "integer"}, "bytes_merged": {"type": "integer"},
+        "bad_rows": {"type": "array", "items": {"type": "object"},
+                     "description": "live object versions with rows skipped (key, etag, bad_rows, examples: the "
+                                    "first few rows' lines and reasons), by key, at most 100"},
         "generation": {"type": "integer", "nullable": True},
         "last_reduce_at": {"type": "string", "nullable": True},
         "idle": {"type": "boolean", "description": "the result reflects every object version in the prefix"},

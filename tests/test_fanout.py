@@ -14,7 +14,7 @@ from botocore.stub import Stubber
 from chalicelib.engine import layout
 from chalicelib.engine.fanout import RangeTask
 from chalicelib.engine.reconcile import Reconciler
-from chalicelib.jobs import CsvFormat, Job, JobCatalog
+from chalicelib.jobs import CsvFormat, Job, JobCatalog, load_jobs
 from chalicelib.runtime import Runtime, utc_now
 from chalicelib.settings import Settings
 
@@ -303,7 +303,10 @@ def test_settings_split_size_and_the_range_function_of_the_running_stage():
 
 
 
-def test_a_range_that_cannot_be_read_quarantines_the_version_and_its_siblings_are_dropped(fanned, s3):
+def test_a_range_that_cannot_be_read_quarantines_the_version_and_its_siblings_are_dropped(s3):
+    job = load_jobs("reducers").get(JOB)  # under on_bad_row="fail": under "skip" the bad row is only skipped
+    fanned = Fanned(s3, jobs=JobCatalog([job.model_copy(update={"format": job.format.model_copy(
+        update={"on_bad_row": "fail"})})]))
     body = visits(40) + uservisits_rows(("5.5.5.5", "not-a-number")) + visits(40, seed=5)
     tasks = fanned.put("uservisits/bad.csv", body)
     by_range = [set(fanned.deliver([task])) for task in tasks]  # each range: its outcome for every job

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 from decimal import Decimal
 
@@ -182,17 +183,23 @@ def test_empty_object_maps_to_an_empty_partial(lambdas, uploads):
     assert status(lambdas, "bdb-agg-2a")["idle"] is True
 
 
-def test_a_file_found_bad_after_parts_were_spilled_leaves_no_parts_behind(lambdas, runtime, uploads):
-    runtime.mapper.max_groups, runtime.mapper.block_size = 4, 512
-    good = [(f"{i}.{i}.{i}.{i}", "1") for i in range(1, 30)]
-    record = uploads.put("uservisits/late-error.csv", uservisits_rows(*good) + uservisits_rows(("1.1.1.1", "oops")))
+def test_a_file_found_bad_after_parts_were_spilled_leaves_no_parts_behind(lambdas, runtime, uploads, monkeypatch):
+    runtime.mapper.max_groups, runtime.mapper.block_size = 64, 4096
+    good = [(f"{i % 250}.{i % 7}.{i % 3}.1", "1") for i in range(5000)]
+    # Cut off before its end: the rows come out until the stream is found truncated, parts spilled by then.
+    body = gzip.compress(uservisits_rows(*good).encode())[:-12]
+    record = uploads.put("uservisits/late-error.csv.gz", body)
+    written, put = [], runtime.state_store.put
+    monkeypatch.setattr(runtime.state_store, "put", lambda key, *a, **kw: (written.append(key), put(key, *a, **kw)))
 
     outcomes = lambdas.lambda_.invoke("map_object", uploads.event(record)).payload
 
+    assert any(key.startswith(layout.parts_prefix("bdb-agg-2a")) for key in written)
     assert {o["outcome"] for o in outcomes} == {"quarantined"}
     assert inbox(runtime, "bdb-agg-2a") == []
+    assert list(runtime.state_store.list(layout.parts_prefix("bdb-agg-2a"))) == []
     [entry] = status(lambdas, "bdb-agg-2a")["quarantined"]
-    assert "oops" in entry["reason"] and entry["line"] == 30
+    assert "runcated" in entry["reason"]
 
 
 def parts_of(runtime, job: str) -> list:

@@ -59,6 +59,16 @@ def decode(data: bytes, fingerprint: str) -> tuple[pa.Table, dict[str, Any]]:
     return _run_end_decoded(table).replace_schema_metadata(None), meta
 
 
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with `schema`'s columns, in its order: a column added since the table was written is null in
+    it. A decoded table is as it was written, and a state table (a ledger) outlives the code that wrote it."""
+    if table.schema.equals(schema):
+        return table
+    columns = [table.column(field.name) if field.name in table.column_names else pa.nulls(table.num_rows, field.type)
+               for field in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 def _run_end_encoded(table: pa.Table) -> pa.Table:
     fields, columns = [], []
     for field, column in zip(table.schema, table.columns):

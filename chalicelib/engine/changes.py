@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from ..formats import MAX_BAD_ROW_EXAMPLES
 from . import layout
 
 Marker = Mapping[str, Any]
@@ -87,6 +88,9 @@ def _combined(ranges: list[Marker], ids: tuple[str, ...]) -> Marker:
         combined["outputs"] = [output for r in ranges for output in r["outputs"]]
     if "mapped_at" in combined:
         combined["mapped_at"] = max(r["mapped_at"] for r in ranges)
+    if "bad_row_examples" in combined:  # each names its range; the first ranges' first, as a read would see them
+        examples = [example for r in ranges for example in r.get("bad_row_examples") or ()]
+        combined["bad_row_examples"] = examples[:MAX_BAD_ROW_EXAMPLES]
     combined["markers"] = list(ids)
     return combined
 

@@ -22,7 +22,8 @@ import pyarrow as pa
 from ..aggregation import AggregationPlan
 from ..aggregation.codec import Compression, encode
 from ..errors import BadInput, CommitConflict, ObjectMissing
-from ..formats import BLOCK_SIZE, MAX_BLOCK_SIZE, ParquetLayout, ReadStats, RowTooLong, batches
+from ..formats import (BLOCK_SIZE, MAX_BLOCK_SIZE, ParquetLayout, ReadStats, RowTooLong, ValueNotConvertible,
+                       batches)
 from ..formats.parquet import RangeReader
 from ..formats.prefetch import AHEAD, CHUNK_BYTES, PrefetchingReader
 from ..formats.ranges import LineRange, read_from
@@ -272,7 +273,7 @@ class Mapper:
 
     def _map_group(self, event: ObjectEvent, jobs: list[Job], task: fanout.RangeTask | None = None
                    ) -> list[MapOutcome]:
-        block_size = self.block_size
+        block_size, tolerant = self.block_size, False
         # A range is read from the byte before it to the object's end; LineRange stops a line past its end.
         byte_range = None if task is None else (read_from(task.start), task.size)
         while True:
@@ -284,22 +285,30 @@ class Mapper:
                 log.info("object superseded before mapping", extra={"key": event.key, "etag": event.etag})
                 return [MapOutcome(job.name, event.key, event.etag, "superseded") for job in jobs]
             try:
-                return self._map_stream(event, jobs, opened, block_size, task)
+                return self._map_stream(event, jobs, opened, block_size, task, tolerant)
             except RowTooLong:
                 if block_size >= MAX_BLOCK_SIZE:
                     raise
                 # Arrow needs a whole row inside one block: read again with blocks big enough for it.
                 block_size = min(block_size * 16, MAX_BLOCK_SIZE)
                 log.info("row longer than the block; mapping again", extra={"key": event.key, "block": block_size})
+            except ValueNotConvertible:
+                if tolerant:
+                    raise  # the tolerant read never raises it: never loop
+                # The typed reader stopped at a value it cannot convert and cannot go on: read again from the
+                # start, skipping (or, under on_bad_row="fail", reporting) such rows. The sinks start over too.
+                tolerant = True
+                log.info("a value does not convert; mapping again", extra={"key": event.key})
 
     def _map_stream(self, event: ObjectEvent, jobs: list[Job], opened: Opened, block_size: int,
-                    task: fanout.RangeTask | None = None) -> list[MapOutcome]:
+                    task: fanout.RangeTask | None = None, tolerant: bool = False) -> list[MapOutcome]:
         etag = event.etag or opened.etag
         # Named by its ETag, as the reconcile's listing and the reducer's HEAD name it, even in a versioned
         # bucket: the version id only pins the reads.
         contribution = layout.contribution_id(event.key, etag)
         attempt = layout.new_attempt()
-        stats = ReadStats()
+        # A range's reader numbers lines from the range's first: its reports say which range.
+        stats = ReadStats(origin=None if task is None else f"range {task.index + 1} of {task.count}")
         meta = {"key": event.key, "etag": etag, "version_id": event.version_id, "sequencer": event.sequencer,
                 "size": opened.size, "event_time": event.event_time}
         marker = layout.version_marker(contribution, attempt)
@@ -313,7 +322,7 @@ class Mapper:
         sinks = {job.name: self._sink(job, contribution, attempt, meta, marker, task is None) for job in jobs}
         try:
             with self._source(event, opened, reader, task) as source:
-                for batch in batches(source, reader, event.key, stats, block_size):
+                for batch in batches(source, reader, event.key, stats, block_size, tolerant):
                     for sink in sinks.values():
                         sink.add(batch)
                 stats.bytes_read = getattr(source, "bytes_fetched", stats.bytes_read)
@@ -326,8 +335,8 @@ class Mapper:
             for sink in sinks.values():
                 # Parts spilled before the error: this attempt's own, and no marker names them.
                 self.state.delete(sink.written)
-            if isinstance(error, RowTooLong) and block_size < MAX_BLOCK_SIZE:
-                raise
+            if isinstance(error, ValueNotConvertible) or isinstance(error, RowTooLong) and block_size < MAX_BLOCK_SIZE:
+                raise  # _map_group reads again
             if not isinstance(error, BadInput):
                 # A ranged read found the version gone or replaced: the newer object's own event maps it.
                 return [MapOutcome(job.name, event.key, etag, "superseded") for job in jobs]
@@ -337,7 +346,7 @@ class Mapper:
 
         outcomes = []
         summary = {**meta, "bytes_read": stats.bytes_read, "rows": stats.rows, "bad_rows": stats.bad_rows,
-                   "mapped_at": self.clock().isoformat()}
+                   "bad_row_examples": stats.bad_row_examples, "mapped_at": self.clock().isoformat()}
         for job in jobs:
             produced = sinks[job.name].commit(summary)
             outcomes.append(MapOutcome(job.name, event.key, etag, "mapped", stats.rows, stats.bytes_read, produced,

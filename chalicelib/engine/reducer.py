@@ -45,7 +45,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..aggregation.codec import decode, encode
+from ..aggregation.codec import conform, decode, encode
 from ..aggregation.partition import shard_of
 from ..errors import CommitConflict, ObjectMissing, PartialMismatch, ReduceFailed, StateMissing
 from ..jobs import Job, JobCatalog
@@ -60,6 +60,7 @@ LEDGER_SCHEMA = pa.schema([
     ("contribution", pa.string()), ("key", pa.string()), ("etag", pa.string()), ("version_id", pa.string()),
     ("sequencer", pa.string()), ("size", pa.int64()), ("rows", pa.int64()), ("bad_rows", pa.int64()),
     ("mapped_at", pa.string()), ("generation", pa.int64()), ("parts", pa.list_(pa.string())),
+    ("bad_row_examples", pa.list_(pa.string())),
 ])
 _LEDGER_FINGERPRINT = "ledger-v2"
 # A listing page holds 1,000 keys: worth it over HEADs from about this many keys, if enough of a page is ours.
@@ -197,7 +198,7 @@ class Reducer:
     def read_ledger(self, manifest: Manifest | None) -> pa.Table:
         if manifest is None or not manifest.ledger_key:
             return LEDGER_SCHEMA.empty_table()
-        return self._read_immutable(manifest.ledger_key, _LEDGER_FINGERPRINT)
+        return conform(self._read_immutable(manifest.ledger_key, _LEDGER_FINGERPRINT), LEDGER_SCHEMA)
 
     def read_committed(self, job: Job) -> tuple[Manifest | None, pa.Table]:
         """The manifest and the ledger it names, consistent: a commit between the two reads deletes the
@@ -695,4 +696,5 @@ def _ledger_entry(marker: dict, generation: int, pack_key: str) -> dict:
         "version_id": marker.get("version_id"), "sequencer": marker.get("sequencer"), "size": marker.get("size"),
         "rows": marker.get("rows"), "bad_rows": marker.get("bad_rows", 0), "mapped_at": marker.get("mapped_at"),
         "generation": generation, "parts": [pack_key] if "inline" in marker else marker["parts"],
+        "bad_row_examples": marker.get("bad_row_examples") or [],
     }

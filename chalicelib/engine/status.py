@@ -17,6 +17,7 @@ from . import layout
 from .reducer import Reducer
 
 MAX_LISTED_QUARANTINE = 100
+MAX_LISTED_BAD_ROWS = 100  # objects listed with their bad rows; `bad_rows_skipped` counts them all
 
 
 class StatusReader:
@@ -51,6 +52,7 @@ class StatusReader:
             "partials_pending": len(pending),
             "rows_read": _total(ledger, "rows"),
             "bad_rows_skipped": _total(ledger, "bad_rows"),
+            "bad_rows": _bad_rows(ledger),
             "bytes_merged": _total(ledger, "size"),
             "rows": manifest.rows if manifest else 0,
             "generation": manifest.generation if manifest else None,
@@ -75,6 +77,16 @@ class StatusReader:
             if (record["key"], record["etag"]) in landed:  # only the version still in the bucket counts
                 records.append(record)
         return sorted(records, key=lambda r: r["key"])
+
+
+def _bad_rows(ledger) -> list[dict[str, Any]]:
+    """The live object versions that had rows skipped, by key, with the first few rows' lines and reasons."""
+    if not ledger.num_rows:
+        return []
+    having = ledger.filter(pc.fill_null(pc.greater(ledger.column("bad_rows"), 0), False))
+    having = having.select(["key", "etag", "bad_rows", "bad_row_examples"]).slice(0, MAX_LISTED_BAD_ROWS)
+    return [{"key": row["key"], "etag": row["etag"], "bad_rows": row["bad_rows"],
+             "examples": row["bad_row_examples"] or []} for row in having.to_pylist()]
 
 
 def _total(ledger, column: str) -> int:

@@ -3,6 +3,10 @@ needs random access, not a stream) is read by `formats.parquet`, behind the same
 
 Readers take any `IO[bytes]` (an S3 body, a file, a BytesIO in a test) and stream it in blocks, so memory is
 bounded by the block size, never by the object's size. What cannot be parsed raises BadInput with the reason.
+
+A row whose value does not convert to its column's type stops Arrow's typed readers, which cannot resume: the
+typed read raises `ValueNotConvertible`, and the caller reads the object again with `tolerant=True`
+(`formats.tolerant`), which skips and counts such rows, or under on_bad_row="fail" names the first.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import pyarrow.json as pa_json
 
 from ..errors import BadInput
 
+MAX_BAD_ROW_EXAMPLES = 5  # per object version, in status: enough to find the pattern, bounded in the ledger
 MAX_BLOCK_SIZE = 64 << 20  # the longest row Tally reads; a longer one quarantines its file
 BLOCK_SIZE = 2 << 20  # Arrow reads a few blocks ahead: 8 MB blocks cost ~300 MB more RSS on a 1 GB object
 _COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd"}
@@ -58,6 +63,18 @@ class ReadStats:
     bad_rows: int = 0
     bad_row_examples: list[str] = field(default_factory=list)
     first_bad_line: int | None = None
+    # What line numbers count from, when not from the object's first line: a range's mapper sees only its lines.
+    origin: str | None = None
+
+    def bad_row(self, line: int | None, example: str) -> None:
+        self.bad_rows += 1
+        if self.first_bad_line is None:
+            self.first_bad_line = line
+        if len(self.bad_row_examples) < MAX_BAD_ROW_EXAMPLES:
+            self.bad_row_examples.append(self.where(example))
+
+    def where(self, text: str) -> str:
+        return f"{self.origin}, {text}" if self.origin else text
 
 
 def compression_of(key: str) -> str | None:
@@ -146,12 +163,13 @@ class _Prepended(_Reads):
 
 
 def batches(source: IO[bytes], fmt: InputFormat, key: str, stats: ReadStats | None = None,
-            block_size: int = BLOCK_SIZE) -> Iterator[pa.RecordBatch]:
+            block_size: int = BLOCK_SIZE, tolerant: bool = False) -> Iterator[pa.RecordBatch]:
     """The one way to read an input object: by format, decompressing text by the key's extension. Parquet
-    needs a seekable `source` (a file, a BytesIO, or `parquet.RangeReader` over ranged GETs)."""
+    needs a seekable `source` (a file, a BytesIO, or `parquet.RangeReader` over ranged GETs); it is typed
+    already, so `tolerant` only concerns text."""
     stats = stats if stats is not None else ReadStats()
     if isinstance(fmt, TextFormat):
-        yield from read_batches(source, fmt, compression_of(key), stats, block_size)
+        yield from read_batches(source, fmt, compression_of(key), stats, block_size, tolerant)
         return
     from .parquet import parquet_batches  # imported here: text-only mappers never load pyarrow.parquet
 
@@ -166,7 +184,10 @@ def read_batches(
     compression: str | None = None,
     stats: ReadStats | None = None,
     block_size: int = BLOCK_SIZE,
+    tolerant: bool = False,
 ) -> Iterator[pa.RecordBatch]:
+    """Typed batches of the text in `stream`. A value that does not convert raises ValueNotConvertible;
+    read the stream again with `tolerant=True` to skip (or, under "fail", report) the rows that hold one."""
     stats = stats if stats is not None else ReadStats()
     counted = _Counting(stream, stats)
     try:
@@ -175,6 +196,13 @@ def read_batches(
         if not first:
             return  # an empty object, or a compressed nothing, holds no rows: nothing to map, nothing wrong
         source = _Prepended(first, source)
+        if tolerant:
+            from .tolerant import tolerant_batches  # imported here: the typed path never needs it
+
+            for batch in tolerant_batches(source, fmt, stats, block_size):
+                stats.rows += batch.num_rows
+                yield batch
+            return
         reader = _open(source, fmt, stats, block_size)
         try:
             for batch in reader:
@@ -193,17 +221,35 @@ def read_batches(
         if _STRADDLING.search(message):
             raise RowTooLong(f"a row is longer than the {block_size:,}-byte read block",
                              offset=stats.bytes_read) from exc
-        raise BadInput(message, line=line, offset=stats.bytes_read) from exc
+        if not tolerant and _converts_values(fmt, exc):
+            raise ValueNotConvertible(message, line=line, offset=stats.bytes_read) from exc
+        raise BadInput(stats.where(message), line=line, offset=stats.bytes_read) from exc
 
 
 _ROW = re.compile(r"Row #(\d+)")
 _EMPTY = re.compile(r"^Empty (CSV file|JSON)")
 _SHORT = re.compile(r"^Could not skip initial")
 _STRADDLING = re.compile(r"straddl")
+_CSV_VALUE = re.compile(r"^In CSV column #")
+
+
+def _converts_values(fmt: TextFormat, exc: BaseException) -> bool:
+    """Whether the typed reader failed on a row's values, which the tolerant reading can skip. Decompression
+    errors are OSErrors; a CSV row of the wrong length is skipped by the typed reader itself (or, under
+    "fail", fails the object right away); a JSON line that is not JSON fails Arrow's reader like a value of
+    the wrong type, and is skipped like one."""
+    if not isinstance(exc, (pa.ArrowInvalid, pa.ArrowTypeError)):
+        return False
+    return fmt.kind == "jsonl" or bool(_CSV_VALUE.match(str(exc)))
 
 
 class RowTooLong(BadInput):
     """A row does not fit in one read block; reading again with bigger blocks can map it."""
+
+
+class ValueNotConvertible(BadInput):
+    """A value does not convert to its column's type, and Arrow's typed reader cannot go past it: reading
+    again with `tolerant=True` can (and must start over: the rows before it were handed out already)."""
 
 
 def _first_line(exc: BaseException) -> str:
@@ -221,14 +267,10 @@ def _open(source, fmt: TextFormat, stats: ReadStats, block_size: int):
         )
 
     def on_invalid_row(row) -> str:
-        # Return, never raise: pyarrow swallows exceptions raised in here.
-        stats.bad_rows += 1
-        if stats.first_bad_line is None:
-            stats.first_bad_line = row.number
-        if len(stats.bad_row_examples) < 3:
-            stats.bad_row_examples.append(
-                f"row {row.number}: expected {row.expected_columns} columns, got {row.actual_columns}"
-            )
+        # Return, never raise: pyarrow swallows exceptions raised in here. Arrow numbers rows, not lines (an
+        # empty line is no row): the tolerant reading, which knows lines, says "line".
+        stats.bad_row(row.number, f"row {row.number}: expected {row.expected_columns} columns, "
+                                  f"got {row.actual_columns}")
         return "error" if fmt.on_bad_row == "fail" else "skip"
 
     return pa_csv.open_csv(
