@@ -9,10 +9,9 @@ import math
 from datetime import timedelta
 from decimal import Decimal
 
-import boto3
+import pytest
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
-from moto import mock_aws
 
 from chalicelib.engine.fanout import RangeTask
 from chalicelib.engine.mapper import INLINE_LIMIT
@@ -21,7 +20,7 @@ from chalicelib.errors import CommitConflict
 from chalicelib.runtime import Runtime, utc_now
 from chalicelib.settings import Settings
 
-from .conftest import INPUT, STATE, Uploader, rankings_rows, uservisits_rows
+from .conftest import INPUT, STATE, Uploader, fresh_buckets, rankings_rows, uservisits_rows
 from .faults import FaultyStore, Killed
 
 JOB = "bdb-agg-2a"
@@ -162,21 +161,35 @@ def run(schedule, s3, inline_limit: int, job_name: str = JOB, body=lambda key, r
     return runtime
 
 
+# SeaweedFS, a real object store, runs the same properties on fewer examples: each S3 call is an HTTP round trip
+# there (and the buckets are emptied between examples), where moto's in-process mock is a function call.
+SEAWEEDFS_EXAMPLES = 20
+
+
 # Partials in their own parts, or carried inline by markers and kept in packs by the reducer.
 @given(SCHEDULES, st.sampled_from([0, INLINE_LIMIT]))
 def test_after_any_schedule_the_result_is_the_query_over_the_bucket(schedule, inline_limit):
-    note(f"schedule: {schedule}")
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=INPUT)
-        s3.create_bucket(Bucket=STATE)
-        runtime = run(schedule, s3, inline_limit)
-        # Whatever events are still undelivered are lost: the reconcile must make up for them.
-        job = runtime.jobs.get(JOB)
-        settle(runtime, job)
+    with fresh_buckets() as s3:
+        check_result(s3, schedule, inline_limit)
 
-        assert served(runtime) == query_over_bucket(s3)
-        assert runtime.status.status(job)["idle"] is True
+
+@pytest.mark.seaweedfs
+@settings(max_examples=2 * SEAWEEDFS_EXAMPLES)
+@given(SCHEDULES, st.sampled_from([0, INLINE_LIMIT]))
+def test_on_seaweedfs_after_any_schedule_the_result_is_the_query_over_the_bucket(seaweed_s3, schedule, inline_limit):
+    with fresh_buckets(seaweed_s3) as s3:
+        check_result(s3, schedule, inline_limit)
+
+
+def check_result(s3, schedule, inline_limit) -> None:
+    note(f"schedule: {schedule}")
+    runtime = run(schedule, s3, inline_limit)
+    # Whatever events are still undelivered are lost: the reconcile must make up for them.
+    job = runtime.jobs.get(JOB)
+    settle(runtime, job)
+
+    assert served(runtime) == query_over_bucket(s3)
+    assert runtime.status.status(job)["idle"] is True
 
 
 @settings(max_examples=max(10, settings.default.max_examples // 4))
@@ -185,18 +198,28 @@ def test_after_any_schedule_a_sharded_result_is_the_query_over_the_bucket(schedu
     """bdb-agg-2c keeps its result in up to 16 shards, growing into them as its groups grow, each commit rewriting
     only those its changes reach: overlapping reducers, crashes between shard writes and the manifest,
     re-partitions, retractions, all end as the query over the bucket."""
-    note(f"schedule: {schedule}")
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=INPUT)
-        s3.create_bucket(Bucket=STATE)
-        runtime = run(schedule, s3, inline_limit, SHARDED_JOB)
-        job = runtime.jobs.get(SHARDED_JOB)
-        assert job.shards > 1
-        settle(runtime, job)
+    with fresh_buckets() as s3:
+        check_sharded_result(s3, schedule, inline_limit)
 
-        assert served(runtime, SHARDED_JOB) == query_over_bucket(s3, 12)
-        assert runtime.status.status(job)["idle"] is True
+
+@pytest.mark.seaweedfs
+@settings(max_examples=SEAWEEDFS_EXAMPLES)
+@given(SCHEDULES, st.sampled_from([0, INLINE_LIMIT]))
+def test_on_seaweedfs_after_any_schedule_a_sharded_result_is_the_query_over_the_bucket(seaweed_s3, schedule,
+                                                                                        inline_limit):
+    with fresh_buckets(seaweed_s3) as s3:
+        check_sharded_result(s3, schedule, inline_limit)
+
+
+def check_sharded_result(s3, schedule, inline_limit) -> None:
+    note(f"schedule: {schedule}")
+    runtime = run(schedule, s3, inline_limit, SHARDED_JOB)
+    job = runtime.jobs.get(SHARDED_JOB)
+    assert job.shards > 1
+    settle(runtime, job)
+
+    assert served(runtime, SHARDED_JOB) == query_over_bucket(s3, 12)
+    assert runtime.status.status(job)["idle"] is True
 
 
 @settings(max_examples=max(10, settings.default.max_examples // 4))
@@ -204,22 +227,32 @@ def test_after_any_schedule_a_sharded_result_is_the_query_over_the_bucket(schedu
 def test_after_any_schedule_a_sketch_result_is_the_query_over_the_bucket(schedule, inline_limit):
     """The same schedules for a job whose sketches cannot be retracted: deletes and overwrites rebuild it from
     the retained partials, and it still ends as the query over the bucket (here exact: tens of rows)."""
-    note(f"schedule: {schedule}")
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=INPUT)
-        s3.create_bucket(Bucket=STATE)
-        runtime = run(schedule, s3, inline_limit, "visits-by-country")
-        job = runtime.jobs.get("visits-by-country")
-        settle(runtime, job)
+    with fresh_buckets() as s3:
+        check_sketch_result(s3, schedule, inline_limit)
 
-        expected, got = distinct_visitors_over_bucket(s3), served_visitors(runtime)
-        assert got.keys() == expected.keys()
-        for country, (visitors, stddev) in expected.items():
-            assert got[country][0] == visitors, (country, got, expected)
-            assert (got[country][1] is None) == (stddev is None), (country, got, expected)
-            assert stddev is None or math.isclose(got[country][1], stddev, rel_tol=1e-9), (country, got, expected)
-        assert runtime.status.status(job)["idle"] is True
+
+@pytest.mark.seaweedfs
+@settings(max_examples=SEAWEEDFS_EXAMPLES)
+@given(SCHEDULES, st.sampled_from([0, INLINE_LIMIT]))
+def test_on_seaweedfs_after_any_schedule_a_sketch_result_is_the_query_over_the_bucket(seaweed_s3, schedule,
+                                                                                       inline_limit):
+    with fresh_buckets(seaweed_s3) as s3:
+        check_sketch_result(s3, schedule, inline_limit)
+
+
+def check_sketch_result(s3, schedule, inline_limit) -> None:
+    note(f"schedule: {schedule}")
+    runtime = run(schedule, s3, inline_limit, "visits-by-country")
+    job = runtime.jobs.get("visits-by-country")
+    settle(runtime, job)
+
+    expected, got = distinct_visitors_over_bucket(s3), served_visitors(runtime)
+    assert got.keys() == expected.keys()
+    for country, (visitors, stddev) in expected.items():
+        assert got[country][0] == visitors, (country, got, expected)
+        assert (got[country][1] is None) == (stddev is None), (country, got, expected)
+        assert stddev is None or math.isclose(got[country][1], stddev, rel_tol=1e-9), (country, got, expected)
+    assert runtime.status.status(job)["idle"] is True
 
 
 @settings(max_examples=max(10, settings().max_examples // 2))
@@ -227,20 +260,30 @@ def test_after_any_schedule_a_sketch_result_is_the_query_over_the_bucket(schedul
 def test_after_any_schedule_with_objects_split_in_ranges_the_result_is_the_query_over_the_bucket(schedule, split):
     """Objects above the split size fan out into range tasks, which the schedule delivers like events: in any
     order, twice, crashed and retried, or dropped (then the reconcile maps the version again)."""
-    note(f"schedule: {schedule}")
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=INPUT)
-        s3.create_bucket(Bucket=STATE)
-        runtime = run(schedule, s3, INLINE_LIMIT, split_bytes=split)
-        job = runtime.jobs.get(JOB)
-        # What is still pending is lost; what the reconcile fans out from here on is delivered at once.
-        runtime.mapper.dispatch = lambda tasks: [runtime.mapper.map_range(task) for task in tasks]
-        settle(runtime, job)
+    with fresh_buckets() as s3:
+        check_split_result(s3, schedule, split)
 
-        assert served(runtime) == query_over_bucket(s3)
-        assert runtime.status.status(job)["idle"] is True
-        assert not list(runtime.state_store.list(f"jobs/{JOB}/inbox/"))
+
+@pytest.mark.seaweedfs
+@settings(max_examples=SEAWEEDFS_EXAMPLES)
+@given(SCHEDULES, st.sampled_from([64, 160]))
+def test_on_seaweedfs_after_any_schedule_with_objects_split_in_ranges_the_result_is_the_query_over_the_bucket(
+        seaweed_s3, schedule, split):
+    with fresh_buckets(seaweed_s3) as s3:
+        check_split_result(s3, schedule, split)
+
+
+def check_split_result(s3, schedule, split) -> None:
+    note(f"schedule: {schedule}")
+    runtime = run(schedule, s3, INLINE_LIMIT, split_bytes=split)
+    job = runtime.jobs.get(JOB)
+    # What is still pending is lost; what the reconcile fans out from here on is delivered at once.
+    runtime.mapper.dispatch = lambda tasks: [runtime.mapper.map_range(task) for task in tasks]
+    settle(runtime, job)
+
+    assert served(runtime) == query_over_bucket(s3)
+    assert runtime.status.status(job)["idle"] is True
+    assert not list(runtime.state_store.list(f"jobs/{JOB}/inbox/"))
 
 
 # A scan job on the same machinery: the served output rows are exactly the query's rows over the bucket.
@@ -279,14 +322,23 @@ def served_scan(runtime) -> list[tuple[str, int]]:
 @settings(max_examples=max(10, settings().max_examples // 3))  # ~30 s in the dev profile
 @given(SCHEDULES)
 def test_after_any_schedule_a_scan_jobs_output_is_the_query_over_the_bucket(schedule):
-    note(f"schedule: {schedule}")
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=INPUT)
-        s3.create_bucket(Bucket=STATE)
-        runtime = run(schedule, s3, INLINE_LIMIT, SCAN_JOB, scan_body)
-        job = runtime.jobs.get(SCAN_JOB)
-        settle(runtime, job)
+    with fresh_buckets() as s3:
+        check_scan_output(s3, schedule)
 
-        assert served_scan(runtime) == scan_over_bucket(s3)
-        assert runtime.status.status(job)["idle"] is True
+
+@pytest.mark.seaweedfs
+@settings(max_examples=SEAWEEDFS_EXAMPLES)
+@given(SCHEDULES)
+def test_on_seaweedfs_after_any_schedule_a_scan_jobs_output_is_the_query_over_the_bucket(seaweed_s3, schedule):
+    with fresh_buckets(seaweed_s3) as s3:
+        check_scan_output(s3, schedule)
+
+
+def check_scan_output(s3, schedule) -> None:
+    note(f"schedule: {schedule}")
+    runtime = run(schedule, s3, INLINE_LIMIT, SCAN_JOB, scan_body)
+    job = runtime.jobs.get(SCAN_JOB)
+    settle(runtime, job)
+
+    assert served_scan(runtime) == scan_over_bucket(s3)
+    assert runtime.status.status(job)["idle"] is True
