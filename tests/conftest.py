@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from contextlib import contextmanager
 from urllib.parse import quote_plus
 
 import boto3
@@ -16,6 +17,8 @@ hypothesis_settings.register_profile("ci", max_examples=200, deadline=None)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 INPUT, STATE = "tally-input", "tally-state"
+# The suite's fake credentials: moto takes any, SeaweedFS is given exactly this key.
+ACCESS_KEY, SECRET_KEY = "testing", "testing"
 
 # app.py reads its routes' authorization once, when first imported: the tests call the routes in-process, as
 # local mode does, where no API Gateway checks a signature (Chalice's local gateway would admit an IAM route
@@ -25,7 +28,7 @@ os.environ["TALLY_API_AUTH"] = "none"
 
 @pytest.fixture(autouse=True)
 def _no_real_aws(monkeypatch):
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+    for name, value in {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
                         "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
@@ -64,6 +67,38 @@ def s3_server():
     client.create_bucket(Bucket=STATE)
     yield client
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs():
+    """One `weed server` for the session (about 3 s to start, 120 MB); tests get emptied or new buckets."""
+    from .seaweed import SeaweedFS
+
+    with SeaweedFS(ACCESS_KEY, SECRET_KEY) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def seaweed_s3(seaweedfs):
+    """A boto3 client from make_s3_client on SeaweedFS. Session-scoped, so hypothesis tests may take it."""
+    return seaweedfs.client()
+
+
+@contextmanager
+def fresh_buckets(client=None):
+    """A client whose INPUT and STATE buckets exist and are empty: a new in-process moto for each use when no
+    client is given, else `client`'s buckets emptied (a real server, such as SeaweedFS, is kept running)."""
+    if client is not None:
+        from .seaweed import empty_buckets
+
+        empty_buckets(client, INPUT, STATE)
+        yield client
+        return
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=INPUT)
+        client.create_bucket(Bucket=STATE)
+        yield client
 
 
 @pytest.fixture

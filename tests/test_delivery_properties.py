@@ -26,13 +26,14 @@ from decimal import Decimal
 from unittest import mock
 
 import boto3
+import pytest
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
 from chalicelib.engine import layout
 from chalicelib.engine.fanout import RangeTask
-from chalicelib.engine.garbage import GRACE
+from chalicelib.engine.garbage import GRACE, GarbageCollector
 from chalicelib.engine.mapper import INLINE_LIMIT
 from chalicelib.engine.reducer import Reducer
 from chalicelib.errors import CommitConflict
@@ -106,6 +107,16 @@ class FakeClock:
         self.now += dt.timedelta(minutes=minutes)
 
 
+class RealClock:
+    """The time of a store Tally cannot set the clock of: advancing it does nothing."""
+
+    def __call__(self) -> dt.datetime:
+        return dt.datetime.now(dt.timezone.utc)
+
+    def advance(self, minutes: float) -> None:
+        pass
+
+
 class InOrder:
     """A ThreadPoolExecutor that runs each task when it is submitted: a run's S3 calls then come in one order,
     so "the k-th call" names the same call every time an example is replayed."""
@@ -168,29 +179,38 @@ class Alarms(logging.Handler):
 
 
 @functools.cache
-def s3_client():
+def moto_client():
     """One client for every example: each `mock_aws()` starts from an empty S3, and a client costs 0.1 s."""
     return boto3.client("s3", region_name="us-east-1")
 
 
 @contextlib.contextmanager
-def world(job: Job, options: dict, body=None, split_bytes: int = 0):
-    clock = FakeClock()
+def world(job: Job, options: dict, body=None, split_bytes: int = 0, seaweed=None):
+    """The world one example runs in: moto on the fake clock, or (`seaweed`: its client) SeaweedFS, a real
+    store whose clock Tally cannot move, so there time steps do nothing and the versioned option is off."""
+    clock = FakeClock() if seaweed is None else RealClock()
     alarms = Alarms()
     loggers = [logging.getLogger(name) for name in ("tally.reducer", "tally.reconcile", "tally.garbage")]
     with contextlib.ExitStack() as stack:
-        stack.enter_context(mock_aws())
-        stack.enter_context(mock.patch("moto.s3.models.utcnow", lambda: clock.now.replace(tzinfo=None)))
         for module in ("reducer", "sharded", "garbage"):
             stack.enter_context(mock.patch(f"chalicelib.engine.{module}.ThreadPoolExecutor", InOrder))
         for logger in loggers:
             logger.addHandler(alarms)
             stack.callback(logger.removeHandler, alarms)
-        s3 = s3_client()
-        s3.create_bucket(Bucket=INPUT)
-        s3.create_bucket(Bucket=STATE)
-        if options["versioned"]:
-            s3.put_bucket_versioning(Bucket=INPUT, VersioningConfiguration={"Status": "Enabled"})
+        if seaweed is None:
+            stack.enter_context(mock_aws())
+            stack.enter_context(mock.patch("moto.s3.models.utcnow", lambda: clock.now.replace(tzinfo=None)))
+            s3 = moto_client()
+            s3.create_bucket(Bucket=INPUT)
+            s3.create_bucket(Bucket=STATE)
+            if options["versioned"]:
+                s3.put_bucket_versioning(Bucket=INPUT, VersioningConfiguration={"Status": "Enabled"})
+        else:
+            from .seaweed import empty_buckets
+
+            s3 = seaweed
+            empty_buckets(s3, INPUT, STATE)
+            options = {**options, "versioned": False}
         yield World(s3, job, options, clock, alarms, body, split_bytes)
 
 
@@ -301,7 +321,11 @@ class World:
         live = self.runtime.reducer.read_live(self.job).keys
         assert all(self.runtime.state_store.head(key) for key in live)
         self.clock.advance(GRACE.total_seconds() / 60 + 1)
-        self.runtime.reconciler.collector.collect(self.job.name)
+        if isinstance(self.clock, RealClock):  # nothing runs now: what would be old in an hour may go
+            GarbageCollector(self.runtime.state_store, lambda name: self.runtime.reducer.read_live(self.job),
+                             self.clock, grace=-dt.timedelta(minutes=1)).collect(self.job.name)
+        else:
+            self.runtime.reconciler.collector.collect(self.job.name)
         state = {o.key for prefix in (layout.parts_prefix, layout.packs_prefix, layout.results_prefix,
                                       layout.ledger_prefix, layout.garbage_prefix, layout.inbox_prefix)
                  for o in self.runtime.state_store.list(prefix(self.job.name))}
@@ -328,10 +352,13 @@ def served(runtime, job_name: str = JOB) -> dict[str, Decimal]:
     return dict(zip(table.column("sourceIP_prefix").to_pylist(), table.column("adRevenue").to_pylist()))
 
 
-@given(SCHEDULES, OPTIONS)
-def test_after_any_schedule_the_result_is_the_query_over_the_bucket(schedule, options):
-    note(f"schedule: {schedule} options: {options}")
-    with world(load_jobs("reducers").get(JOB), options) as w:
+# Each property is a check of one example, run on moto (many examples) and on SeaweedFS (fewer: each S3 call
+# is an HTTP round trip there, and its buckets are emptied between examples).
+SEAWEEDFS_EXAMPLES = 20
+
+
+def check_result(schedule, options, seaweed=None) -> None:
+    with world(load_jobs("reducers").get(JOB), options, seaweed=seaweed) as w:
         w.run(schedule)
         w.settle()
 
@@ -340,21 +367,48 @@ def test_after_any_schedule_the_result_is_the_query_over_the_bucket(schedule, op
         assert served(w.runtime) == query_over_bucket(w.s3)
 
 
-@settings(max_examples=max(10, settings.default.max_examples // 4))
 @given(SCHEDULES, OPTIONS)
-def test_after_any_schedule_a_sharded_result_is_the_query_over_the_bucket(schedule, options):
+def test_after_any_schedule_the_result_is_the_query_over_the_bucket(schedule, options):
+    note(f"schedule: {schedule} options: {options}")
+    check_result(schedule, options)
+
+
+@pytest.mark.seaweedfs
+@settings(max_examples=2 * SEAWEEDFS_EXAMPLES)
+@given(SCHEDULES, OPTIONS)
+def test_on_seaweedfs_after_any_schedule_the_result_is_the_query_over_the_bucket(seaweed_s3, schedule, options):
+    note(f"schedule: {schedule} options: {options}")
+    check_result(schedule, options, seaweed_s3)
+
+
+def check_sharded_result(schedule, options, seaweed=None) -> None:
     """bdb-agg-2c keeps its result in up to 16 shards, growing into them as its groups grow, each commit rewriting
     only those its changes reach: overlapping reducers, crashes between shard writes and the manifest,
     re-partitions, retractions, all end as the query over the bucket."""
-    note(f"schedule: {schedule} options: {options}")
     job = load_jobs("reducers").get(SHARDED_JOB)
     assert job.shards > 1
-    with world(job, options) as w:
+    with world(job, options, seaweed=seaweed) as w:
         w.run(schedule)
         w.settle()
 
         assert served(w.runtime, SHARDED_JOB) == query_over_bucket(w.s3, 12)
         w.assert_sound()
+
+
+@settings(max_examples=max(10, settings.default.max_examples // 4))
+@given(SCHEDULES, OPTIONS)
+def test_after_any_schedule_a_sharded_result_is_the_query_over_the_bucket(schedule, options):
+    note(f"schedule: {schedule} options: {options}")
+    check_sharded_result(schedule, options)
+
+
+@pytest.mark.seaweedfs
+@settings(max_examples=SEAWEEDFS_EXAMPLES)
+@given(SCHEDULES, OPTIONS)
+def test_on_seaweedfs_after_any_schedule_a_sharded_result_is_the_query_over_the_bucket(seaweed_s3, schedule,
+                                                                                        options):
+    note(f"schedule: {schedule} options: {options}")
+    check_sharded_result(schedule, options, seaweed_s3)
 
 
 def extremes_over_bucket(s3) -> dict[str, tuple[Decimal, Decimal, int]]:
@@ -365,13 +419,10 @@ def extremes_over_bucket(s3) -> dict[str, tuple[Decimal, Decimal, int]]:
     return {ip: (max(v), min(v), len(v)) for ip, v in values.items()}
 
 
-@settings(max_examples=max(10, settings.default.max_examples // 2))
-@given(SCHEDULES, OPTIONS)
-def test_after_any_schedule_a_min_max_result_is_the_query_over_the_bucket(schedule, options):
+def check_min_max_result(schedule, options, seaweed=None) -> None:
     """min and max cannot be subtracted: every retraction rebuilds the shards it reaches from the retained
     partials of the live versions, which is where a deleted part would show."""
-    note(f"schedule: {schedule} options: {options}")
-    with world(EXTREMES, options) as w:
+    with world(EXTREMES, options, seaweed=seaweed) as w:
         w.run(schedule)
         w.settle()
 
@@ -379,6 +430,22 @@ def test_after_any_schedule_a_min_max_result_is_the_query_over_the_bucket(schedu
         assert {row["ip"]: (row["top"], row["low"], row["visits"]) for row in table.to_pylist()} == \
             extremes_over_bucket(w.s3)
         w.assert_sound()
+
+
+@settings(max_examples=max(10, settings.default.max_examples // 2))
+@given(SCHEDULES, OPTIONS)
+def test_after_any_schedule_a_min_max_result_is_the_query_over_the_bucket(schedule, options):
+    note(f"schedule: {schedule} options: {options}")
+    check_min_max_result(schedule, options)
+
+
+@pytest.mark.seaweedfs
+@settings(max_examples=SEAWEEDFS_EXAMPLES)
+@given(SCHEDULES, OPTIONS)
+def test_on_seaweedfs_after_any_schedule_a_min_max_result_is_the_query_over_the_bucket(seaweed_s3, schedule,
+                                                                                        options):
+    note(f"schedule: {schedule} options: {options}")
+    check_min_max_result(schedule, options, seaweed_s3)
 
 
 def distinct_visitors_over_bucket(s3) -> dict[str, tuple[int, float | None]]:
@@ -391,13 +458,10 @@ def distinct_visitors_over_bucket(s3) -> dict[str, tuple[int, float | None]]:
             for country, values in rows.items()}
 
 
-@settings(max_examples=max(10, settings.default.max_examples // 4))
-@given(SCHEDULES, OPTIONS)
-def test_after_any_schedule_a_sketch_result_is_the_query_over_the_bucket(schedule, options):
-    """The same schedules for a job whose sketches cannot be retracted: deletes and overwrites rebuild it from
-    the retained partials, and it still ends as the query over the bucket (here exact: tens of rows)."""
-    note(f"schedule: {schedule} options: {options}")
-    with world(load_jobs("reducers").get(SKETCH_JOB), options) as w:
+def check_sketch_result(schedule, options, seaweed=None) -> None:
+    """A job whose sketches cannot be retracted: deletes and overwrites rebuild it from the retained partials,
+    and it still ends as the query over the bucket (here exact: tens of rows)."""
+    with world(load_jobs("reducers").get(SKETCH_JOB), options, seaweed=seaweed) as w:
         w.run(schedule)
         w.settle()
 
@@ -412,19 +476,48 @@ def test_after_any_schedule_a_sketch_result_is_the_query_over_the_bucket(schedul
         w.assert_sound()
 
 
-@settings(max_examples=max(10, settings.default.max_examples // 2))
-@given(SCHEDULES, OPTIONS, st.sampled_from([64, 160]))
-def test_after_any_schedule_with_objects_split_in_ranges_the_result_is_the_query_over_the_bucket(
-        schedule, options, split):
+@settings(max_examples=max(10, settings.default.max_examples // 4))
+@given(SCHEDULES, OPTIONS)
+def test_after_any_schedule_a_sketch_result_is_the_query_over_the_bucket(schedule, options):
+    note(f"schedule: {schedule} options: {options}")
+    check_sketch_result(schedule, options)
+
+
+@pytest.mark.seaweedfs
+@settings(max_examples=SEAWEEDFS_EXAMPLES)
+@given(SCHEDULES, OPTIONS)
+def test_on_seaweedfs_after_any_schedule_a_sketch_result_is_the_query_over_the_bucket(seaweed_s3, schedule,
+                                                                                       options):
+    note(f"schedule: {schedule} options: {options}")
+    check_sketch_result(schedule, options, seaweed_s3)
+
+
+def check_split_result(schedule, options, split, seaweed=None) -> None:
     """Objects above the split size fan out into range tasks, which the schedule delivers like events: in any
     order, twice, crashed and retried, or dropped (then the reconcile maps the version again)."""
-    note(f"schedule: {schedule} options: {options}")
-    with world(load_jobs("reducers").get(JOB), options, split_bytes=split) as w:
+    with world(load_jobs("reducers").get(JOB), options, split_bytes=split, seaweed=seaweed) as w:
         w.run(schedule)
         w.settle()
 
         assert served(w.runtime) == query_over_bucket(w.s3)
         w.assert_sound()
+
+
+@settings(max_examples=max(10, settings.default.max_examples // 2))
+@given(SCHEDULES, OPTIONS, st.sampled_from([64, 160]))
+def test_after_any_schedule_with_objects_split_in_ranges_the_result_is_the_query_over_the_bucket(
+        schedule, options, split):
+    note(f"schedule: {schedule} options: {options}")
+    check_split_result(schedule, options, split)
+
+
+@pytest.mark.seaweedfs
+@settings(max_examples=SEAWEEDFS_EXAMPLES)
+@given(SCHEDULES, OPTIONS, st.sampled_from([64, 160]))
+def test_on_seaweedfs_after_any_schedule_with_objects_split_in_ranges_the_result_is_the_query_over_the_bucket(
+        seaweed_s3, schedule, options, split):
+    note(f"schedule: {schedule} options: {options}")
+    check_split_result(schedule, options, split, seaweed_s3)
 
 
 # A scan job on the same machinery: the served output rows are exactly the query's rows over the bucket.
@@ -452,13 +545,26 @@ def served_scan(runtime) -> list[tuple[str, int]]:
         cursor = ScanQuery.from_params({"cursor": page["next_cursor"]}).cursor
 
 
-@settings(max_examples=max(10, settings.default.max_examples // 3))
-@given(SCHEDULES, OPTIONS)
-def test_after_any_schedule_a_scan_jobs_output_is_the_query_over_the_bucket(schedule, options):
-    note(f"schedule: {schedule} options: {options}")
-    with world(load_jobs("reducers").get(SCAN_JOB), options, scan_body) as w:
+def check_scan_output(schedule, options, seaweed=None) -> None:
+    with world(load_jobs("reducers").get(SCAN_JOB), options, scan_body, seaweed=seaweed) as w:
         w.run(schedule)
         w.settle()
 
         assert served_scan(w.runtime) == scan_over_bucket(w.s3)
         w.assert_sound()
+
+
+@settings(max_examples=max(10, settings.default.max_examples // 3))
+@given(SCHEDULES, OPTIONS)
+def test_after_any_schedule_a_scan_jobs_output_is_the_query_over_the_bucket(schedule, options):
+    note(f"schedule: {schedule} options: {options}")
+    check_scan_output(schedule, options)
+
+
+@pytest.mark.seaweedfs
+@settings(max_examples=SEAWEEDFS_EXAMPLES)
+@given(SCHEDULES, OPTIONS)
+def test_on_seaweedfs_after_any_schedule_a_scan_jobs_output_is_the_query_over_the_bucket(seaweed_s3, schedule,
+                                                                                         options):
+    note(f"schedule: {schedule} options: {options}")
+    check_scan_output(schedule, options, seaweed_s3)

@@ -1,5 +1,6 @@
 """Through `tally local`: real files uploaded with boto3 to the loopback S3 endpoint, S3's own notifications,
-mapper processes, the timed reducer and the HTTP API; the served results equal DuckDB's, group for group."""
+mapper processes, the timed reducer and the HTTP API; the served results equal DuckDB's, group for group. The
+first check runs on SeaweedFS as well, a real object store that sends no notifications (`--s3-endpoint`)."""
 from __future__ import annotations
 
 import gzip
@@ -14,7 +15,8 @@ from chalicelib.local.datagen import write_uservisits
 from chalicelib.local.demo import JOBS, wait_until_idle
 from chalicelib.local.referee import bdb_aggregation, differences
 
-from .conftest import running_local_tally
+from .conftest import INPUT, STATE, running_local_tally
+from .seaweed import empty_buckets
 
 
 @pytest.fixture
@@ -22,7 +24,17 @@ def local_tally():
     yield from running_local_tally(workers=2, reduce_every=0.3)
 
 
-def test_uploaded_files_are_served_exactly_as_duckdb_computes_them(local_tally, tmp_path: Path):
+@pytest.fixture
+def tally_on_seaweedfs(seaweedfs, seaweed_s3):
+    """`tally local --s3-endpoint` on SeaweedFS, whose buckets take no notification configuration: local mode
+    lists the input bucket every second instead."""
+    empty_buckets(seaweed_s3, INPUT, STATE)
+    yield from running_local_tally(workers=2, reduce_every=0.3, s3_endpoint=seaweedfs.endpoint)
+
+
+@pytest.mark.parametrize("stack", ["local_tally", pytest.param("tally_on_seaweedfs", marks=pytest.mark.seaweedfs)])
+def test_uploaded_files_are_served_exactly_as_duckdb_computes_them(stack, request, tmp_path: Path):
+    local_tally = request.getfixturevalue(stack)
     paths = write_uservisits(tmp_path / "uservisits", total_bytes=3 << 20, file_bytes=384 << 10, seed=7)
     compressed = paths[0].with_suffix(".csv.gz")
     compressed.write_bytes(gzip.compress(paths[0].read_bytes()))
