@@ -41,6 +41,11 @@ class BadInput(TallyError):
         self.offset = offset
 
 
+class OverBudget(BadInput):
+    """An object that needs more than a per-object budget (bytes decompressed, seconds of mapping): it would
+    need as much on every attempt, so it is quarantined at once, with what was seen and the setting to raise."""
+
+
 class MapFunctionFailed(TallyError):
     """A job's map function returned something other than its declared columns: a bug in the job, so the
     mapper fails (and Lambda retries, then dead-letters) instead of guessing."""
