@@ -47,8 +47,19 @@ class OverBudget(BadInput):
 
 
 class MapFunctionFailed(TallyError):
-    """A job's map function returned something other than its declared columns: a bug in the job, so the
-    mapper fails (and Lambda retries, then dead-letters) instead of guessing."""
+    """A job's map function returned something other than its declared columns: a bug in the job, so that job's
+    attempt fails instead of guessing (and after TALLY_MAP_MAX_ATTEMPTS failures the object is quarantined for
+    that job)."""
+
+
+class MappingFailed(TallyError):
+    """Some jobs could not map some records of an event, after every other record and job was mapped: the
+    invocation fails so Lambda delivers the event again. `outcomes` are what was done, failures included."""
+
+    def __init__(self, failures: list[str], outcomes: list):
+        super().__init__(f"{len(failures)} failed: " + "; ".join(failures))
+        self.failures = failures
+        self.outcomes = outcomes
 
 
 class PartialMismatch(TallyError):
