@@ -279,6 +279,22 @@ def test_a_failure_of_storage_is_retried_but_not_counted_against_the_object(runt
     assert outcome.outcome == "mapped" and status(runtime, "healthy")["quarantined"] == []
 
 
+def test_attempt_records_of_a_replaced_version_are_swept_by_the_reconcile_once_old(runtime, uploads, s3_clock):
+    install(runtime, HEALTHY, UDAF)
+    s3_clock.offset = -dt.timedelta(hours=2)  # what is written now looks two hours old
+    for key in ("uservisits/replaced.csv", "uservisits/current.csv"):
+        with pytest.raises(MappingFailed):
+            runtime.mapper.handle(uploads.event(uploads.put(key, visits(20))))
+    s3_clock.offset = dt.timedelta(0)
+    uploads.put("uservisits/replaced.csv", visits(3))  # its event still on its way
+
+    runtime.reconciler.reconcile_all()
+
+    # The current version's records are still counting (and the reconcile made one more attempt at it).
+    assert {json.loads(runtime.state_store.get(key)[0])["key"] for key in attempt_records(runtime)} == {
+        "uservisits/current.csv"}
+
+
 def test_a_poisoned_range_of_a_large_object_quarantines_the_version_for_its_job_only(runtime, uploads):
     install(runtime, HEALTHY, UDAF)
     runtime.mapper.split_bytes = 1000  # ranges mapped one after the other in this process, each counted apart

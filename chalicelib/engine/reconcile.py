@@ -23,6 +23,7 @@ from typing import Callable, Iterable
 from ..jobs import Job, JobCatalog
 from ..storage import ObjectStore, StoredObject
 from . import layout
+from .attempts import AttemptLog
 from .events import ObjectEvent
 from .garbage import GRACE, GarbageCollector
 from .mapper import Mapper, MapOutcome
@@ -114,7 +115,10 @@ class Reconciler:
 
     def reconcile_all(self, max_seconds: float = 600.0) -> list[ReconcileReport]:
         deadline = time.monotonic() + max_seconds
-        return [self.reconcile(job, max(0.0, deadline - time.monotonic())) for job in self.jobs]
+        reports = [self.reconcile(job, max(0.0, deadline - time.monotonic())) for job in self.jobs]
+        # Attempt records are shared by the jobs of a parse, not any one job's: swept once a run.
+        AttemptLog(self.state).sweep(self.input, self.clock(), self.collector.grace)
+        return reports
 
 
 def awaited(inbox: Iterable[StoredObject], lost_before: datetime) -> set[str]:
