@@ -1,5 +1,6 @@
 """One error tree. Each error says what went wrong and carries its cause; the HTTP layer maps classes to
-status codes, the mapper maps BadInput to quarantine, and everything else propagates so Lambda retries."""
+status codes, the mapper maps BadInput to quarantine, and any other exception fails that job's attempt at the
+object, so Lambda retries, until too many attempts quarantine it too (engine/attempts.py)."""
 from __future__ import annotations
 
 
