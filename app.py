@@ -6,12 +6,11 @@ from chalice import Chalice, IAMAuthorizer, Rate, Response
 
 from chalicelib import openapi
 from chalicelib.api import dashboard_html, error_body, to_json
-from chalicelib.engine.fanout import RangeTask
 from chalicelib.engine.mapper import outcomes_as_dicts
 from chalicelib.engine.reducer import raise_failures
 from chalicelib.engine.results import ResultsQuery, group_query_fresh
 from chalicelib.engine.scan_results import ScanQuery
-from chalicelib.errors import TallyError
+from chalicelib.errors import MappingFailed, TallyError
 from chalicelib.observability import Observer, make_logger
 from chalicelib.runtime import get_runtime, utc_now
 from chalicelib.settings import Settings
@@ -47,15 +46,21 @@ def json_api(view):
                  name="map_object")
 def map_object(event):
     # event.to_dict(), not event.key: Chalice's S3Event reads only Records[0].
-    outcomes = outcomes_as_dicts(get_runtime().mapper.handle(event.to_dict()))
-    observe.mapped(outcomes)
-    return outcomes
+    return observed(lambda: get_runtime().mapper.handle(event.to_dict()))
 
 
 @app.lambda_function(name="map_range")
 def map_range(event, context):
     # One byte range of a large object, invoked asynchronously by map_object (locally: by the worker pool).
-    outcomes = outcomes_as_dicts(get_runtime().mapper.map_range(RangeTask.from_dict(event)))
+    return observed(lambda: get_runtime().mapper.handle_range(event))
+
+
+def observed(handle):
+    try:
+        outcomes = outcomes_as_dicts(handle())
+    except MappingFailed as failed:  # what did map is logged and counted too; then Lambda retries
+        observe.mapped(outcomes_as_dicts(failed.outcomes))
+        raise
     observe.mapped(outcomes)
     return outcomes
 

@@ -1,5 +1,6 @@
 """One error tree. Each error says what went wrong and carries its cause; the HTTP layer maps classes to
-status codes, the mapper maps BadInput to quarantine, and everything else propagates so Lambda retries."""
+status codes, the mapper maps BadInput to quarantine, and any other exception fails that job's attempt at the
+object, so Lambda retries, until too many attempts quarantine it too (engine/attempts.py)."""
 from __future__ import annotations
 
 
@@ -46,9 +47,25 @@ class BadInput(TallyError):
         self.offset = offset
 
 
+class OverBudget(BadInput):
+    """An object that needs more than a per-object budget (bytes decompressed, seconds of mapping): it would
+    need as much on every attempt, so it is quarantined at once, with what was seen and the setting to raise."""
+
+
 class MapFunctionFailed(TallyError):
-    """A job's map function returned something other than its declared columns: a bug in the job, so the
-    mapper fails (and Lambda retries, then dead-letters) instead of guessing."""
+    """A job's map function returned something other than its declared columns: a bug in the job, so that job's
+    attempt fails instead of guessing (and after TALLY_MAP_MAX_ATTEMPTS failures the object is quarantined for
+    that job)."""
+
+
+class MappingFailed(TallyError):
+    """Some jobs could not map some records of an event, after every other record and job was mapped: the
+    invocation fails so Lambda delivers the event again. `outcomes` are what was done, failures included."""
+
+    def __init__(self, failures: list[str], outcomes: list):
+        super().__init__(f"{len(failures)} failed: " + "; ".join(failures))
+        self.failures = failures
+        self.outcomes = outcomes
 
 
 class PartialMismatch(TallyError):

@@ -76,6 +76,8 @@ class Observer:
                 _add(sets[outcome["job"]], "RowsMapped", MetricUnit.Count, outcome["rows"])
             elif outcome["outcome"] == "quarantined":
                 _add(sets[outcome["job"]], "ObjectsQuarantined", MetricUnit.Count, 1)
+            elif outcome["outcome"] == "failed":  # retried, and quarantined after TALLY_MAP_MAX_ATTEMPTS
+                _add(sets[outcome["job"]], "MappingsFailed", MetricUnit.Count, 1)
         self._emit(sets)
 
     def reduced(self, reports: Iterable[dict]) -> None:

@@ -59,7 +59,9 @@ class Runtime:
     def mapper(self) -> Mapper:
         return Mapper(self.jobs, self.input_store, self.state_store, self.clock, self.settings.map_max_groups,
                       split_bytes=self.settings.split_bytes, dispatch=self.dispatch or self._lambda_dispatch(),
-                      read_streams=self.settings.read_streams)
+                      read_streams=self.settings.read_streams, max_attempts=self.settings.map_max_attempts,
+                      max_seconds=self.settings.map_max_seconds,
+                      max_decompressed=self.settings.map_max_decompressed_bytes)
 
     def _lambda_dispatch(self) -> Dispatch | None:
         if not self.settings.range_function:

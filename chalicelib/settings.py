@@ -38,6 +38,17 @@ class Settings(BaseModel):
     # A mapper writes its partial in parts of at most this many groups: its memory stays bounded even when
     # nearly every row is its own group.
     map_max_groups: int = Field(default=500_000, ge=1)
+    # Per object version and job: after this many failed attempts (an exception, or killed by a timeout or out
+    # of memory) the version is quarantined for the job instead of being mapped again (engine/attempts.py).
+    map_max_attempts: int = Field(default=3, ge=1, le=100)
+    # A mapper that has mapped one object version (or range) for this long quarantines it, checked between
+    # batches: under Lambda's 900 s with room for the last batch and the quarantine, so an object too slow to
+    # map ends cleanly instead of being killed three times. Also the age after which an attempt that never
+    # finished counts as failed.
+    map_max_seconds: float = Field(default=720, gt=0, lt=900)
+    # A text object decompressing to more than this (MiB) is quarantined: a decompression bomb, or a .gz too
+    # big for one mapper (compressed objects are never split). Above what the time budget could parse anyway.
+    map_max_decompressed_mb: float = Field(default=64 << 10, gt=0)
     # Ranged GETs a mapper keeps in flight on a big object: one S3 stream gives a Lambda 50-90 MB/s, a third of
     # what the kernel parses. 1 reads one stream (local mode: loopback has no per-stream limit, and moto's
     # ranged GET costs as much as reading the whole object).
@@ -89,6 +100,10 @@ class Settings(BaseModel):
                 "TALLY_API_AUTH=none on Lambda would serve every job's results to anyone who finds the URL: it "
                 "is for local mode only; set iam (the default) or api_key in the stage's environment")
         return settings
+
+    @property
+    def map_max_decompressed_bytes(self) -> int:
+        return int(self.map_max_decompressed_mb * (1 << 20))
 
     @property
     def split_bytes(self) -> int | None:

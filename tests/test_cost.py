@@ -19,11 +19,11 @@ def test_a_small_batch_worked_by_hand():
     assert est.reduce_seconds == pytest.approx(1.0)  # 10 x 1,000 groups at 10,000 groups/s
     assert est.reduce_gb_seconds == pytest.approx(1.0)  # on 1,024 MB
     assert est.lambda_requests == 11  # 10 mappers, 1 reducer run
-    # Per object: GET the input in 12 chunks of 8 MiB (ranged GETs in flight), the marker and the part; PUT the
-    # part and the marker; +5 for the reducer run.
-    assert (est.s3_gets, est.s3_puts) == (140, 25)
+    # Per object: GET the input in 12 chunks of 8 MiB (ranged GETs in flight), the marker and the part; LIST the
+    # earlier attempts and PUT its own, PUT the part and the marker; +5 for the reducer run.
+    assert (est.s3_gets, est.s3_puts) == (140, 45)
     assert est.compute_usd == pytest.approx(18.275390625 * 0.0000166667)
-    assert est.requests_usd == pytest.approx(11 * 0.2e-6 + 140 * 0.4e-6 + 25 * 5e-6)
+    assert est.requests_usd == pytest.approx(11 * 0.2e-6 + 140 * 0.4e-6 + 45 * 5e-6)
     assert est.total_usd == pytest.approx(est.compute_usd + est.requests_usd)
     assert est.wall_seconds == pytest.approx(3 * 1.0 + 1.0)
 
@@ -45,7 +45,7 @@ def test_parts_follow_the_spill_threshold():
     many_groups = cost.Measured(kernel_mb_s=100, groups_per_object=1_200_000, merge_groups_s=1e6)
     est = cost.estimate(many_groups, SMALL)
     # 3 parts of <= 500,000 groups an object; 12 M groups are 6 reducer runs of <= 2 M, each with 5 PUTs.
-    assert (est.s3_gets, est.s3_puts) == (10 * (12 + 1 + 3), 10 * 4 + 6 * 5)
+    assert (est.s3_gets, est.s3_puts) == (10 * (12 + 1 + 3), 10 * (2 + 4) + 6 * 5)
     assert est.lambda_requests == 10 + 6
 
 
@@ -54,7 +54,7 @@ def test_a_scan_pays_the_reducer_nothing_for_its_output_rows():
     rows = cost.Measured(kernel_mb_s=100, groups_per_object=1_200_000, merge_groups_s=1e6, scan=True)
     est = cost.estimate(rows, SMALL)
     assert est.reduce_seconds == 0 and est.lambda_requests == 10 + 1
-    assert est.s3_puts == 10 * 4 + 5  # still 3 output files and a marker an object
+    assert est.s3_puts == 10 * (2 + 4) + 5  # still the attempt, 3 output files and a marker an object
 
 
 def test_field_notes_figures():

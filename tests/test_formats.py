@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chalicelib.errors import BadInput
+from chalicelib.errors import BadInput, OverBudget
 from chalicelib.formats import BLOCK_SIZE, ReadStats, TextFormat, ValueNotConvertible, read_batches
 from chalicelib.formats.csv_values import converted
 from chalicelib.jobs import load_jobs
@@ -140,7 +140,23 @@ def test_read_stats_count_rows_and_bytes():
     data = b"ann,1.5,3\nbob,2,4\ncat,3,5\n"
     stats = ReadStats()
     read(data, stats=stats)
-    assert stats == ReadStats(bytes_read=len(data), rows=3, bad_rows=0, bad_row_examples=[])
+    assert stats == ReadStats(bytes_read=len(data), decompressed_bytes=len(data), rows=3, bad_rows=0,
+                              bad_row_examples=[])
+
+
+def test_read_stats_count_the_bytes_of_text_a_compressed_object_holds():
+    data = b"ann,1.5,3\nbob,2,4\ncat,3,5\n" * 1000
+    stats = ReadStats()
+    read(gzip.compress(data), compression="gzip", stats=stats)
+    assert stats.decompressed_bytes == len(data) and stats.bytes_read == len(gzip.compress(data))
+
+
+def test_text_inflating_past_the_budget_stops_the_read_with_what_it_saw():
+    data = gzip.compress(b"ann,1.5,3\n" * 100_000)  # 1 MB of text in a few KB
+    with pytest.raises(OverBudget, match=r"over the budget of 65,536 bytes of text") as caught:
+        read(data, compression="gzip", max_decompressed=1 << 16)
+    assert "TALLY_MAP_MAX_DECOMPRESSED_MB" in caught.value.reason
+    assert len(read(data, compression="gzip", max_decompressed=1 << 20)) == 100_000
 
 
 # --- bad input ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ three attempts in all, then its event goes to the dead-letter queue. And the red
 as the mappers fall idle, not only at its next tick."""
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future
 
 import time
@@ -71,6 +72,48 @@ def test_a_failed_range_is_tried_again_as_a_range_then_dead_lettered(s3_server):
     [message] = stack.client("sqs").receive_message(QueueUrl=stack._dead_letters, WaitTimeSeconds=1)["Messages"]
     record = FailedInvocation.from_message(message["Body"])
     assert (record.handler, record.payload) == ("map_range", task) and stack._events.empty()
+
+
+class BrokenPool:
+    """A pool one of whose workers died: it takes no more work."""
+
+    def submit(self, *args):
+        from concurrent.futures.process import BrokenProcessPool
+
+        raise BrokenProcessPool("a child process terminated abruptly")
+
+    def shutdown(self, **kwargs):
+        pass
+
+
+class RecordingPool:
+    def __init__(self):
+        self.submitted = threading.Event()
+
+    def submit(self, function, *args):
+        self.submitted.set()
+        return Future()
+
+    def shutdown(self, **kwargs):
+        pass
+
+
+def test_a_mapper_process_that_dies_is_replaced_and_the_next_invocation_runs(s3_server):
+    """A worker killed mid-map (out of memory) breaks the process pool: the invocations it held fail and are
+    retried as on Lambda, where only that invocation dies; the rest must not stop with it."""
+    stack = stack_on(s3_server)
+    stack.pool, fresh = BrokenPool(), RecordingPool()
+    stack._new_pool = lambda: fresh
+    stack._events.put(("map_object", EVENT, 2))  # the retry of an invocation the dead worker held
+
+    dispatcher = threading.Thread(target=stack._dispatch_forever, daemon=True)
+    dispatcher.start()
+    try:
+        assert fresh.submitted.wait(timeout=10)
+    finally:
+        stack._stop.set()
+        dispatcher.join(timeout=10)
+    assert stack.pool is fresh and dispatcher.is_alive() is False
 
 
 def test_the_reducer_is_woken_when_the_last_running_mapper_finishes_and_no_event_waits(s3_server):

@@ -25,13 +25,21 @@
     jobs/<job>/packs/<generation>-<token>.arrow     the inline partials one reducer commit made live, kept
                                                together (one row set per contribution) for the same reasons
                                                as parts; deleted once none of them is live
-    jobs/<job>/quarantine/<contribution>.json  why an input object version could not be mapped
+    jobs/<job>/quarantine/<contribution>.json  why an input object version could not be mapped (bad input, a
+                                               budget exceeded, or the last failure of too many attempts)
     jobs/<job>/manifest.json                   the commit point: which result and ledger are current
     jobs/<job>/results/<generation>-<token>-s<shard>.arrow
                                                merged state, one object per shard of the groups by key hash
                                                (immutable; the manifest names the live one of each shard, and
                                                a commit rewrites only the shards it changes)
     jobs/<job>/ledger/<generation>-<token>.arrow    the live object version of every input key in that result
+    attempts/<subject>/<attempt>.json          one mapping attempt at an object version (<subject>: its
+                                               contribution) or at one range of it (<contribution>.r<i>of<n>),
+                                               by the jobs that share its parse, whichever job they are: when
+                                               it started, and, if a job failed, why (engine/attempts.py);
+                                               deleted once every job is done, so a poison object is
+                                               quarantined after a few failed attempts instead of retried
+                                               forever
 
 A contribution id is derived from (input key, ETag): every event, listing and HEAD names a version by its
 ETag, versioned bucket or not, so they all agree on it (the version id only pins the mapper's reads). Each
@@ -157,6 +165,23 @@ def quarantine_prefix(job: str) -> str:
 def quarantine_key(job: str, contribution: str) -> str:
     # Per version: a record stays true of its version, and status shows only versions still in the bucket.
     return f"{quarantine_prefix(job)}{contribution}.json"
+
+
+def attempts_prefix(subject: str = "") -> str:
+    return f"attempts/{subject + '/' if subject else ''}"
+
+
+def attempt_subject(contribution: str, in_range: tuple[int, int] | None = None) -> str:
+    """What attempts are counted for: a whole version, or (index, count) one range of it."""
+    return contribution if in_range is None else f"{contribution}.r{in_range[0]}of{in_range[1]}"
+
+
+def attempt_key(subject: str, attempt: str) -> str:
+    return f"{attempts_prefix(subject)}{attempt}.json"
+
+
+def attempt_subject_of(key: str) -> str:
+    return key.rsplit("/", 2)[-2]
 
 
 def manifest_key(job: str) -> str:

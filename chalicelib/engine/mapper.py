@@ -7,6 +7,11 @@ follows the number of groups, not the object's size. The partial is written unde
 
 A large text object is not mapped here but fanned out as byte ranges (see engine/fanout.py): `map_range` maps
 one range the same way, into parts of its own and a range marker the reducer combines with the others.
+
+A failure is the object's, never the job's or the run's. Each attempt at a version (or range) is counted in
+the state bucket (engine/attempts.py): a job that fails `max_attempts` times on it is quarantined for it, and an
+object over a budget (bytes of text, seconds of mapping) is quarantined at once. A job whose code raises does
+not stop the other jobs of its group from committing the object, nor a failed record the other records.
 """
 from __future__ import annotations
 
@@ -14,14 +19,14 @@ import base64
 import json
 import logging
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Callable, Iterable
 
 import pyarrow as pa
 
 from ..aggregation import AggregationPlan
 from ..aggregation.codec import Compression, encode
-from ..errors import BadInput, CommitConflict, ObjectMissing
+from ..errors import BadInput, CommitConflict, MappingFailed, ObjectMissing, OverBudget
 from ..formats import (BLOCK_SIZE, MAX_BLOCK_SIZE, ParquetLayout, ReadStats, RowTooLong, ValueNotConvertible,
                        batches)
 from ..formats.parquet import RangeReader
@@ -30,6 +35,7 @@ from ..formats.ranges import LineRange, read_from
 from ..jobs import Job, JobCatalog
 from ..storage import Opened, ObjectStore
 from . import fanout, layout
+from .attempts import AttemptLog, Failures, describe
 from .events import ObjectEvent, parse_records
 from .scan import PART_BYTES, ScanWriter
 
@@ -44,7 +50,7 @@ class MapOutcome:
     job: str
     key: str
     etag: str
-    outcome: str  # mapped | fanned_out | quarantined | superseded | removed
+    outcome: str  # mapped | fanned_out | quarantined | superseded | removed | failed | skipped
     rows: int = 0
     bytes_read: int = 0
     groups: int = 0  # rows of the partial (its groups; keys repeat if stated by row); a scan: output rows
@@ -208,13 +214,62 @@ class _AggregateSink:
         return self.writer.groups
 
 
+class _Isolated:
+    """One job's sink, whose failure is that job's alone: the other jobs of the group go on reading the object
+    and commit it. The job's own code (its map function, a user aggregate, checked arithmetic) runs in here."""
+
+    def __init__(self, sink):
+        self.sink = sink
+        self.error: Exception | None = None
+        self.committing = False  # a failure from here on may follow its marker: its parts are not deleted
+
+    @property
+    def written(self) -> list[str]:
+        return self.sink.written
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        if self.error is None:
+            try:
+                self.sink.add(batch)
+            except Exception as error:  # noqa: BLE001 - recorded, reported, and retried or quarantined
+                self.error = error
+
+    def commit(self, summary: dict) -> int | None:
+        if self.error is not None:
+            return None
+        self.committing = True
+        try:
+            return self.sink.commit(summary)
+        except Exception as error:  # noqa: BLE001 - as in add
+            self.error = error
+            return None
+
+
+class _GroupRun:
+    """One attempt of a job group at an object version: its time budget, which spans the restarts of its read,
+    and the jobs that failed in it."""
+
+    def __init__(self, clock: Callable[[], datetime], max_seconds: float):
+        self.clock, self.max_seconds, self.started = clock, max_seconds, clock()
+        self.failed: dict[str, Exception] = {}
+
+    def check_time(self) -> None:
+        took = (self.clock() - self.started).total_seconds()
+        if took > self.max_seconds:
+            raise OverBudget(f"mapping took {took:,.0f} s and is not done, over the budget of "
+                             f"{self.max_seconds:,.0f} s (raise TALLY_MAP_MAX_SECONDS to map it)")
+
+
 class Mapper:
     def __init__(self, jobs: JobCatalog, input_store: ObjectStore, state_store: ObjectStore,
                  clock: Callable[[], datetime], max_groups: int = 500_000, block_size: int = BLOCK_SIZE,
                  inline_limit: int = INLINE_LIMIT, scan_part_bytes: int = PART_BYTES,
                  prefetch_chunk: int = CHUNK_BYTES, split_bytes: int | None = None,
-                 dispatch: fanout.Dispatch | None = None, read_streams: int = AHEAD):
+                 dispatch: fanout.Dispatch | None = None, read_streams: int = AHEAD, max_attempts: int = 3,
+                 max_seconds: float = 720.0, max_decompressed: int | None = None):
         self.jobs, self.input, self.state, self.clock = jobs, input_store, state_store, clock
+        # Per object version (or range) and job: see engine/attempts.py and the TALLY_MAP_MAX_* settings.
+        self.max_attempts, self.max_seconds, self.max_decompressed = max_attempts, max_seconds, max_decompressed
         self.max_groups, self.block_size, self.inline_limit = max_groups, block_size, inline_limit
         self.scan_part_bytes, self.prefetch_chunk, self.read_streams = scan_part_bytes, prefetch_chunk, read_streams
         # Objects above split_bytes go to `dispatch` as range tasks; without a dispatcher (tests, one-process
@@ -222,13 +277,30 @@ class Mapper:
         self.split_bytes = split_bytes
         self.dispatch = dispatch or self._map_ranges_here
 
+    @property
+    def attempts(self) -> AttemptLog:
+        return AttemptLog(self.state, self.max_attempts, timedelta(seconds=self.max_seconds))
+
     def handle(self, event: dict) -> list[MapOutcome]:
-        """Every record of an S3 (or SQS-wrapped S3) event; the handler's whole job."""
-        outcomes = []
+        """Every record of an S3 (or SQS-wrapped S3) event; the handler's whole job. A record that fails does
+        not stop the others: once all are done the invocation fails, listing the failures, so Lambda delivers
+        the event again (and a retry skips the jobs an attempt already mapped)."""
+        outcomes, failures = [], []
         for record in parse_records(event):
             if record.bucket != self.input.bucket:
                 continue
-            outcomes += self.map_object(record) if record.created else self.note_removal(record)
+            try:
+                outcomes += self.map_object(record) if record.created else self.note_removal(record)
+            except Exception as error:  # noqa: BLE001 - raised below, after the other records
+                log.error("mapping a record failed", exc_info=error, extra={"key": record.key, "etag": record.etag})
+                failures.append(f"{record.key}: {describe(error)}")
+        raise_failures(outcomes, failures)
+        return outcomes
+
+    def handle_range(self, payload: dict) -> list[MapOutcome]:
+        """A range task's invocation: fails if a job failed on the range, so Lambda tries it again."""
+        outcomes = self.map_range(fanout.RangeTask.from_dict(payload))
+        raise_failures(outcomes)
         return outcomes
 
     def note_removal(self, event: ObjectEvent, jobs: list[Job] | None = None) -> list[MapOutcome]:
@@ -251,7 +323,7 @@ class Mapper:
             self.dispatch(fanout.range_tasks(event, event.etag, self.split_bytes))
             outcomes += [MapOutcome(job.name, event.key, event.etag, "fanned_out") for job in ranged]
         for group in _by_format(whole):
-            outcomes += self._map_group(event, group)
+            outcomes += self._map_counted(event, group)
         return outcomes
 
     def map_range(self, task: fanout.RangeTask) -> list[MapOutcome]:
@@ -261,18 +333,64 @@ class Mapper:
         jobs = [job for job in self.jobs.for_key(task.key) if fanout.splits(job, task.key)]
         outcomes = []
         for group in _by_format(jobs):
-            outcomes += self._map_group(event, group, task)
+            outcomes += self._map_counted(event, group, task)
         return outcomes
 
     def _maps_in_ranges(self, job: Job, event: ObjectEvent) -> bool:
         return bool(self.split_bytes) and event.size > self.split_bytes and fanout.splits(job, event.key)
 
     def _map_ranges_here(self, tasks: list[fanout.RangeTask]) -> None:
+        outcomes = []
         for task in tasks:
-            self.map_range(task)
+            outcomes += self.map_range(task)
+        raise_failures(outcomes)  # as the range's own invocation would fail
 
-    def _map_group(self, event: ObjectEvent, jobs: list[Job], task: fanout.RangeTask | None = None
-                   ) -> list[MapOutcome]:
+    def _map_counted(self, event: ObjectEvent, jobs: list[Job], task: fanout.RangeTask | None = None
+                     ) -> list[MapOutcome]:
+        """Map a version (or range) for a job group as one attempt, counted (engine/attempts.py): jobs that an
+        earlier attempt settled are skipped, jobs that failed too often are quarantined instead, and a job that
+        fails now is recorded failed (and quarantined if that was its last attempt)."""
+        if not event.etag:
+            return self._map_group(event, jobs, task)  # no version to count against (S3 always sends one)
+        contribution = layout.contribution_id(event.key, event.etag)
+        in_range = None if task is None else (task.index, task.count)
+        about = {"key": event.key, "etag": event.etag, "version_id": event.version_id,
+                 "range": None if in_range is None else list(in_range)}
+        # Counted per job definition: a job whose code changed starts afresh, and maps again what its old
+        # code did.
+        ids = {job.name: f"{job.name}@{job.plan.fingerprint}" for job in jobs}
+        named = {ids[job.name]: job for job in jobs}
+        attempts = self.attempts
+        attempt = attempts.start(layout.attempt_subject(contribution, in_range), list(named), about, self.clock())
+        outcomes = [MapOutcome(named[i].name, event.key, event.etag, "skipped", reason=f"{how} by an earlier attempt")
+                    for i, how in attempt.settled_before.items()]
+        outcomes += [self._quarantine_failing(named[i], event, contribution, failures, task)
+                     for i, failures in attempt.exhausted.items()]
+        failed: dict[str, Exception] = {}
+        if attempt.jobs:
+            group, run = [named[i] for i in attempt.jobs], _GroupRun(self.clock, self.max_seconds)
+            try:
+                outcomes += self._map_group(event, group, task, run)
+            except Exception as error:  # noqa: BLE001 - the group's read failed: every job's attempt did
+                log.error("mapping failed", exc_info=error, extra={"key": event.key, "etag": event.etag})
+                run.failed.update({job.name: error for job in group})
+                outcomes += [MapOutcome(job.name, event.key, event.etag, "failed", reason=describe(error))
+                             for job in group]
+            failed = {ids[name]: error for name, error in run.failed.items()}
+        exhausted = attempts.judge(attempt, failed)
+        outcomes = [self._quarantine_failing(named[ids[o.job]], event, contribution, exhausted[ids[o.job]], task)
+                    if o.outcome == "failed" and ids[o.job] in exhausted else o for o in outcomes]
+        attempts.finish(attempt, failed, exhausted, self.clock())
+        return outcomes
+
+    def _quarantine_failing(self, job: Job, event: ObjectEvent, contribution: str, failures: Failures,
+                            task: fanout.RangeTask | None) -> MapOutcome:
+        self._quarantine(job, event, event.etag, contribution, BadInput(failures.reason), task, failures.attempts)
+        return MapOutcome(job.name, event.key, event.etag, "quarantined", reason=failures.reason)
+
+    def _map_group(self, event: ObjectEvent, jobs: list[Job], task: fanout.RangeTask | None = None,
+                   run: _GroupRun | None = None) -> list[MapOutcome]:
+        run = run if run is not None else _GroupRun(self.clock, self.max_seconds)
         block_size, tolerant = self.block_size, False
         # A range is read from the byte before it to the object's end; LineRange stops a line past its end.
         byte_range = None if task is None else (read_from(task.start), task.size)
@@ -285,7 +403,7 @@ class Mapper:
                 log.info("object superseded before mapping", extra={"key": event.key, "etag": event.etag})
                 return [MapOutcome(job.name, event.key, event.etag, "superseded") for job in jobs]
             try:
-                return self._map_stream(event, jobs, opened, block_size, task, tolerant)
+                return self._map_stream(event, jobs, opened, block_size, task, run, tolerant)
             except RowTooLong:
                 if block_size >= MAX_BLOCK_SIZE:
                     raise
@@ -301,7 +419,7 @@ class Mapper:
                 log.info("a value does not convert; mapping again", extra={"key": event.key})
 
     def _map_stream(self, event: ObjectEvent, jobs: list[Job], opened: Opened, block_size: int,
-                    task: fanout.RangeTask | None = None, tolerant: bool = False) -> list[MapOutcome]:
+                    task: fanout.RangeTask | None, run: _GroupRun, tolerant: bool = False) -> list[MapOutcome]:
         etag = event.etag or opened.etag
         # Named by its ETag, as the reconcile's listing and the reducer's HEAD name it, even in a versioned
         # bucket: the version id only pins the reads.
@@ -319,12 +437,20 @@ class Mapper:
             meta.update(size=task.size, range=[task.index, task.count])
             marker = layout.range_marker(contribution, task.index, task.count, attempt)
             reader = replace(reader, header=reader.header and task.index == 0)
-        sinks = {job.name: self._sink(job, contribution, attempt, meta, marker, task is None) for job in jobs}
+        sinks = {job.name: _Isolated(self._sink(job, contribution, attempt, meta, marker, task is None))
+                 for job in jobs}
         try:
             with self._source(event, opened, reader, task) as source:
-                for batch in batches(source, reader, event.key, stats, block_size, tolerant):
-                    for sink in sinks.values():
-                        sink.add(batch)
+                read = batches(source, reader, event.key, stats, block_size, tolerant, self.max_decompressed)
+                try:
+                    for batch in read:
+                        for sink in sinks.values():
+                            sink.add(batch)
+                        run.check_time()
+                        if all(sink.error for sink in sinks.values()):
+                            break  # no job is left to read the rest for
+                finally:
+                    read.close()
                 stats.bytes_read = getattr(source, "bytes_fetched", stats.bytes_read)
             # Judged per object: a range of nothing but malformed rows may sit in a good object, so a range's
             # malformed rows are only counted (a range's parse errors still quarantine the version).
@@ -348,10 +474,28 @@ class Mapper:
         summary = {**meta, "bytes_read": stats.bytes_read, "rows": stats.rows, "bad_rows": stats.bad_rows,
                    "bad_row_examples": stats.bad_row_examples, "mapped_at": self.clock().isoformat()}
         for job in jobs:
-            produced = sinks[job.name].commit(summary)
-            outcomes.append(MapOutcome(job.name, event.key, etag, "mapped", stats.rows, stats.bytes_read, produced,
-                                       range=meta.get("range")))
+            sink = sinks[job.name]
+            produced = sink.commit(summary)
+            if sink.error is None:
+                outcomes.append(MapOutcome(job.name, event.key, etag, "mapped", stats.rows, stats.bytes_read,
+                                           produced, range=meta.get("range")))
+            else:
+                outcomes.append(self._job_failed(job, event, etag, contribution, sink, task, run))
         return outcomes
+
+    def _job_failed(self, job: Job, event: ObjectEvent, etag: str, contribution: str, sink: _Isolated,
+                    task: fanout.RangeTask | None, run: _GroupRun) -> MapOutcome:
+        if not sink.committing:
+            # Its parts are this attempt's own, and no marker names them. After its commit began, the marker
+            # may have been written (a lost response): its parts are left to the garbage collector.
+            self.state.delete(sink.written)
+        if isinstance(sink.error, BadInput):  # the job's own reading of the object: as final as the object's
+            self._quarantine(job, event, etag, contribution, sink.error, task)
+            return MapOutcome(job.name, event.key, etag, "quarantined", reason=str(sink.error))
+        log.error("a job failed on an object", exc_info=sink.error,
+                  extra={"job": job.name, "key": event.key, "etag": etag})
+        run.failed[job.name] = sink.error
+        return MapOutcome(job.name, event.key, etag, "failed", reason=describe(sink.error))
 
     def _sink(self, job: Job, contribution: str, attempt: str, meta: dict, marker: str, whole: bool):
         if job.is_scan:
@@ -395,10 +539,10 @@ class Mapper:
         return self.read_streams > 1 and length > 2 * self.prefetch_chunk
 
     def _quarantine(self, job: Job, event: ObjectEvent, etag: str, contribution: str, error: BadInput,
-                    task: fanout.RangeTask | None = None) -> None:
+                    task: fanout.RangeTask | None = None, attempts: int = 1) -> None:
         record = {
             "key": event.key, "etag": etag, "version_id": event.version_id, "reason": error.reason,
-            "line": error.line, "offset": error.offset, "at": self.clock().isoformat(),
+            "line": error.line, "offset": error.offset, "attempts": attempts, "at": self.clock().isoformat(),
         }
         if task is not None:
             # A range counts lines and bytes from its own first line: the line number is not the object's, the
@@ -416,6 +560,14 @@ def _by_format(jobs: list[Job]) -> Iterable[list[Job]]:
     for job in jobs:
         groups.setdefault(job.format.model_dump_json(), []).append(job)
     return groups.values()
+
+
+def raise_failures(outcomes: list[MapOutcome], failures: Iterable[str] = ()) -> None:
+    """Fail the invocation, after everything else was mapped, if a record or a job failed: Lambda then delivers
+    it again (the jobs that succeeded are skipped), and their attempts count towards quarantine."""
+    failures = [*failures, *(f"{o.key} ({o.job}): {o.reason}" for o in outcomes if o.outcome == "failed")]
+    if failures:
+        raise MappingFailed(failures, outcomes)
 
 
 def outcomes_as_dicts(outcomes: Iterable[MapOutcome]) -> list[dict]:

@@ -23,6 +23,7 @@ from typing import Callable, Iterable
 from ..jobs import Job, JobCatalog
 from ..storage import ObjectStore, StoredObject
 from . import layout
+from .attempts import AttemptLog
 from .events import ObjectEvent
 from .garbage import GRACE, GarbageCollector
 from .mapper import Mapper, MapOutcome
@@ -134,6 +135,12 @@ class Reconciler:
             except Exception as exc:  # noqa: BLE001 - logged with its job, re-raised with the others below
                 log.exception("reconcile failed", extra={"job": job.name})
                 failures.append(f"{job.name}: {type(exc).__name__}: {exc}")
+        try:
+            # Attempt records are shared by the jobs of a parse, not any one job's: swept once a run.
+            AttemptLog(self.state).sweep(self.input, self.clock(), self.collector.grace)
+        except Exception as exc:  # noqa: BLE001 - as a job's failure: logged, and the run fails below
+            log.exception("sweeping attempt records failed")
+            failures.append(f"attempt records: {type(exc).__name__}: {exc}")
         if failures:
             raise RuntimeError("; ".join(failures))
         return reports

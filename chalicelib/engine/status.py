@@ -75,7 +75,7 @@ class StatusReader:
             except ObjectMissing:
                 continue  # cleared by a good version meanwhile
             if (record["key"], record["etag"]) in landed:  # only the version still in the bucket counts
-                records.append(record)
+                records.append({"attempts": 1, **record})  # records from before attempts were counted: one
         return sorted(records, key=lambda r: r["key"])
 
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 
-from ..errors import BadInput
+from ..errors import BadInput, OverBudget
 
 MAX_BAD_ROW_EXAMPLES = 5  # per object version, in status: enough to find the pattern, bounded in the ledger
 MAX_BLOCK_SIZE = 64 << 20  # the longest row Tally reads; a longer one quarantines its file
@@ -59,6 +59,7 @@ class ReadStats:
     """What a read saw; the mapper reports it in the partial's metadata and in status."""
 
     bytes_read: int = 0
+    decompressed_bytes: int = 0  # the text parsed: bytes_read unless compressed
     rows: int = 0
     bad_rows: int = 0
     bad_row_examples: list[str] = field(default_factory=list)
@@ -145,6 +146,23 @@ class _Counting(_Reads):
         return data
 
 
+class _Inflated(_Reads):
+    """Counts the text's bytes (decompressed), and stops a stream that inflates past `budget`: a decompression
+    bomb, or a compressed object too large to map in one go (it is never split)."""
+
+    def __init__(self, stream, stats: ReadStats, budget: int | None):
+        self._stream, self._stats, self._budget = stream, stats, budget
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._stats.decompressed_bytes += len(data)
+        if self._budget is not None and self._stats.decompressed_bytes > self._budget:
+            raise OverBudget(f"{self._stats.decompressed_bytes:,} bytes of text from {self._stats.bytes_read:,} "
+                             f"bytes of object, over the budget of {self._budget:,} bytes of text "
+                             "(raise TALLY_MAP_MAX_DECOMPRESSED_MB to map it)", offset=self._stats.bytes_read)
+        return data
+
+
 class _Prepended(_Reads):
     """A stream whose first bytes were already read (to tell an empty input from a non-empty one)."""
 
@@ -163,13 +181,15 @@ class _Prepended(_Reads):
 
 
 def batches(source: IO[bytes], fmt: InputFormat, key: str, stats: ReadStats | None = None,
-            block_size: int = BLOCK_SIZE, tolerant: bool = False) -> Iterator[pa.RecordBatch]:
+            block_size: int = BLOCK_SIZE, tolerant: bool = False, max_decompressed: int | None = None
+            ) -> Iterator[pa.RecordBatch]:
     """The one way to read an input object: by format, decompressing text by the key's extension. Parquet
     needs a seekable `source` (a file, a BytesIO, or `parquet.RangeReader` over ranged GETs); it is typed
-    already, so `tolerant` only concerns text."""
+    already, so `tolerant` only concerns text. Text that decompresses to more than `max_decompressed` bytes
+    raises OverBudget."""
     stats = stats if stats is not None else ReadStats()
     if isinstance(fmt, TextFormat):
-        yield from read_batches(source, fmt, compression_of(key), stats, block_size, tolerant)
+        yield from read_batches(source, fmt, compression_of(key), stats, block_size, tolerant, max_decompressed)
         return
     from .parquet import parquet_batches  # imported here: text-only mappers never load pyarrow.parquet
 
@@ -185,13 +205,15 @@ def read_batches(
     stats: ReadStats | None = None,
     block_size: int = BLOCK_SIZE,
     tolerant: bool = False,
+    max_decompressed: int | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Typed batches of the text in `stream`. A value that does not convert raises ValueNotConvertible;
     read the stream again with `tolerant=True` to skip (or, under "fail", report) the rows that hold one."""
     stats = stats if stats is not None else ReadStats()
     counted = _Counting(stream, stats)
     try:
-        source = pa.CompressedInputStream(counted, compression) if compression else counted
+        source = _Inflated(pa.CompressedInputStream(counted, compression) if compression else counted, stats,
+                           max_decompressed)
         first = source.read(1 << 16)
         if not first:
             return  # an empty object, or a compressed nothing, holds no rows: nothing to map, nothing wrong

@@ -109,11 +109,12 @@ def estimate(measured: Measured, deployment: Deployment = Deployment(), pricing:
     reducer_runs = max(math.ceil(objects / d.reduce_batch), math.ceil(groups / d.reduce_max_groups))
 
     parts = max(1, math.ceil(measured.groups_per_object / d.max_groups_per_part))
-    # Mapper: GET the object (a big one in chunks); PUT its parts and its marker. Reducer: GET each marker and part; per run LIST
-    # the inbox and the input keys, PUT result, ledger and manifest (deletes are free).
+    # Mapper: LIST earlier attempts and PUT its own (engine/attempts.py), GET the object (a big one in chunks); PUT
+    # its parts and its marker. Reducer: GET each marker and part; per run LIST the inbox and the input keys, PUT
+    # result, ledger and manifest (deletes are free).
     chunks = max(1, math.ceil(d.object_bytes / CHUNK_BYTES)) if d.object_bytes > 2 * CHUNK_BYTES else 1
     s3_gets = objects * (chunks + 1 + parts)
-    s3_puts = objects * (parts + 1) + reducer_runs * (2 + 3)
+    s3_puts = objects * (2 + parts + 1) + reducer_runs * (2 + 3)
     lambda_requests = objects + reducer_runs
     compute_usd = (map_gb_seconds + reduce_gb_seconds) * pricing.lambda_gb_second
     requests_usd = lambda_requests * pricing.lambda_request + s3_gets * pricing.s3_get + s3_puts * pricing.s3_put

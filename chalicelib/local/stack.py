@@ -5,7 +5,9 @@
   into an in-process queue (Lambda's asynchronous event queue) and handed to `app.handler_map["map_object"]`
   in a pool of worker processes; a failed mapper is retried, three attempts in all as on Lambda, then the
   record Lambda would send to the on-failure destination goes to a dead-letter queue (`tally replay-failures`
-  puts them back on the event queue);
+  puts them back on the event queue; a poison object is quarantined by its third attempt, as on Lambda, so it
+  never gets there); a worker that dies (killed, out of memory) fails the invocations it held, which are
+  retried the same way, and the pool is replaced;
 - the reconcile (on a timer, in this process) puts the object versions it finds unmapped into the same event
   queue, as it invokes map_object on AWS;
 - large objects: the mappers' range tasks come back from the workers on a queue and join the same event
@@ -30,6 +32,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 from ..engine.events import notification
@@ -208,10 +211,8 @@ class LocalTally:
                 s3.create_bucket(Bucket=bucket)
             except (s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
                 pass
-        spawn = multiprocessing.get_context("spawn")
-        self._range_tasks = spawn.Queue()
-        self.pool = ProcessPoolExecutor(self.options.workers, mp_context=spawn, initializer=_init_worker,
-                                        initargs=(environment, self._range_tasks))
+        self._range_tasks = multiprocessing.get_context("spawn").Queue()
+        self.pool = self._new_pool()
         # Start the workers (each imports the app, Arrow and boto3: about a second of CPU) now, as provisioned
         # Lambdas would be, rather than inside the first burst of events, where they compete with it.
         for warm in [self.pool.submit(_ready, 0.2) for _ in range(self.options.workers)]:
@@ -246,6 +247,10 @@ class LocalTally:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.options.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(self.settings.as_env(), self._range_tasks))
 
     def _spawn(self, target, *args) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True, name=target.__name__)
@@ -321,8 +326,20 @@ class LocalTally:
                     return
             with self._running_lock:
                 self._running += 1
-            future = self.pool.submit(_invoke, handler, event)
+            future = self._submit(handler, event)
             future.add_done_callback(functools.partial(self._mapped, handler, event, attempt))
+
+    def _submit(self, handler: str, event: dict) -> Future:
+        try:
+            return self.pool.submit(_invoke, handler, event)
+        except BrokenProcessPool:
+            # A worker died and broke the pool; on Lambda that ends only its own invocation. The invocations the
+            # pool held have failed (and are retried in _mapped, their attempts counted as on Lambda); the rest
+            # go to a new pool instead of stopping here for good.
+            log.error("a mapper process died; starting a new pool")
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._new_pool()
+            return self.pool.submit(_invoke, handler, event)
 
     def _mapped(self, handler: str, event: dict, attempt: int, future: Future) -> None:
         self._in_flight.release()
