@@ -47,6 +47,11 @@ class BadInput(TallyError):
         self.offset = offset
 
 
+class ReadFailed(TallyError):
+    """Reading an input object from its store failed (a connection reset, a timeout): not the object's fault.
+    Its attempt fails without counting against it, and the invocation is retried."""
+
+
 class OverBudget(BadInput):
     """An object that needs more than a per-object budget (bytes decompressed, seconds of mapping): it would
     need as much on every attempt, so it is quarantined at once, with what was seen and the setting to raise."""

@@ -2,6 +2,7 @@
 with its reason and attempts, and every other job and record maps as if nothing had happened."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import zlib
@@ -335,3 +336,50 @@ def test_storage_and_network_failures_are_not_counted_against_the_object(s3):
         assert counts(error) is False
     for error in (ValueError("poison"), pa.ArrowInvalid("overflow"), MemoryError(), KeyError("x")):
         assert counts(error) is True
+
+
+class ResetMidway:
+    """An object's body whose connection is reset after `good` bytes, as a socket read that times out or is
+    reset raises an OSError."""
+
+    def __init__(self, body, good: int):
+        self.body, self.good, self.given = body, good, 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self.given >= self.good:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        data = self.body.read(min(size if size and size > 0 else self.good, self.good - self.given))
+        self.given += len(data)
+        return data
+
+    def close(self) -> None:
+        self.body.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@pytest.mark.parametrize("key", ["uservisits/reset.csv", "uservisits/reset.csv.gz"])
+def test_a_connection_reset_mid_read_is_retried_never_quarantined_nor_counted(runtime, uploads, key):
+    """A read that fails on the network says nothing about the object: before, Arrow passed the OSError on as a
+    parse error and the good object was quarantined at once."""
+    install(runtime, HEALTHY)
+    record = uploads.put(key, visits(2000), compress=key.endswith(".gz"))
+    opened = runtime.input_store.open
+
+    def resetting(key, **kwargs):
+        found = opened(key, **kwargs)
+        return dataclasses.replace(found, body=ResetMidway(found.body, 5000))
+
+    runtime.input_store.open = resetting
+    for _ in range(4):  # more than TALLY_MAP_MAX_ATTEMPTS: none of these counts
+        with pytest.raises(MappingFailed) as failed:
+            runtime.mapper.handle(uploads.event(record))
+        assert "ReadFailed" in failed.value.failures[0] and "Connection reset" in failed.value.failures[0]
+    assert status(runtime, "healthy")["quarantined"] == []
+    runtime.input_store.open = opened
+    runtime.mapper.handle(uploads.event(record))  # the network is back
+    assert len(served(runtime, "healthy")) == 2000 and status(runtime, "healthy")["idle"] is True

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Mapping
 
-from ..errors import ObjectMissing
+from ..errors import ObjectMissing, ReadFailed
 from ..storage import ObjectStore
 from . import layout
 
@@ -54,7 +54,7 @@ _TRANSPORT = frozenset({"botocore", "boto3", "urllib3", "s3transfer"})
 
 def counts(error: BaseException) -> bool:
     """Whether a failure counts against the object: not when storage or the network failed."""
-    if isinstance(error, (ConnectionError, TimeoutError)):
+    if isinstance(error, (ConnectionError, TimeoutError, ReadFailed)):
         return False
     return not any(cls.__module__.split(".", 1)[0] in _TRANSPORT for cls in type(error).__mro__)
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 
-from ..errors import BadInput, OverBudget
+from ..errors import BadInput, OverBudget, ReadFailed, TallyError
 
 MAX_BAD_ROW_EXAMPLES = 5  # per object version, in status: enough to find the pattern, bounded in the ledger
 MAX_BLOCK_SIZE = 64 << 20  # the longest row Tally reads; a longer one quarantines its file
@@ -134,14 +134,24 @@ class _Reads(io.RawIOBase):
 
 
 class _Counting(_Reads):
-    """Counts the raw (compressed) bytes consumed, for throughput figures and error positions."""
+    """Counts the raw (compressed) bytes consumed, for throughput figures and error positions, and keeps what
+    reading the source raised: a connection reset or a timeout says nothing about the object's bytes, and must
+    not be taken for a parse error however Arrow passes it on."""
 
     def __init__(self, stream: IO[bytes], stats: ReadStats):
         self._stream, self._stats = stream, stats
+        self.failed: BaseException | None = None
 
     def read(self, size: int = -1) -> bytes:
-        with _IN_FLIGHT:
-            data = self._stream.read(size)
+        try:
+            with _IN_FLIGHT:
+                data = self._stream.read(size)
+        except TallyError as error:  # the version gone or replaced mid-read (ObjectMissing, CommitConflict)
+            self.failed = error
+            raise
+        except Exception as error:
+            self.failed = ReadFailed(f"reading the object failed: {type(error).__name__}: {error}")
+            raise self.failed from error
         self._stats.bytes_read += len(data)
         return data
 
@@ -235,6 +245,8 @@ def read_batches(
             # whenever the garbage collector gets to it: at interpreter exit that aborts the process.
             reader.close()
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError, UnicodeDecodeError) as exc:
+        if counted.failed is not None:
+            raise counted.failed from exc
         if stats.rows == 0 and (_EMPTY.search(str(exc)) or (_SHORT.search(str(exc)) and stats.bytes_read < block_size)):
             return  # a header and nothing else
         message = _first_line(exc)
