@@ -327,6 +327,7 @@ def _run_repair(args: argparse.Namespace, console) -> int:
 
 
 def _run_backfill(args: argparse.Namespace, console) -> int:
+    from collections import Counter
     from datetime import timedelta
 
     from rich.progress import Progress
@@ -338,10 +339,14 @@ def _run_backfill(args: argparse.Namespace, console) -> int:
         report = runtime.reconciler.reconcile(
             job, progress=lambda done, total: progress.update(task, completed=done, total=total),
             grace=timedelta(0))
-    quarantined = sum(1 for o in report.mapped if o.outcome == "quarantined")
-    console.print(f"{job.name}: {len(report.mapped)} objects mapped ({quarantined} quarantined), "
-                  f"{report.removed} removals noted, {report.orphans_deleted} orphaned parts deleted; "
-                  "the reducer merges them on its next tick")
+    kinds = Counter(o.outcome for o in report.mapped)
+    console.print(f"{job.name}: {kinds['mapped'] + kinds['fanned_out']} objects mapped, {kinds['quarantined']} "
+                  f"quarantined, {kinds['failed']} failed, {report.removed} removals noted, "
+                  f"{report.orphans_deleted} state objects collected; the reducer merges them on its next tick")
+    if kinds["failed"]:
+        console.print(f"[red]{kinds['failed']} objects failed to map[/]: the next backfill or reconcile tries them "
+                      "again, and quarantines an object after TALLY_MAP_MAX_ATTEMPTS failures")
+        return EXIT_FAILED
     return EXIT_OK
 
 
