@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import os
-from contextlib import contextmanager
 from urllib.parse import quote_plus
 
 import boto3
@@ -82,23 +81,6 @@ def seaweedfs():
 def seaweed_s3(seaweedfs):
     """A boto3 client from make_s3_client on SeaweedFS. Session-scoped, so hypothesis tests may take it."""
     return seaweedfs.client()
-
-
-@contextmanager
-def fresh_buckets(client=None):
-    """A client whose INPUT and STATE buckets exist and are empty: a new in-process moto for each use when no
-    client is given, else `client`'s buckets emptied (a real server, such as SeaweedFS, is kept running)."""
-    if client is not None:
-        from .seaweed import empty_buckets
-
-        empty_buckets(client, INPUT, STATE)
-        yield client
-        return
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=INPUT)
-        client.create_bucket(Bucket=STATE)
-        yield client
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from chalicelib.errors import CommitConflict
 from chalicelib.runtime import utc_now
 
 from .conftest import INPUT, collect_garbage, uservisits_rows
-from .faults import LostResponse
+from .faults import Before, LostResponse
 
 JOB = "bdb-agg-2a"
 KEY = "uservisits/k.csv"
@@ -52,28 +52,6 @@ def in_parts(runtime) -> None:
     runtime.mapper.inline_limit, runtime.mapper.max_groups, runtime.mapper.block_size = 0, 8, 512
 
 
-class Hooked:
-    """A store that runs `hook` once, just before the first call of `operation` (on a key containing
-    `key_contains`): the moment another process acts, between two of this one's S3 calls."""
-
-    def __init__(self, store, operation: str, hook, key_contains: str = ""):
-        self._store, self._operation, self._hook, self._key_contains = store, operation, hook, key_contains
-        self.bucket, self.fired = store.bucket, False
-
-    def __getattr__(self, name):
-        target = getattr(self._store, name)
-        if name != self._operation:
-            return target
-
-        def call(*args, **kwargs):
-            if not self.fired and self._key_contains in str(args[0] if args else kwargs.get("prefix", "")):
-                self.fired = True
-                self._hook()
-            return target(*args, **kwargs)
-
-        return call
-
-
 # -- 1. an overlapping reducer that commits nothing ---------------------------------------------------------------
 
 def test_a_reducer_that_finds_a_version_stale_does_not_delete_the_parts_an_overlapping_one_commits(
@@ -90,7 +68,7 @@ def test_a_reducer_that_finds_a_version_stale_does_not_delete_the_parts_an_overl
         b = Reducer(runtime.jobs, runtime.state_store, runtime.input_store, utc_now)
         assert not b.reduce_job(job).merged  # stale: nothing to commit, and it cleans up after itself
 
-    a = Reducer(runtime.jobs, Hooked(runtime.state_store, "put_if_absent", overwrite_then_run_b),
+    a = Reducer(runtime.jobs, Before(runtime.state_store, overwrite_then_run_b, operation="put_if_absent"),
                 runtime.input_store, utc_now)
     assert a.reduce_job(job).merged == 1  # A read the parts before B ran, and commits k@E1
     runtime.mapper.handle(uploads.event(e2["record"]))
@@ -120,7 +98,7 @@ def test_the_sweep_does_not_delete_old_parts_a_reducer_is_about_to_commit(runtim
         Reducer(runtime.jobs, runtime.state_store, runtime.input_store, utc_now).reduce_job(job)
         runtime.reconciler.reconcile(job)  # the event of E2 is young: left to itself; then the sweep
 
-    a = Reducer(runtime.jobs, Hooked(runtime.state_store, "put_if_absent", overwrite_run_b_and_reconcile),
+    a = Reducer(runtime.jobs, Before(runtime.state_store, overwrite_run_b_and_reconcile, operation="put_if_absent"),
                 runtime.input_store, utc_now)
     assert a.reduce_job(job).merged == 1
     runtime.mapper.handle(uploads.event(e2["record"]))
@@ -138,7 +116,7 @@ def test_the_sweep_reads_the_ledger_after_the_inbox_so_a_marker_applied_meanwhil
     s3_clock.offset = -dt.timedelta(hours=2)  # mapped long ago: the parts are old, their marker waits
     runtime.mapper.handle(uploads.event(uploads.put(KEY, uservisits_rows(*E1_ROWS))))
     s3_clock.offset = dt.timedelta(0)
-    reducer_runs = Hooked(runtime.state_store, "list", lambda: runtime.reducer.reduce_job(job),
+    reducer_runs = Before(runtime.state_store, lambda: runtime.reducer.reduce_job(job), operation="list",
                           key_contains="/inbox/")
     Reconciler(runtime.jobs, runtime.input_store, reducer_runs, runtime.mapper, runtime.reducer, utc_now
                ).reconcile(job)

@@ -43,7 +43,7 @@ from chalicelib.settings import Settings
 from reducers._bdb import USERVISITS
 
 from .conftest import INPUT, STATE, Uploader, rankings_rows, uservisits_rows
-from .faults import FaultyStore, Killed, LostResponse
+from .faults import Before, FaultyStore, Killed, LostResponse
 
 JOB, SHARDED_JOB, SKETCH_JOB, SCAN_JOB = "bdb-agg-2a", "bdb-agg-2c", "visits-by-country", "bdb-scan-1b"
 # min and max cannot be subtracted: a retraction rebuilds the shards it reaches from the retained partials.
@@ -147,27 +147,6 @@ class InOrder:
 
     def shutdown(self, *args, **kwargs):
         pass
-
-
-class Between:
-    """A reducer's stores: before its k-th S3 call (on either bucket), `action` runs."""
-
-    def __init__(self, store, counter: dict, k: int, action):
-        self._store, self._counter, self._k, self._action = store, counter, k, action
-        self.bucket = store.bucket
-
-    def __getattr__(self, name):
-        target = getattr(self._store, name)
-        if not callable(target):
-            return target
-
-        def call(*args, **kwargs):
-            self._counter["calls"] += 1
-            if self._counter["calls"] == self._k:
-                self._action()
-            return target(*args, **kwargs)
-
-        return call
 
 
 class Alarms(logging.Handler):
@@ -281,8 +260,7 @@ class World:
             self.runtime.reconciler.collector.collect(self.job.name)
         elif kind == "collect_while":
             _, k, meanwhile = step
-            counter = {"calls": 0}
-            GarbageCollector(Between(self.runtime.state_store, counter, k, lambda: self.run(meanwhile)),
+            GarbageCollector(Before(self.runtime.state_store, lambda: self.run(meanwhile), nth=k),
                              lambda name: self.runtime.reducer.read_live(self.job), self.clock).collect(self.job.name)
         elif kind == "reconcile":
             self.runtime.reconciler.reconcile(self.job, grace=dt.timedelta(0))
@@ -306,9 +284,9 @@ class World:
             reducer = self.runtime.reducer
         else:
             k, midrun = between
-            counter = {"calls": 0}
-            reducer = self.reducer(Between(self.runtime.state_store, counter, k, lambda: self.run(midrun)),
-                                   Between(self.runtime.input_store, counter, k, lambda: self.run(midrun)))
+            counter = {"calls": 0}  # the run's calls on either bucket
+            reducer = self.reducer(Before(self.runtime.state_store, lambda: self.run(midrun), nth=k, counter=counter),
+                                   Before(self.runtime.input_store, lambda: self.run(midrun), nth=k, counter=counter))
         with contextlib.suppress(CommitConflict):  # lost a race: the next run applies what this one did not
             reducer.reduce_job(self.job)
 
