@@ -182,3 +182,41 @@ def test_on_lambda_the_reconcile_invokes_map_object_once_per_object_asynchronous
         stub.add_client_error("invoke", "TooManyRequestsException", http_status_code=429)
         with pytest.raises(DispatchFailed, match="uservisits/a b.csv"):
             invoker(event)
+
+
+def test_a_job_added_later_is_backfilled_without_mapping_the_object_again_for_the_others(s3, uploads):
+    """The reconcile names the job it found the object missing from: the jobs that have it are not mapped again
+    (before, every job over the prefix mapped it once more per job that missed it)."""
+    from chalicelib.jobs import JobCatalog, load_jobs
+    from chalicelib.runtime import Runtime
+    from chalicelib.settings import Settings
+
+    from .conftest import STATE
+
+    code = load_jobs("reducers")
+    settings = Settings(input_bucket=INPUT, state_bucket=STATE, api_auth="none")
+    before = Runtime(settings, s3_client=s3, catalog=JobCatalog([code.get(JOB)]))
+    before.mapper.handle(uploads.event(uploads.put("uservisits/a.csv", uservisits_rows(("1.1.1.1", "2")))))
+    before.reducer.reduce_job(before.jobs.get(JOB))
+    after = Runtime(settings, s3_client=s3, catalog=JobCatalog([code.get(JOB), code.get("bdb-agg-2b")]))
+
+    report = after.reconciler.reconcile(after.jobs.get("bdb-agg-2b"), grace=dt.timedelta(0))
+
+    assert [(o.job, o.outcome) for o in report.mapped] == [("bdb-agg-2b", "mapped")]
+    assert list(after.state_store.list(layout.inbox_prefix(JOB))) == []  # 2a has it: not mapped again
+    after.reducer.reduce_job(after.jobs.get("bdb-agg-2b"))
+    _, table = after.results.current(after.jobs.get("bdb-agg-2b"))
+    assert table.column("adRevenue").to_pylist() == [Decimal(2)]
+
+
+def test_the_jobs_an_event_names_survive_the_notification_and_the_range_tasks():
+    from chalicelib.engine.events import ObjectEvent, notification, parse_records
+    from chalicelib.engine.fanout import RangeTask, range_tasks
+
+    event = ObjectEvent(INPUT, "uservisits/a b.csv", "e1", 1000, name="ObjectCreated:Reconcile", jobs=("j1",))
+    assert parse_records(notification([event])) == [event]
+    tasks = range_tasks(event, "e1", 300)
+    assert {task.jobs for task in tasks} == {("j1",)}
+    assert [RangeTask.from_dict(task.to_dict()) for task in tasks] == tasks
+    legacy = {k: v for k, v in tasks[0].to_dict().items() if k != "jobs"}  # dispatched by the previous code
+    assert RangeTask.from_dict(legacy).jobs == ()

@@ -22,6 +22,9 @@ class ObjectEvent:
     sequencer: str | None = None
     name: str = "ObjectCreated:Put"
     event_time: str | None = None  # when S3 saw the change (ISO 8601): the start of the lag metric
+    # The jobs to map it for; empty: every job whose input it is. The reconcile names the job it found the
+    # object missing from, so the others, which have it, do not map it again.
+    jobs: tuple[str, ...] = ()
 
     @property
     def created(self) -> bool:
@@ -50,6 +53,7 @@ def _records(event: dict[str, Any]) -> Iterator[ObjectEvent]:
             sequencer=obj.get("sequencer"),
             name=record.get("eventName", "ObjectCreated:Put"),
             event_time=record.get("eventTime"),
+            jobs=tuple(record.get("tallyJobs") or ()),
         )
 
 
@@ -69,4 +73,6 @@ def _record(event: ObjectEvent) -> dict[str, Any]:
                      "object": obj}}
     if event.event_time is not None:
         record["eventTime"] = event.event_time
+    if event.jobs:  # not S3's: only the reconcile's records carry it
+        record["tallyJobs"] = list(event.jobs)
     return record

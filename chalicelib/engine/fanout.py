@@ -32,19 +32,22 @@ class RangeTask:
     count: int
     start: int
     end: int
+    jobs: tuple[str, ...] = ()  # as ObjectEvent.jobs: empty for every job that maps the object in ranges
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "jobs": list(self.jobs)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RangeTask":
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        # A task dispatched before `jobs` existed has none: every job.
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name != "jobs"},
+                   jobs=tuple(data.get("jobs") or ()))
 
     @property
     def event(self) -> ObjectEvent:
         """The object version's event, as the range's mapper pins its reads and names its contribution."""
         return ObjectEvent(self.bucket, self.key, self.etag, self.size, self.version_id, self.sequencer,
-                           event_time=self.event_time)
+                           event_time=self.event_time, jobs=self.jobs)
 
 
 Dispatch = Callable[[list[RangeTask]], None]
@@ -59,5 +62,5 @@ def splits(job: Job, key: str) -> bool:
 def range_tasks(event: ObjectEvent, etag: str, split_bytes: int) -> list[RangeTask]:
     ranges = split_ranges(event.size, split_bytes)
     return [RangeTask(event.bucket, event.key, etag, event.version_id, event.sequencer, event.event_time,
-                      event.size, index, len(ranges), start, end)
+                      event.size, index, len(ranges), start, end, event.jobs)
             for index, (start, end) in enumerate(ranges)]

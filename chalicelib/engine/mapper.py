@@ -316,7 +316,7 @@ class Mapper:
 
     def map_object(self, event: ObjectEvent) -> list[MapOutcome]:
         whole, ranged = [], []
-        for job in self.jobs.for_key(event.key):
+        for job in self._jobs_for(event):
             (ranged if self._maps_in_ranges(job, event) else whole).append(job)
         outcomes = []
         if ranged:
@@ -330,11 +330,16 @@ class Mapper:
         """One range of a fanned-out object version, for every job that maps the object in ranges."""
         event = task.event
         # Not the size test: a task dispatched under another split setting is still mapped as it says.
-        jobs = [job for job in self.jobs.for_key(task.key) if fanout.splits(job, task.key)]
+        jobs = [job for job in self._jobs_for(event) if fanout.splits(job, task.key)]
         outcomes = []
         for group in _by_format(jobs):
             outcomes += self._map_counted(event, group, task)
         return outcomes
+
+    def _jobs_for(self, event: ObjectEvent) -> list[Job]:
+        """The jobs whose input the object is, or those of them the event names."""
+        jobs = self.jobs.for_key(event.key)
+        return [job for job in jobs if job.name in event.jobs] if event.jobs else jobs
 
     def _maps_in_ranges(self, job: Job, event: ObjectEvent) -> bool:
         return bool(self.split_bytes) and event.size > self.split_bytes and fanout.splits(job, event.key)

@@ -102,7 +102,8 @@ class Reconciler:
             if time.monotonic() > deadline:
                 report.left = len(plan.to_map) - done
                 break
-            event = ObjectEvent(self.input.bucket, obj.key, obj.etag, obj.size, name="ObjectCreated:Reconcile")
+            event = ObjectEvent(self.input.bucket, obj.key, obj.etag, obj.size, name="ObjectCreated:Reconcile",
+                                jobs=(job.name,))
             if self.dispatch is None:
                 report.mapped += [o for o in self.mapper.map_object(event) if o.job == job.name]
             else:
