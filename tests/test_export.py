@@ -142,6 +142,10 @@ def test_a_scan_jobs_export_is_its_output_rows_in_served_order(s3_server, lambda
     relation = duckdb.read_parquet(str(path))
     assert [dict(zip(relation.columns, r)) for r in relation.fetchall()] == expected
     assert body["rows"] == len(expected) and body["generation"] == 1
+    import pandas
+
+    frame = pandas.read_parquet(body["url"])  # straight from the URL, as a notebook would
+    assert frame.to_dict("records") == expected
     body, path = exported(lambdas, "bdb-scan-1a", "csv", tmp_path)
     assert [dict(zip(["pageURL", "pageRank"], r)) for r in duckdb.read_csv(str(path), header=True).fetchall()] \
         == expected
