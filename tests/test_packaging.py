@@ -99,7 +99,7 @@ def test_terraform_declares_mapper_subscription_schedule_and_protected_api(packa
     swagger = json.loads(json.loads((package / "chalice.tf.json").read_text())["locals"]["chalice_api_swagger"])
     methods = {path: spec for path, item in swagger["paths"].items() for verb, spec in item.items() if verb == "get"}
     assert set(methods) == {"/", "/openapi.json", "/jobs", "/jobs/{job}/results", "/jobs/{job}/results/{key}",
-                            "/jobs/{job}/status"}
+                            "/jobs/{job}/export", "/jobs/{job}/status"}
     # The data needs SigV4; the page and the API description are public.
     assert all(spec["security"] == [{"sigv4": []}] for path, spec in methods.items() if path.startswith("/jobs"))
     assert "security" not in methods["/"] and "security" not in methods["/openapi.json"]
