@@ -117,8 +117,9 @@ class Results:
     def to_arrow(self):
         """A pyarrow Table: key columns then values (a scan job's selected columns), typed as the export's
         Parquet (exact decimals, dates, lists and structs)."""
-        schema = _rows.schema_of(self.client.definition(self.job))
-        return _rows.to_arrow([_rows.flat(row) for row in self], schema)
+        definition = self.client.definition(self.job)
+        scan = definition.get("kind") == "scan"
+        return _rows.to_arrow([_rows.flat(row, scan) for row in self], _rows.schema_of(definition))
 
     def to_pandas(self):
         """A pandas DataFrame (decimals as Decimal objects, exact). Needs pandas, which Tally does not."""

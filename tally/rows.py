@@ -13,11 +13,9 @@ from decimal import Decimal
 from typing import IO, Any, Iterable, Sequence
 
 
-def flat(row: dict[str, Any]) -> dict[str, Any]:
+def flat(row: dict[str, Any], scan: bool = False) -> dict[str, Any]:
     """An aggregation's {"key": {...}, "values": {...}} as one dict, key columns first; a scan row as it is."""
-    if set(row) == {"key", "values"}:
-        return {**row["key"], **row["values"]}
-    return row
+    return row if scan else {**row["key"], **row["values"]}
 
 
 def schema_of(definition: dict[str, Any]):

@@ -259,3 +259,21 @@ def test_export_saves_a_file_duckdb_reads_or_prints_its_url(api_url, capsys, tmp
 def test_an_unknown_job_is_an_api_error_for_arrow_too(api_url):
     with pytest.raises(ApiError, match="no job named 'nope'"):
         Tally(api_url).results("nope").to_arrow()
+
+
+def test_a_scan_jobs_rows_are_its_columns_in_arrow_and_in_csv(api_url, lambdas, uploads, capsys, tmp_path):
+    from .conftest import rankings_rows
+
+    ranks = [(f"p{i}.com", 1000 + i) for i in range(1, 30)]
+    lambdas.lambda_.invoke("map_object", uploads.event(uploads.put("rankings/a.csv", rankings_rows(*ranks))))
+    lambdas.lambda_.invoke("reduce_results", scheduled_event())
+    api = Tally(api_url)
+    table = api.results("bdb-scan-1a", page_size=4).to_arrow()
+    assert table.column_names == ["pageURL", "pageRank"] and str(table.schema.field("pageRank").type) == "int64"
+    assert sorted(zip(*table.to_pydict().values())) == sorted(ranks)
+    assert table.equals(pq.read_table(api.download("bdb-scan-1a", "parquet", tmp_path / "1a.parquet")["path"]))
+    capsys.readouterr()  # the handlers' metrics
+    assert main(["query", "bdb-scan-1a", "--all", "--output", "csv", "--api", api_url]) == EXIT_OK
+    printed = capsys.readouterr().out
+    api.download("bdb-scan-1a", "csv", tmp_path / "1a.csv")
+    assert printed == (tmp_path / "1a.csv").read_text() and len(printed.splitlines()) == 1 + len(ranks)

@@ -77,7 +77,7 @@ def query(api: Tally, args: argparse.Namespace, console: Console) -> int:
         page = api.page(args.job, limit=args.top, **params)
         rows, total, generation = page["rows"], page["total_rows"], page["generation"]
     if output == "csv":
-        tally_rows.write_csv(map(tally_rows.flat, rows), console.file, schema=tally_rows.schema_of(definition),
+        tally_rows.write_csv((tally_rows.flat(row, scan) for row in rows), console.file, schema=tally_rows.schema_of(definition),
                              columns=_columns(definition))
         console.file.flush()
         return 0
@@ -92,7 +92,7 @@ def query(api: Tally, args: argparse.Namespace, console: Console) -> int:
     for name in _columns(definition):
         table.add_column(name, justify="right" if name in (definition.get("aggregates") or {}) else "left")
     for row in rows:
-        flat = tally_rows.flat(row)
+        flat = tally_rows.flat(row, scan)
         table.add_row(*(_cell(flat.get(name)) for name in _columns(definition)))
     console.print(table)
     return 0
