@@ -6,6 +6,7 @@ from chalice import Chalice, IAMAuthorizer, Rate, Response
 
 from chalicelib import openapi
 from chalicelib.api import dashboard_html, error_body, to_json
+from chalicelib.engine.export import parse_format
 from chalicelib.engine.mapper import outcomes_as_dicts
 from chalicelib.engine.reducer import raise_failures
 from chalicelib.engine.results import ResultsQuery, group_query_fresh
@@ -131,3 +132,12 @@ def job_group(job, key):
 def job_status(job):
     runtime = get_runtime()
     return runtime.status.status(runtime.jobs.get(job))
+
+
+@app.route("/jobs/{job}/export", methods=["GET"], **ROUTE_AUTH)
+@json_api
+def job_export(job):
+    # Writes the generation's file once (the first request), then every request gets a presigned URL to it.
+    runtime = get_runtime()
+    fmt = parse_format(app.current_request.query_params)
+    return runtime.exporter.export(runtime.jobs.get(job), fmt).as_dict()

@@ -7,6 +7,7 @@ job's name, never inside a running mapper.
 """
 from __future__ import annotations
 
+import base64
 import importlib
 import pkgutil
 import re
@@ -189,9 +190,17 @@ class Job(BaseModel):
             return False
         return self.suffix is None or strip_compression(key).endswith(self.suffix)
 
+    @property
+    def result_schema(self) -> pa.Schema:
+        """The columns a result row has, as served and exported: keys then values, or a scan's selection."""
+        return self.plan.output_schema if self.is_scan else self.plan.result_schema
+
     def describe(self) -> dict[str, Any]:
+        schema = self.result_schema
+        # columns for people; arrow_schema (Arrow IPC, base64) so a client types rows exactly as exports are.
         return {**self.model_dump(mode="json"), "kind": "scan" if self.is_scan else "aggregation",
-                "fingerprint": self.plan.fingerprint}
+                "fingerprint": self.plan.fingerprint, "columns": {f.name: str(f.type) for f in schema},
+                "arrow_schema": base64.b64encode(schema.serialize().to_pybytes()).decode()}
 
 
 class JobCatalog:

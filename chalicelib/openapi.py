@@ -71,6 +71,19 @@ PATHS: dict[str, dict[str, Any]] = {
         "responses": {"200": _json("the group", {"$ref": "#/components/schemas/Row"}), "400": _ERROR,
                       "404": _ERROR},
     }},
+    "/jobs/{job}/export": {"get": {
+        "operationId": "jobExport",
+        "summary": "the job's current result as one file (written once per generation), at a presigned URL",
+        "description": "The rows GET /jobs/{job}/results serves, in its default order (keys ascending; a scan "
+                       "job's output rows in input order), key columns then values. Parquet keeps every type "
+                       "(exact decimals, dates, lists and structs); CSV has a header row, writes nulls as empty "
+                       "fields, decimals with every digit, dates and timestamps in ISO 8601, and nested values "
+                       "(lists, structs) as JSON text. The URL needs no credentials and expires at expires_at.",
+        "parameters": [_JOB, _query("format", "parquet (default) or csv",
+                                    {"type": "string", "enum": ["parquet", "csv"]})],
+        "responses": {"200": _json("where to download the export", {"$ref": "#/components/schemas/Export"}),
+                      "400": _ERROR, "404": _ERROR},
+    }},
     "/jobs/{job}/status": {"get": {
         "operationId": "jobStatus", "summary": "progress, lag and quarantined inputs",
         "parameters": [_JOB],
@@ -86,7 +99,11 @@ SCHEMAS: dict[str, Any] = {
                                              "keys": {"type": "object", "nullable": True},
                                              "aggregates": {"type": "object", "nullable": True},
                                              "filter": {"type": "string", "nullable": True},
-                                             "select": {"type": "object", "nullable": True}}},
+                                             "select": {"type": "object", "nullable": True},
+                                             "columns": {"type": "object", "description": "each result "
+                                                         "column's Arrow type, keys first"},
+                                             "arrow_schema": {"type": "string", "description": "the same, as "
+                                                              "an Arrow IPC schema, base64"}}},
     "Row": {"type": "object", "required": ["key", "values"],
             "properties": {"key": {"type": "object"}, "values": {"type": "object"}}},
     "Page": {"type": "object", "required": ["job", "rows", "next_cursor", "total_rows", "generation"], "properties": {
@@ -102,6 +119,11 @@ SCHEMAS: dict[str, Any] = {
                                  "rows, bytes)"},
         "next_cursor": {"type": "string", "nullable": True}, "total_rows": {"type": "integer"},
         "generation": {"type": "integer", "nullable": True}}},
+    "Export": {"type": "object", "required": ["url", "generation", "rows", "format", "expires_at"], "properties": {
+        "url": {"type": "string", "description": "presigned GET URL of the file; no credentials needed"},
+        "generation": {"type": "integer", "nullable": True, "description": "the result's generation exported"},
+        "rows": {"type": "integer"}, "format": {"type": "string", "enum": ["parquet", "csv"]},
+        "expires_at": {"type": "string", "format": "date-time", "description": "when the URL stops working"}}},
     "Status": {"type": "object", "required": ["job", "objects", "idle", "lag_seconds"], "properties": {
         "job": {"type": "string"},
         "objects": {"type": "object", "description": "landed, seen, mapped, merged, quarantined, waiting, "

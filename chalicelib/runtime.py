@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable
 
+from .engine.export import Exporter
 from .engine.fanout import Dispatch
 from .engine.mapper import Mapper
 from .engine.reconcile import ObjectDispatch, Reconciler
@@ -101,6 +102,11 @@ class Runtime:
     @cached_property
     def scan_results(self) -> ScanReader:
         return ScanReader(self.reducer)
+
+    @cached_property
+    def exporter(self) -> Exporter:
+        return Exporter(self.state_store, self.reducer, self.results, self.clock,
+                        garbage_grace=dt.timedelta(minutes=self.settings.garbage_grace_minutes))
 
     @cached_property
     def status(self) -> StatusReader:

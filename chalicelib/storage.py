@@ -6,7 +6,7 @@ mode and in tests. There is deliberately no in-memory twin: tests exercise these
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import IO, Iterator, Protocol
 
 from .errors import CommitConflict, ObjectMissing
@@ -47,6 +47,7 @@ class ObjectStore(Protocol):
     def put_if_match(self, key: str, data: bytes, etag: str, content_type: str = ...) -> str: ...
     def list(self, prefix: str, start_after: str | None = None, page_size: int = 1000) -> Iterator[StoredObject]: ...
     def delete(self, keys: list[str]) -> None: ...
+    def presigned_get(self, key: str, expires: timedelta, filename: str | None = None) -> str: ...
 
 
 class S3ObjectStore:
@@ -110,6 +111,16 @@ class S3ObjectStore:
                 first = response["Errors"][0]
                 raise RuntimeError(f"could not delete s3://{self.bucket}/{first['Key']}: {first['Message']}")
 
+    def presigned_get(self, key: str, expires: timedelta, filename: str | None = None) -> str:
+        """A URL anyone may GET the object with until `expires` from now, with no credentials of their own; it
+        carries the signer's permissions, and dies with temporary credentials if those expire first. `filename`:
+        what a browser saves it as."""
+        params = {"Bucket": self.bucket, "Key": key}
+        if filename:
+            params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
+        return self._client.generate_presigned_url("get_object", Params=params,
+                                                   ExpiresIn=int(expires.total_seconds()))
+
     def _put(self, key, data, content_type, **conditions) -> str:
         response = self._call(self._client.put_object, key, Bucket=self.bucket, Key=key, Body=data,
                               ContentType=content_type, **conditions)
@@ -136,8 +147,10 @@ def make_s3_client(endpoint_url: str | None, region: str, max_connections: int =
     import boto3
     from botocore.config import Config
 
+    # signature_version: presigned URLs are SigV4, which every region takes (botocore presigns us-east-1's with
+    # SigV2, which newer regions refuse); other requests are SigV4 anyway.
     config = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=max_connections,
-                    s3={"addressing_style": "path"} if endpoint_url else {})
+                    s3={"addressing_style": "path"} if endpoint_url else {}, signature_version="s3v4")
     extra = {}
     if endpoint_url and not boto3.Session().get_credentials():
         # A loopback endpoint (moto) takes any credentials; AWS never gets here because endpoint_url is None.

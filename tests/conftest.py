@@ -59,6 +59,10 @@ def s3_server():
         port = probe.getsockname()[1]
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    # moto's state is process-wide: without a reset, a test would see the objects of the server tests before it.
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST")).close()
     from chalicelib.storage import make_s3_client
 
     client = make_s3_client(f"http://127.0.0.1:{port}", "us-east-1")

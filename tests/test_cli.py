@@ -190,5 +190,5 @@ def test_backfill_with_nothing_listening_exits_3(capsys):
 def test_client_pages_through_signed_requests(api_url):
     seen = []
     client = TallyClient(api_url, signer=lambda method, url: seen.append(url) or {"x-api-key": "k"})
-    assert len(list(client.all_rows("bdb-agg-2c", page_size=3))) == 4
+    assert len(list(client.results("bdb-agg-2c", page_size=3))) == 4
     assert len(seen) == 2

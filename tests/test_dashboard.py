@@ -58,7 +58,7 @@ def test_dashboard_shows_the_groups_and_updates_after_an_upload(local_tally, bro
         s3.upload_file(str(path), "tally-input", f"uservisits/{path.name}")
     api = TallyClient(local_tally.api_url)
     wait_until_idle(api, list(JOBS), timeout=60)
-    expected = api.results("bdb-agg-2a", order_by="adRevenue", desc="true", limit=10)["rows"]
+    expected = api.page("bdb-agg-2a", order_by="adRevenue", desc=True, limit=10)["rows"]
 
     page = browser.new_page()
     errors: list[str] = []

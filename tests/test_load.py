@@ -64,7 +64,7 @@ def test_small_objects_from_eight_threads_are_each_counted_once(local_tally):
     wait_until_idle(api, JOBS, timeout=1800)  # the counts below are the test; the time is printed
     elapsed = time.monotonic() - started
 
-    rows = {row["key"]["sourceIP_prefix"]: row["values"]["adRevenue"] for row in api.all_rows("bdb-agg-2c")}
+    rows = {row["key"]["sourceIP_prefix"]: row["values"]["adRevenue"] for row in api.results("bdb-agg-2c")}
     assert len(rows) == OBJECTS + 1
     assert rows["99.99.99.99"] == Decimal(2 * OBJECTS)
     assert all(value == Decimal("1.000001") for key, value in rows.items() if key != "99.99.99.99")

@@ -57,7 +57,7 @@ def test_uploaded_files_are_served_exactly_as_duckdb_computes_them(stack, reques
     wait_until_idle(api, [*JOBS, "page-latency"], timeout=120)
 
     for job, length in JOBS.items():
-        served = {row["key"]["sourceIP_prefix"]: row["values"]["adRevenue"] for row in api.all_rows(job, 500)}
+        served = {row["key"]["sourceIP_prefix"]: row["values"]["adRevenue"] for row in api.results(job, page_size=500)}
         assert differences(bdb_aggregation(paths, length), served) == [], job
     expected: dict[tuple, dict] = {}
     for r in (r for r in requests if r["status"] < 500):
@@ -68,7 +68,7 @@ def test_uploaded_files_are_served_exactly_as_duckdb_computes_them(stack, reques
     served = {(row["key"]["path"], row["key"]["method"]): {**row["values"],
               "mean_latency_ms": float(row["values"]["mean_latency_ms"]),
               "max_latency_ms": float(row["values"]["max_latency_ms"])}
-              for row in api.all_rows("page-latency")}
+              for row in api.results("page-latency")}
     assert served == {key: {"requests": g["requests"], "bytes": g["bytes"],
                             "mean_latency_ms": pytest.approx(sum(g["latency"]) / len(g["latency"])),
                             "max_latency_ms": max(g["latency"])} for key, g in expected.items()}
@@ -98,7 +98,7 @@ def test_overwrites_and_deletes_through_local_mode_leave_the_query_over_the_buck
 
 def assert_served_as_duckdb_computes(api: TallyClient, files: list[Path]) -> None:
     for job, length in JOBS.items():
-        served = {row["key"]["sourceIP_prefix"]: row["values"]["adRevenue"] for row in api.all_rows(job, 1000)}
+        served = {row["key"]["sourceIP_prefix"]: row["values"]["adRevenue"] for row in api.results(job)}
         assert differences(bdb_aggregation(files, length), served) == [], job
 
 
@@ -144,5 +144,5 @@ def test_what_the_reconcile_finds_in_local_mode_is_mapped_by_the_workers_not_by_
     assert (report.mapped, report.dispatched) == ([], 1)
     api = TallyClient(local_tally.api_url)
     wait_until_idle(api, ["bdb-agg-2a"], timeout=60)
-    assert [row["values"]["adRevenue"] for row in api.all_rows("bdb-agg-2a")] == [1.5]
+    assert [row["values"]["adRevenue"] for row in api.results("bdb-agg-2a")] == [1.5]
     assert local_tally.mapped_events >= 1 and local_tally.errors == []

@@ -10,6 +10,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from chalicelib import openapi
+from chalicelib.engine import export
 from chalicelib.engine.results import ResultsQuery
 from chalicelib.engine.scan_results import ScanQuery
 
@@ -19,7 +20,7 @@ from chalicelib.engine.scan_results import ScanQuery
 # Scan jobs' results take ScanQuery's fields instead (engine/scan_results.py).
 SCAN_ONLY = {f.name for f in dataclasses.fields(ScanQuery)} - {f.name for f in dataclasses.fields(ResultsQuery)}
 ACCEPTED_QUERY = {"/jobs/{job}/results": {f.name for f in dataclasses.fields(ResultsQuery)} | SCAN_ONLY,
-                  "/jobs/{job}/results/{key}": {"fresh"}}
+                  "/jobs/{job}/results/{key}": {"fresh"}, "/jobs/{job}/export": set(export.PARAMETERS)}
 EXAMPLES = {"limit": "2", "order_by": "adRevenue", "desc": "true", "prefix": "1", "fresh": "true",
             "window_from": "2001-02-03", "window_to": "2001-02-04", "view": "files"}
 # Parameters that only some jobs take, and a job that takes them.

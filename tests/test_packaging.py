@@ -99,7 +99,7 @@ def test_terraform_declares_mapper_subscription_schedule_and_protected_api(packa
     swagger = json.loads(json.loads((package / "chalice.tf.json").read_text())["locals"]["chalice_api_swagger"])
     methods = {path: spec for path, item in swagger["paths"].items() for verb, spec in item.items() if verb == "get"}
     assert set(methods) == {"/", "/openapi.json", "/jobs", "/jobs/{job}/results", "/jobs/{job}/results/{key}",
-                            "/jobs/{job}/status"}
+                            "/jobs/{job}/export", "/jobs/{job}/status"}
     # The data needs SigV4; the page and the API description are public.
     assert all(spec["security"] == [{"sigv4": []}] for path, spec in methods.items() if path.startswith("/jobs"))
     assert "security" not in methods["/"] and "security" not in methods["/openapi.json"]
@@ -129,9 +129,9 @@ def test_each_function_has_its_own_role_with_its_own_least_privilege_policy(pack
         assert policy(declared, handler) == json.loads(
             (ROOT / ".chalice" / f"policy-{stage}-{handler}.json").read_text()), handler
     granted = {handler: grants(policy(declared, handler)) for handler in functions}
-    # The API only reads.
-    assert not set(granted["api_handler"]) & {"s3:PutObject", "s3:DeleteObject", "lambda:InvokeFunction",
-                                              "sqs:SendMessage"}
+    # The API reads, and writes exports only.
+    assert not set(granted["api_handler"]) & {"s3:DeleteObject", "lambda:InvokeFunction", "sqs:SendMessage"}
+    assert granted["api_handler"]["s3:PutObject"] == {f"arn:aws:s3:::tally-state-{stage}/exports/*"}
     assert not any(action.endswith("*") for actions in granted.values() for action in actions)
     # The reconcile hands objects to map_object, map_object ranges to map_range; nothing else invokes.
     name = {handler: function["function_name"] for handler, function in functions.items()}
@@ -174,7 +174,9 @@ def contents(archive_path: Path) -> tuple[set[str], int]:
 def test_zips_ship_the_engine_the_jobs_and_the_dependencies_within_lambda_limits(dev_package):
     code, code_unzipped = contents(dev_package / "deployment.zip")
     layer, layer_unzipped = contents(dev_package / "layer-deployment.zip")
-    assert {"app.py", "chalicelib/engine/mapper.py", "chalicelib/dashboard.html"} <= code
+    assert {"app.py", "chalicelib/engine/mapper.py", "chalicelib/engine/export.py", "chalicelib/dashboard.html"} <= code
+    assert not any(name.startswith("tally/") or "/site-packages/tally/" in name for name in code | layer), \
+        "the Python client (tally/) is not part of the service"
     assert not any(name.startswith(("pyarrow/", "pydantic_core/")) for name in code)  # in the layer
     site = LAYER_SITE_PACKAGES + "/"
     assert {site + "reducers/bdb_agg_2a.py", site + "reducers/page_latency.py"} <= layer

@@ -43,9 +43,10 @@ def test_each_function_gets_only_what_it_does(stage):
         assert granted["s3:ListBucket"] == {f"arn:aws:s3:::tally-input-{stage}", f"arn:aws:s3:::tally-state-{stage}"}
         assert all("/aws/lambda/tally-" + stage in r for r in granted["logs:PutLogEvents"]), handler
         assert granted["s3:GetObject"] == {input_, state}, handler
-    # The API only reads: nothing written or deleted anywhere, nothing invoked or sent.
-    assert set(grants[API]) == {"s3:GetObject", "s3:ListBucket", "logs:CreateLogGroup", "logs:CreateLogStream",
-                                "logs:PutLogEvents"}
+    # The API reads, and writes exports only: nothing else written, nothing deleted, invoked or sent.
+    assert set(grants[API]) == {"s3:GetObject", "s3:ListBucket", "s3:PutObject", "logs:CreateLogGroup",
+                                "logs:CreateLogStream", "logs:PutLogEvents"}
+    assert grants[API]["s3:PutObject"] == {f"arn:aws:s3:::tally-state-{stage}/exports/*"}
     for handler in (MAP_OBJECT, MAP_RANGE, REDUCE, RECONCILE):
         assert grants[handler]["s3:PutObject"] == grants[handler]["s3:DeleteObject"] == {state}, handler
     assert {h for h, g in grants.items() if "s3:GetObjectVersion" in g} == {MAP_OBJECT, MAP_RANGE}

@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
+import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 from botocore.exceptions import ClientError
@@ -96,6 +98,16 @@ def test_put_if_match_on_a_missing_key_fails_and_writes_nothing(store, backend):
         store.put_if_match("jobs/j/manifest.json", b"v1", md5(b"v0"))
     assert raised.type is {"moto": ObjectMissing, "seaweedfs": CommitConflict}[backend]
     assert store.head("jobs/j/manifest.json") is None
+
+
+def test_a_presigned_url_reads_the_object_with_a_plain_get_and_no_credentials(store):
+    """Exports are handed out so (engine/export.py): SigV4 query signing, a lifetime, a download name."""
+    store.put("exports/j/000000000001-f.csv", b"a,b\n1,2\n", "text/csv")
+    url = store.presigned_get("exports/j/000000000001-f.csv", timedelta(minutes=5), "j-1.csv")
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in url and "X-Amz-Expires=300" in url
+    with urllib.request.urlopen(url) as response:
+        assert response.read() == b"a,b\n1,2\n"
+        assert response.headers["Content-Disposition"] == 'attachment; filename="j-1.csv"'
 
 
 def test_ranged_get_reads_exactly_the_range(store):

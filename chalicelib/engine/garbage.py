@@ -18,6 +18,10 @@ listing candidates):
 4. list the records again: a young one protects its keys. A commit that dropped a reference after 3 wrote its
    record before committing, so before 4; readers of the manifest it replaced have until that record is old.
 
+The API writes records too, for exports of older generations (engine/export.py), under the exports prefix,
+the only place its role may write: the collector honours only export keys named there, so what the API can
+write never deletes the state a result is made of.
+
 Pure of AWS: it gets an ObjectStore and a clock.
 """
 from __future__ import annotations
@@ -27,7 +31,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from ..errors import ObjectMissing
 from ..storage import ObjectStore, StoredObject
@@ -61,13 +65,15 @@ class Collected:
     kept: int = 0      # candidates found still needed
 
 
-def write_record(store: ObjectStore, job: str, keys: Iterable[str], now: datetime, reason: str) -> str | None:
+def write_record(store: ObjectStore, job: str, keys: Iterable[str], now: datetime, reason: str,
+                 exports: bool = False) -> str | None:
     """Records `keys` as no longer needed by the writer; returns the record's key (None if there were none).
-    Written before the step that drops the references: once that step is visible, so is this record."""
+    Written before the step that drops the references: once that step is visible, so is this record.
+    `exports`: a record of exports, kept under the exports prefix (see the module's docstring)."""
     keys = sorted(set(filter(None, keys)))
     if not keys:
         return None
-    record = layout.garbage_key(job, now)
+    record = (layout.export_garbage_key if exports else layout.garbage_key)(job, now)
     body = {"keys": keys, "reason": reason, "at": now.isoformat()}
     store.put_if_absent(record, json.dumps(body).encode(), "application/json")
     return record
@@ -82,14 +88,13 @@ class GarbageCollector:
 
     def collect(self, job: str) -> Collected:
         cutoff = self.clock() - self.grace
-        old_records = [o.key for o in self.state.list(layout.garbage_prefix(job)) if _older(o, cutoff)]
+        old_records = [o.key for o in self._records(job) if _older(o, cutoff)]
         leaked = [o.key for prefix in _PREFIXES for o in self.state.list(prefix(job)) if _older(o, cutoff)]
         pending = {layout.attempt_of_marker(layout.id_of(o.key)) for o in self.state.list(layout.inbox_prefix(job))}
         live = self.read_live(job)
-        young_records = [o.key for o in self.state.list(layout.garbage_prefix(job))
-                         if o.key not in set(old_records)]
-        named = self._read_records(old_records)
-        protected = live.keys | {key for keys in self._read_records(young_records).values() for key in keys}
+        young_records = [o.key for o in self._records(job) if o.key not in set(old_records)]
+        named = self._read_records(job, old_records)
+        protected = live.keys | {key for keys in self._read_records(job, young_records).values() for key in keys}
         candidates = {key for keys in named.values() for key in keys} | set(leaked)
         doomed = sorted(key for key in candidates if key not in protected and not _pending_part(key, pending))
         if doomed:
@@ -101,10 +106,19 @@ class GarbageCollector:
                                                  "kept": len(candidates) - len(doomed)})
         return Collected(len(old_records), len(doomed), len(candidates) - len(doomed))
 
-    def _read_records(self, keys: list[str]) -> dict[str, list[str]]:
+    def _records(self, job: str) -> Iterator[StoredObject]:
+        yield from self.state.list(layout.garbage_prefix(job))
+        yield from self.state.list(layout.export_garbage_prefix(job))
+
+    def _read_records(self, job: str, keys: list[str]) -> dict[str, list[str]]:
+        exports = layout.exports_prefix(job)
+
         def read(key: str) -> list[str]:
             try:
-                return list(json.loads(self.state.get(key)[0])["keys"])
+                named = list(json.loads(self.state.get(key)[0])["keys"])
+                if key.startswith(exports):  # the API's: exports only, whatever it names
+                    return [k for k in named if k.startswith(exports) and layout.export_generation(k) is not None]
+                return named
             except ObjectMissing:
                 return []  # an overlapping collector processed it
             except (ValueError, KeyError, TypeError):

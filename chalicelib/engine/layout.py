@@ -33,6 +33,14 @@
                                                (immutable; the manifest names the live one of each shard, and
                                                a commit rewrites only the shards it changes)
     jobs/<job>/ledger/<generation>-<token>.arrow    the live object version of every input key in that result
+    exports/<job>/<generation>-<fingerprint>.<format>
+                                               a finalized snapshot of one generation's result (parquet or
+                                               csv), written once by the API for whoever asks first and handed
+                                               out as presigned URLs (engine/export.py); outside jobs/ so the
+                                               API's role may write here and nowhere else
+    exports/<job>/garbage/<time>-<token>.json  the API's garbage records: older generations' exports, deleted
+                                               once a grace period longer than a URL's lifetime has passed; the
+                                               collector honours only export keys named here
     attempts/<subject>/<attempt>.json          one mapping attempt at an object version (<subject>: its
                                                contribution) or at one range of it (<contribution>.r<i>of<n>),
                                                by the jobs that share its parse, whichever job they are: when
@@ -216,3 +224,28 @@ def generation_keys(job: str, generation: int) -> GenerationKeys:
 
 def generation_of(key: str) -> int:
     return int(key.rsplit("/", 1)[-1].split("-", 1)[0])
+
+
+def exports_prefix(job: str) -> str:
+    return f"exports/{job}/"
+
+
+def export_key(job: str, generation: int, fingerprint: str, fmt: str) -> str:
+    """Deterministic per job, generation, definition and format: whoever exports a generation first writes it,
+    everyone after finds it."""
+    return f"{exports_prefix(job)}{generation:012d}-{fingerprint}.{fmt}"
+
+
+def export_garbage_prefix(job: str) -> str:
+    return f"{exports_prefix(job)}garbage/"
+
+
+def export_garbage_key(job: str, at: datetime) -> str:
+    return garbage_key(job, at).replace(garbage_prefix(job), export_garbage_prefix(job), 1)
+
+
+def export_generation(key: str) -> int | None:
+    """The generation an export key is of; None for any other key under the exports prefix (a record)."""
+    parts = key.split("/")  # exports/<job>/<name>; a record is one level deeper
+    head = parts[-1].split("-", 1)[0]
+    return int(head) if len(parts) == 3 and parts[0] == "exports" and head.isdigit() else None

@@ -59,7 +59,7 @@ def end_to_end(dataset: Dataset, workers: int, timeout: float = 1800.0) -> EndTo
     """`tally demo`'s path: local mode on free ports, the CSV files uploaded by 4 threads, timed until the
     status of every job over the prefix says idle; then 2a is checked against DuckDB."""
     from ..runtime import set_runtime
-    from .client import TallyClient
+    from tally.client import Tally
     from .demo import wait_until_idle
     from .referee import bdb_aggregation, differences
     from .stack import LocalOptions, LocalTally
@@ -69,7 +69,7 @@ def end_to_end(dataset: Dataset, workers: int, timeout: float = 1800.0) -> EndTo
     options = LocalOptions(port=free_port(), s3_port=free_port(), workers=workers)
     try:
         with LocalTally(options) as tally:
-            s3, api = tally.client(), TallyClient(tally.api_url)
+            s3, api = tally.client(), Tally(tally.api_url)
             started = time.monotonic()
             with ThreadPoolExecutor(4) as uploads:
                 pending = [uploads.submit(s3.upload_file, str(p), INPUT, f"uservisits/{p.name}")
@@ -77,7 +77,7 @@ def end_to_end(dataset: Dataset, workers: int, timeout: float = 1800.0) -> EndTo
                 idle_at = wait_until_idle(api, list(jobs), timeout, uploads_done=lambda: all(f.done() for f in pending))
             for future in pending:
                 future.result()
-            served = {row["key"]["sourceIP_prefix"]: row["values"]["adRevenue"] for row in api.all_rows("bdb-agg-2a")}
+            served = {row["key"]["sourceIP_prefix"]: row["values"]["adRevenue"] for row in api.results("bdb-agg-2a")}
             exact = not differences(bdb_aggregation(dataset.parts, 8), served)
     finally:
         set_runtime(None)

@@ -1,5 +1,6 @@
 """The `tally` command: `tally local` runs the service on this machine, `tally demo` runs the main job,
-`jobs` / `status` / `query` read the HTTP API (local mode's, or a deployed stage's with --api), `backfill`
+`jobs` / `status` / `query` / `export` read the HTTP API (local mode's, or a deployed stage's: --api URL,
+$TALLY_API, or --stage), `backfill`
 maps what a job is missing, `create-buckets` makes a stage's buckets once, `deploy` / `package` deploy a stage
 (or write its terraform), `replay-failures` invokes the mappers' failed invocations again, `bench` measures
 Tally.
@@ -18,10 +19,11 @@ import sys
 import threading
 from pathlib import Path
 
+from tally.endpoint import LOCAL_API
+
 from .stack import LocalOptions
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-LOCAL_API = "http://127.0.0.1:8000"
 
 
 def _local_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,8 +49,10 @@ def _positive(text: str) -> int:
 
 
 def _api_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--api", default=LOCAL_API, metavar="URL",
-                        help=f"Tally's HTTP API: a deployed stage's URL, or local mode's (default {LOCAL_API})")
+    parser.add_argument("--api", default=None, metavar="URL",
+                        help=f"Tally's HTTP API (default: $TALLY_API, else --stage's, else local mode's {LOCAL_API})")
+    parser.add_argument("--stage", default=None, help="a deployed stage: its API's URL as `chalice url --stage` "
+                        "finds it (.chalice/deployed/<stage>.json)")
     parser.add_argument("--auth", choices=["auto", "none", "iam", "api_key"], default="auto",
                         help="auto: an API key if given, SigV4 (AWS credentials) for execute-api URLs, else none")
     parser.add_argument("--api-key", default=os.environ.get("TALLY_API_KEY"),
@@ -75,7 +79,16 @@ def parser() -> argparse.ArgumentParser:
                        "aggregate)")
     query.add_argument("--asc", action="store_true", help="ascending (default: descending)")
     query.add_argument("--prefix", default=None, help="only groups whose first key starts with this")
+    query.add_argument("--all", action="store_true", help="every row, page after page (instead of --top)")
+    query.add_argument("--output", choices=["table", "json", "csv"], default=None,
+                       help="table (default), json, or csv (nested values as JSON text, as exports write them)")
     _api_arguments(query)
+    export = commands.add_parser("export", help="a job's current result as a Parquet or CSV file")
+    export.add_argument("job")
+    export.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    export.add_argument("-o", "--output", type=Path, default=None, metavar="FILE",
+                        help="save it here (default: print the presigned URL and what it holds)")
+    _api_arguments(export)
     backfill = commands.add_parser("backfill", help="map what a job's results are missing from its input prefix")
     backfill.add_argument("job")
     backfill.add_argument("--stage", default=None, help="a deployed stage: its buckets from .chalice/config.json, "
@@ -155,16 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     from ..errors import TallyError
-    from .client import ApiError, Unreachable
+    from tally.transport import ApiError, NotDeployed, Unreachable
 
     console = Console(stderr=False)
     try:
         return _dispatch(args, console)
-    except ApiError as error:
+    except (ApiError, NotDeployed) as error:
         console.print(f"[red]error:[/] {error}")
         return EXIT_FAILED
     except (Unreachable, EndpointConnectionError, NoCredentialsError) as error:
-        local = getattr(args, "api", None) == LOCAL_API or (
+        local = getattr(args, "api_url", None) == LOCAL_API or (
             args.command in ("backfill", "repair", "replay-failures") and not args.stage)
         hint = " (is `tally local` running?)" if local else ""
         console.print(f"[red]error:[/] {error}{hint}")
@@ -187,11 +200,14 @@ def _dispatch(args: argparse.Namespace, console) -> int:
         return _run_create_buckets(args, console)
     if args.command in ("deploy", "package", "replay-failures"):
         return _run_stage_command(args, console)
-    if args.command in ("jobs", "status", "query"):
-        from . import commands
-        from .client import TallyClient, signer_for
+    if args.command in ("jobs", "status", "query", "export"):
+        from tally.client import Tally
+        from tally.endpoint import resolve_url
 
-        api = TallyClient(args.api, signer=signer_for(args.api, args.auth, args.api_key, args.region))
+        from . import commands
+
+        args.api_url = resolve_url(args.api, args.stage)
+        api = Tally(args.api_url, auth=args.auth, api_key=args.api_key, region=args.region)
         return getattr(commands, args.command)(api, args, console)
     if args.command == "bench":
         return _run_bench(args, console)

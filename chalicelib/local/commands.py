@@ -1,23 +1,26 @@
-"""`tally jobs`, `tally status [job]` and `tally query <job>`: the HTTP API as tables, against local mode or a
-deployed stage (--api URL). Each returns the process's exit code (see cli.EXIT_*)."""
+"""`tally jobs`, `tally status [job]`, `tally query <job>` and `tally export <job>`: the HTTP API as tables, JSON
+or CSV, against local mode or a deployed stage. Each returns the process's exit code (see cli.EXIT_*)."""
 from __future__ import annotations
 
 import argparse
 import json
 from decimal import Decimal
 
+import simplejson
+
 from rich.console import Console
 from rich.table import Table
 
-from .client import TallyClient
+from tally import rows as tally_rows
+from tally.client import Tally
 
 
-def jobs(api: TallyClient, args: argparse.Namespace, console: Console) -> int:
+def jobs(api: Tally, args: argparse.Namespace, console: Console) -> int:
     listed = api.jobs()
     if args.json:
         console.print_json(json.dumps(listed, default=str))
         return 0
-    table = Table(title=f"{len(listed)} jobs at {api.base_url}")
+    table = Table(title=f"{len(listed)} jobs at {api.url}")
     for column in ("job", "input", "format", "keys / filter", "aggregates / select"):
         table.add_column(column)
     for job in listed:
@@ -30,13 +33,13 @@ def jobs(api: TallyClient, args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def status(api: TallyClient, args: argparse.Namespace, console: Console) -> int:
+def status(api: Tally, args: argparse.Namespace, console: Console) -> int:
     names = [args.job] if args.job else [job["name"] for job in api.jobs()]
     statuses = [api.status(name) for name in names]
     if args.json:
         console.print_json(json.dumps(statuses, default=str))
         return 0
-    table = Table(title=f"status at {api.base_url}")
+    table = Table(title=f"status at {api.url}")
     for column, justify in (("job", "left"), ("state", "left"), ("merged/landed", "right"), ("waiting", "right"),
                             ("quarantined", "right"), ("lag s", "right"), ("groups", "right"),
                             ("rows read", "right"), ("last reduce", "left")):
@@ -56,48 +59,71 @@ def status(api: TallyClient, args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def query(api: TallyClient, args: argparse.Namespace, console: Console) -> int:
+def query(api: Tally, args: argparse.Namespace, console: Console) -> int:
     definition = next((job for job in api.jobs() if job["name"] == args.job), None)
     if definition is None:
         console.print(f"[red]error:[/] no job named {args.job!r}; `tally jobs` lists them")
         return 1
-    if definition.get("kind") == "scan":
-        return _scan_query(api, args, definition, console)
-    order_by = args.order_by or next(iter(definition["aggregates"]))
-    page = api.results(args.job, limit=args.top, order_by=order_by, desc="false" if args.asc else "true",
-                       prefix=args.prefix)
-    if args.json:
-        console.print_json(json.dumps(page, default=str))
-        return 0
-    table = Table(title=f"{args.job}: top {len(page['rows'])} of {page['total_rows']:,} groups by {order_by}"
-                        f"{' ascending' if args.asc else ''} (generation {page['generation']})")
-    for name in definition["keys"]:
-        table.add_column(name)
-    for name in definition["aggregates"]:
-        table.add_column(name, justify="right")
-    for row in page["rows"]:
-        table.add_row(*(_cell(v) for v in row["key"].values()), *(_cell(v) for v in row["values"].values()))
-    console.print(table)
-    return 0
-
-
-def _scan_query(api: TallyClient, args: argparse.Namespace, definition: dict, console: Console) -> int:
-    """A scan job's first output rows (its rows have no order to rank them by)."""
-    if args.order_by or args.asc or args.prefix:
+    scan = definition.get("kind") == "scan"
+    if scan and (args.order_by or args.asc or args.prefix):
         console.print(f"[red]error:[/] {args.job} is a scan job: it takes no --order-by, --asc or --prefix")
         return 1
-    page = api.results(args.job, limit=args.top)
-    if args.json:
-        console.print_json(json.dumps(page, default=str))
+    output = args.output or ("json" if args.json else "table")
+    order_by = None if scan else args.order_by or next(iter(definition["aggregates"]))
+    params = {} if scan else {"order_by": order_by, "desc": not args.asc, "prefix": args.prefix}
+    if args.all:
+        rows, total, generation = api.results(args.job, **params), None, None
+    else:
+        page = api.page(args.job, limit=args.top, **params)
+        rows, total, generation = page["rows"], page["total_rows"], page["generation"]
+    if output == "csv":
+        tally_rows.write_csv((tally_rows.flat(row, scan) for row in rows), console.file, schema=tally_rows.schema_of(definition),
+                             columns=_columns(definition))
+        console.file.flush()
         return 0
-    table = Table(title=f"{args.job}: first {len(page['rows'])} of {page['total_rows']:,} output rows "
-                        f"in {page['files']} files (generation {page['generation']})")
-    for name in definition["select"]:
-        table.add_column(name)
-    for row in page["rows"]:
-        table.add_row(*(_cell(row[name]) for name in definition["select"]))
+    rows = list(rows)
+    if output == "json":
+        _print_json(console, page if not args.all else {"job": args.job, "total_rows": len(rows), "rows": rows})
+        return 0
+    shown = f"all {len(rows):,}" if args.all else f"{'first' if scan else 'top'} {len(rows)} of {total:,}"
+    what = "output rows" + ("" if args.all else f" in {page['files']} files") if scan else "groups"
+    order = "" if scan else f" by {order_by}{' ascending' if args.asc else ''}"
+    table = Table(title=f"{args.job}: {shown} {what}{order}" + ("" if args.all else f" (generation {generation})"))
+    for name in _columns(definition):
+        table.add_column(name, justify="right" if name in (definition.get("aggregates") or {}) else "left")
+    for row in rows:
+        flat = tally_rows.flat(row, scan)
+        table.add_row(*(_cell(flat.get(name)) for name in _columns(definition)))
     console.print(table)
     return 0
+
+
+def export(api: Tally, args: argparse.Namespace, console: Console) -> int:
+    answer = api.export(args.job, args.format) if args.output is None else \
+        api.download(args.job, args.format, args.output)
+    if args.json:
+        _print_json(console, answer)
+    elif args.output is None:
+        console.print(f"{args.job}: generation {answer['generation']}, {answer['rows']:,} rows ({answer['format']}) "
+                      f"until {answer['expires_at']} at\n{answer['url']}", soft_wrap=True, highlight=False)
+    else:
+        console.print(f"wrote {args.output}: {answer['rows']:,} rows of {args.job} (generation "
+                      f"{answer['generation']}, {answer['format']}, {answer['bytes']:,} bytes)")
+    return 0
+
+
+def _print_json(console: Console, body) -> None:
+    # Not rich's print_json, which reads numbers back as floats: every digit of a decimal stays.
+    console.file.write(simplejson.dumps(body, use_decimal=True, indent=2, default=str) + "\n")
+    console.file.flush()
+
+
+def _columns(definition: dict) -> list[str]:
+    if definition.get("columns"):
+        return list(definition["columns"])
+    if definition.get("kind") == "scan":
+        return list(definition["select"])
+    return [*definition["keys"], *definition["aggregates"]]
 
 
 def _cell(value) -> str:

@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 from rich.table import Table
 
-from .client import TallyClient
+from tally.client import Tally
+
 from .datagen import write_uservisits
 from .referee import bdb_aggregation, differences, revenue_by_day
 from .stack import LocalOptions, LocalTally
@@ -65,7 +66,7 @@ def run_demo(options: DemoOptions, local: LocalOptions, console: Console | None 
     with LocalTally(local) as tally:
         console.print(f"S3 endpoint  {tally.s3_endpoint}\nHTTP API     {tally.api_url}\n"
                       f"dashboard    {tally.api_url}/")
-        api = TallyClient(tally.api_url)
+        api = Tally(tally.api_url)
         s3 = tally.client()
         started = time.monotonic()
         with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
@@ -96,7 +97,7 @@ def run_demo(options: DemoOptions, local: LocalOptions, console: Console | None 
             with console.status(f"checking every group of {job} against DuckDB"):
                 referee, served = CHECKS[job]
                 expected = referee(paths)
-                actual = dict(served(row) for row in api.all_rows(job))
+                actual = dict(served(row) for row in api.results(job))
             problems = differences(expected, actual)
             if problems:
                 ok = False
@@ -110,7 +111,7 @@ def run_demo(options: DemoOptions, local: LocalOptions, console: Console | None 
     return ok
 
 
-def wait_until_idle(api: TallyClient, jobs: list[str], timeout: float, progress: Progress | None = None,
+def wait_until_idle(api: Tally, jobs: list[str], timeout: float, progress: Progress | None = None,
                     tasks: dict | None = None, uploads_done=lambda: True) -> float:
     """Poll status until every job is idle after the last upload; returns the monotonic time it was seen."""
     deadline = time.monotonic() + timeout
@@ -135,8 +136,8 @@ def wait_until_idle(api: TallyClient, jobs: list[str], timeout: float, progress:
     raise TimeoutError(f"jobs not idle after {timeout:.0f} s: {waiting}")
 
 
-def _print_top(console: Console, api: TallyClient, job: str, count: int = 10) -> None:
-    page = api.results(job, order_by="adRevenue", desc="true", limit=count)
+def _print_top(console: Console, api: Tally, job: str, count: int = 10) -> None:
+    page = api.page(job, order_by="adRevenue", desc=True, limit=count)
     table = Table(title=f"{job}: top {count} of {page['total_rows']} groups by SUM(adRevenue)")
     table.add_column("SUBSTR(sourceIP, 1, 8)")
     table.add_column("SUM(adRevenue)", justify="right")
@@ -145,8 +146,8 @@ def _print_top(console: Console, api: TallyClient, job: str, count: int = 10) ->
     console.print(table)
 
 
-def _print_countries(console: Console, api: TallyClient, count: int = 8) -> None:
-    page = api.results("visits-by-country", order_by="visitors", desc="true", limit=count)
+def _print_countries(console: Console, api: Tally, count: int = 8) -> None:
+    page = api.page("visits-by-country", order_by="visitors", desc=True, limit=count)
     table = Table(title=f"visits-by-country: top {count} of {page['total_rows']} countries by distinct visitors")
     for column, justify in [("country", "left"), ("visitors (HLL)", "right"), ("p95 duration (KLL)", "right"),
                             ("revenue stddev", "right"), ("top searchWords", "left")]:
