@@ -282,4 +282,8 @@ def _job(definition: Job | dict, tables: dict[str, Table]) -> Job:
         return definition
     if isinstance(definition, dict) and "sql" in definition and "format" not in definition:
         return Job.from_sql(tables=tables, **definition)
-    return Job.model_validate(definition)
+    try:
+        return Job.model_validate(definition)
+    except ValidationError as exc:
+        name = definition.get("name") if isinstance(definition, dict) else None
+        raise JobDefinitionError(f"job {name!r}: {exc}" if name else str(exc)) from None
