@@ -86,7 +86,13 @@ SCHEMAS: dict[str, Any] = {
                                              "keys": {"type": "object", "nullable": True},
                                              "aggregates": {"type": "object", "nullable": True},
                                              "filter": {"type": "string", "nullable": True},
-                                             "select": {"type": "object", "nullable": True}}},
+                                             "select": {"type": "object", "nullable": True},
+                                             "language": {"type": "string", "enum": ["python", "sql"]},
+                                             "sql": {"type": "string", "nullable": True,
+                                                     "description": "a SQL job's statement; the other fields "
+                                                                    "are derived from it"},
+                                             "having": {"type": "string", "nullable": True},
+                                             "window_key": {"type": "string", "nullable": True}}},
     "Row": {"type": "object", "required": ["key", "values"],
             "properties": {"key": {"type": "object"}, "values": {"type": "object"}}},
     "Page": {"type": "object", "required": ["job", "rows", "next_cursor", "total_rows", "generation"], "properties": {

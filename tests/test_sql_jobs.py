@@ -214,3 +214,13 @@ def test_having_keeps_only_the_groups_it_holds_for_in_pages_totals_and_single_gr
 def test_a_python_job_may_have_a_having_too(served):
     status, body = get(served, "/jobs/nets-py/results")
     assert status == 200 and [row["key"]["net"] for row in body["rows"]] == ["1.1", "3.3"]
+
+
+def test_the_api_describes_a_sql_job_with_its_statement(lambdas):
+    response = lambdas.http.get("/jobs")
+    jobs = {job["name"]: job for job in json.loads(response.body)["jobs"]}
+    assert jobs["page-latency"]["sql"] == load_jobs("reducers").get("page-latency").sql
+    assert jobs["page-latency"]["language"] == "sql" and jobs["visits-by-browser"]["language"] == "python"
+    from chalicelib import openapi
+
+    assert {"sql", "language", "having", "window_key"} <= set(openapi.SCHEMAS["Job"]["properties"])
