@@ -66,7 +66,7 @@ def assert_like_duckdb(expression: str, rows: pa.Table = ROWS) -> None:
     "b IS FALSE", "i IS DISTINCT FROM j", "i IS NOT DISTINCT FROM j",
     # IN, BETWEEN
     "i IN (1, 12, 99)", "i IN (1, NULL)", "i NOT IN (1, NULL)", "i NOT IN (1, 5)", "s IN ('Abc', 'z')",
-    "i IN (j, 1)", "i BETWEEN -3 AND 5", "i NOT BETWEEN 0 AND 12", "d BETWEEN 0 AND 3",
+    "i IN (j, 1)", "i IN (NULL)", "f IN (1.5, 2)", "i IN (1.5, 12)", "d IN (1, 3)", "i BETWEEN -3 AND 5", "i NOT BETWEEN 0 AND 12", "d BETWEEN 0 AND 3",
     # LIKE: % and _, no escape character unless ESCAPE names one
     "s LIKE 'a%'", "s LIKE 'a_c'", "s LIKE '%\\%'", "s LIKE 'x\\y'", "s NOT LIKE '%c'",
     "s LIKE 'a!%c' ESCAPE '!'", "s ILIKE 'abc'", "t ILIKE 'a%c'", "s ILIKE 'HÉ%'",

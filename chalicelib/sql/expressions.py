@@ -69,7 +69,7 @@ class Compiler:
         try:
             return evaluate(self.empty)
         except JobDefinitionError as exc:
-            if " at line " in str(exc):
+            if " at line " in str(exc):  # an inner node's error, which already says where
                 raise
             raise self.source.error(f"{exc}, in {self.source.snippet(node)}", node) from None
         except (pa.ArrowException, TypeError, ValueError, ArithmeticError) as exc:

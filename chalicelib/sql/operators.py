@@ -174,21 +174,22 @@ def _in(c, node: exp.In) -> Evaluator:
     if node.args.get("query") is not None or node.args.get("unnest") is not None:
         raise c.refuse(node.args.get("query") or node.args["unnest"])
     items = node.expressions
-    if not all(is_literal_node(item) for item in items):
-        # x IN (a, b) is x = a OR x = b, NULLs and all.
+    compiled = c.operands(node.this, *items)
+    kind = c.type(compiled[0], node.this)
+    options = [c.value(item, node) for item in compiled[1:]] if all(map(is_literal_node, items)) else None
+    if options is None or any(o.is_valid and not o.type.equals(kind) for o in options):
+        # x IN (a, b) is x = a OR x = b, NULLs and all; comparisons widen operands of other types.
         tests = [c.operands(node.this, item) for item in items]
+
         def any_equal(batch: Batch) -> Value:
             result = equal(tests[0][0](batch), tests[0][1](batch))
             for left, right in tests[1:]:
                 result = pc.or_kleene(result, equal(left(batch), right(batch)))
             return result
         return any_equal
-    compiled = c.operands(node.this, *items)
     value = compiled[0]
-    options = [c.value(item, node) for item in compiled[1:]]
-    kind = c.type(value, node.this)
     listed = [o.as_py() for o in options if o.is_valid]
-    lookup = pc.SetLookupOptions(pa.array(listed, kind if listed else None), skip_nulls=True)
+    lookup = pc.SetLookupOptions(pa.array(listed, kind), skip_nulls=True)
     has_null = len(listed) < len(options)
 
     def member(batch: Batch) -> Value:
