@@ -90,7 +90,7 @@ class Job(BaseModel):
         try:
             query = translate(sql, tables)
             table = tables[query.table]
-            return cls(name=name, description=description or table.description, prefix=table.prefix,
+            return cls(name=name, description=description, prefix=table.prefix,
                        suffix=table.suffix, format=table.format, language="sql", sql=textwrap.dedent(sql).strip(),
                        shards=shards, **query.job_fields())
         except JobDefinitionError as exc:
