@@ -39,7 +39,9 @@ local: $(INSTALLED)
 bench: $(INSTALLED)
 	$(BIN)/tally bench --markdown benchmarks/RESULTS.md $(ARGS)
 
+# Every job and table definition loads first: a typo in a job fails here, naming the job.
 test: $(INSTALLED) $(WHEELHOUSE)/.complete $(CHROMIUM)
+	$(BIN)/tally validate
 	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(BIN)/python -m pytest $(ARGS)
 
 test-fast: $(INSTALLED)

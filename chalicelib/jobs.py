@@ -1,18 +1,20 @@
 """Job definitions: pydantic models validated once when `reducers/` is loaded.
 
 A job names the input objects it reads (prefix, optional suffix), how to parse them, and what to compute:
-an aggregation (`keys` + `aggregates`) or a map-only scan (`select`, a projection), either after `filter`.
-Loading compiles every expression against the declared columns, so a typo fails at load time with the
-job's name, never inside a running mapper.
+an aggregation (`keys` + `aggregates`, optionally `having`) or a map-only scan (`select`, a projection), either
+after `filter`. Expressions are Python syntax (expressions.py) or, for jobs written in SQL (`Job.from_sql`, one
+statement over a table of tables.py), SQL (chalicelib/sql). Loading compiles every expression against the
+declared columns, so a typo fails at load time with the job's name, never inside a running mapper.
 """
 from __future__ import annotations
 
 import base64
 import importlib
 import pkgutil
-import re
+import textwrap
+from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Annotated, Any, Callable, Literal, Union
+from typing import Any, Callable, Literal, Mapping
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
@@ -21,77 +23,15 @@ from .aggregation import AggregationPlan, parse_aggregate
 from .aggregation.mapping import MapFunction
 from .errors import JobDefinitionError, JobNotFound
 from .expressions import compile_expression
-from .formats import ParquetLayout, TextFormat, strip_compression
+from .expressions import Expression
+from .formats import strip_compression
 from .scan import ScanPlan
+from .sql.aggregates import parse_sql_aggregate
+from .sql.expressions import compile_sql_expression
+from .sql.statement import translate
+from .tables import (TABLES_MODULE, CsvFormat, Format, JsonLinesFormat, ParquetFormat, Table,  # noqa: F401
+                     arrow_type, load_tables)
 from .windows import WINDOW_KEY, Window
-
-_SIMPLE_TYPES = {
-    "string": pa.string(), "str": pa.string(), "int64": pa.int64(), "int": pa.int64(),
-    "int32": pa.int32(), "float64": pa.float64(), "float": pa.float64(), "double": pa.float64(),
-    "bool": pa.bool_(), "date": pa.date32(), "timestamp": pa.timestamp("us"),
-}
-_DECIMAL = re.compile(r"^decimal\((\d+),\s*(\d+)\)$")
-
-
-def arrow_type(name: str) -> pa.DataType:
-    """Column type names used in job definitions: string, int64, float64, bool, date, timestamp,
-    decimal(p,s). Declare money as decimal: its sums are exact."""
-    text = name.strip().lower()
-    if text in _SIMPLE_TYPES:
-        return _SIMPLE_TYPES[text]
-    match = _DECIMAL.match(text)
-    if match and 1 <= int(match[1]) <= 38 and int(match[2]) <= int(match[1]):
-        return pa.decimal128(int(match[1]), int(match[2]))
-    raise ValueError(f"unknown column type {name!r}; use one of {sorted(_SIMPLE_TYPES)} or decimal(p,s)")
-
-
-class _Format(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    columns: dict[str, str] = Field(min_length=1, description="column name -> type, in file order")
-    on_bad_row: Literal["skip", "fail"] = "skip"
-
-    @field_validator("columns")
-    @classmethod
-    def _types_are_known(cls, columns: dict[str, str]) -> dict[str, str]:
-        for type_name in columns.values():
-            arrow_type(type_name)
-        return columns
-
-    @property
-    def schema(self) -> pa.Schema:
-        return pa.schema([(name, arrow_type(t)) for name, t in self.columns.items()])
-
-
-class CsvFormat(_Format):
-    kind: Literal["csv"] = "csv"
-    header: bool = False
-    delimiter: str = Field(default=",", min_length=1, max_length=1)
-
-    def reader(self) -> TextFormat:
-        return TextFormat("csv", self.schema, self.header, self.delimiter, self.on_bad_row)
-
-
-class JsonLinesFormat(_Format):
-    kind: Literal["jsonl"] = "jsonl"
-
-    def reader(self) -> TextFormat:
-        return TextFormat("jsonl", self.schema, on_bad_row=self.on_bad_row)
-
-
-class ParquetFormat(_Format):
-    """Parquet objects. `columns` are the ones the job may use, with the types its expressions are checked
-    against; each file's own schema must have them (by name, in any order, castable to the declared type)
-    or the file is quarantined. Only the columns a job's expressions use are fetched from S3."""
-
-    kind: Literal["parquet"] = "parquet"
-
-    def reader(self) -> ParquetLayout:
-        return ParquetLayout(self.schema)
-
-
-Format = Annotated[Union[CsvFormat, JsonLinesFormat, ParquetFormat], Field(discriminator="kind")]
-
 
 class Job(BaseModel):
     """`name` is the job's id in the API; input objects are those under `prefix` whose key (without a
@@ -104,13 +44,24 @@ class Job(BaseModel):
     prefix: str = Field(min_length=1)
     suffix: str | None = None
     format: Format
+    language: Literal["python", "sql"] = Field(
+        default="python", description="the syntax of keys, aggregates, filter, select and having: Python's, or "
+                                      "SQL's (DuckDB's dialect)")
+    sql: str | None = Field(default=None, description="the SQL statement the job was defined by (Job.from_sql); "
+                                                      "the other fields are derived from it")
     filter: str | None = None
     keys: dict[str, str] | None = Field(default=None, min_length=1, description="group key name -> expression")
     aggregates: dict[str, str] | None = Field(default=None, min_length=1,
                                               description="output name -> aggregate(expression)")
     select: dict[str, str] | None = Field(default=None, min_length=1,
                                           description="map-only: output column -> expression")
+    having: str | None = Field(
+        default=None, description="aggregations: a condition over the outputs (keys and aggregates, by name); the "
+                                  "groups it does not hold for are kept but not served")
     window: Window | None = Field(default=None, description="event-time tumbling window: adds key window_start")
+    window_key: str | None = Field(
+        default=None, description="the key (a date or timestamp) that is an event-time window, which the API's "
+                                  "window_from and window_to filter on; `window` makes it window_start")
     map: Callable[[pa.Table], Any] | None = Field(
         default=None, description="Python over each batch (the slower path); keys etc. then read its columns")
     map_columns: dict[str, str] | None = Field(default=None, description="the map function's output columns")
@@ -132,7 +83,27 @@ class Job(BaseModel):
     def _map_name(self, function: Callable | None) -> str | None:
         return None if function is None else f"{function.__module__}.{function.__qualname__}"
 
+    @classmethod
+    def from_sql(cls, name: str, sql: str, tables: Mapping[str, Table], description: str = "",
+                 shards: int = 1) -> "Job":
+        """The job one SQL statement over `tables` asks for (README, "A job in SQL"). Raises
+        JobDefinitionError naming the job, the construct and its line and column in `sql`."""
+        try:
+            query = translate(sql, tables)
+            table = tables[query.table]
+            return cls(name=name, description=description, prefix=table.prefix,
+                       suffix=table.suffix, format=table.format, language="sql", sql=textwrap.dedent(sql).strip(),
+                       shards=shards, **query.job_fields())
+        except JobDefinitionError as exc:
+            raise JobDefinitionError(f"job {name!r}: {exc}") from None
+        except ValidationError as exc:
+            raise JobDefinitionError(f"job {name!r}: {exc}") from None
+
     def model_post_init(self, _context: Any) -> None:
+        if self.sql is not None and self.language != "sql":
+            raise ValueError("a job defined by SQL has language='sql'")
+        if self.having is not None and self.select is not None:
+            raise ValueError("having filters groups: a scan (select) has none; filter its rows with filter")
         if self.select is not None and (self.keys is not None or self.aggregates is not None):
             raise ValueError("a job has either keys and aggregates (an aggregation) or select (a scan), not both")
         if self.select is None and (self.keys is None or self.aggregates is None):
@@ -154,11 +125,12 @@ class Job(BaseModel):
         if self.select is not None:
             if self.map is not None or self.window is not None:
                 raise JobDefinitionError("a scan (select) takes neither a map function nor a window")
-            columns = self.format.columns
+            schema = self.format.schema
             return ScanPlan(
-                input_schema=self.format.schema,
-                projection=tuple((name, compile_expression(source, columns)) for name, source in self.select.items()),
-                filter=compile_expression(self.filter, columns) if self.filter else None,
+                input_schema=schema,
+                projection=tuple((name, self._compile(source, schema)) for name, source in self.select.items()),
+                filter=self._compile(self.filter, schema) if self.filter else None,
+                language=self.language,
             )
         if (self.map is None) != (self.map_columns is None):
             raise JobDefinitionError("a map function needs map_columns (its output columns and types), "
@@ -171,19 +143,47 @@ class Job(BaseModel):
             mapped = MapFunction(self.map, pa.schema([(n, arrow_type(t)) for n, t in self.map_columns.items()]),
                                  tuple(self.map_reads or self.format.columns))
         schema = mapped.output_schema if mapped else self.format.schema
-        columns = schema.names
-        keys = tuple((name, compile_expression(source, columns)) for name, source in self.keys.items())
+        keys = tuple((name, self._compile(source, schema)) for name, source in self.keys.items())
         if self.window is not None:
             if WINDOW_KEY in self.keys:
                 raise JobDefinitionError(f"{WINDOW_KEY!r} is the window's key; name the other keys otherwise")
             keys = ((WINDOW_KEY, self.window.expression(schema)), *keys)
-        return AggregationPlan(
+        aggregate = parse_sql_aggregate if self.language == "sql" else (
+            lambda out, source, schema: parse_aggregate(out, source, schema.names))
+        plan = AggregationPlan(
             input_schema=self.format.schema,
             keys=keys,
-            aggregates=tuple(parse_aggregate(out, source, columns) for out, source in self.aggregates.items()),
-            filter=compile_expression(self.filter, columns) if self.filter else None,
+            aggregates=tuple(aggregate(out, source, schema) for out, source in self.aggregates.items()),
+            filter=self._compile(self.filter, schema) if self.filter else None,
             map=mapped,
+            language=self.language,
         )
+        self._check_window_key(plan)
+        if self.having is None:
+            return plan
+        # The condition reads the finalized outputs, so it is compiled over their schema.
+        return replace(plan, having=self._compile(self.having, plan.result_schema))
+
+    def _compile(self, source: str, schema: pa.Schema) -> Expression:
+        if self.language == "sql":
+            return compile_sql_expression(source, schema)
+        return compile_expression(source, schema.names)
+
+    def _check_window_key(self, plan: AggregationPlan) -> None:
+        if self.window_key is None:
+            return
+        if self.window is not None and self.window_key != WINDOW_KEY:
+            raise JobDefinitionError(f"a job with a window has window_key {WINDOW_KEY!r}")
+        if self.window_key not in plan.key_names:
+            raise JobDefinitionError(f"window_key {self.window_key!r} is not a key ({', '.join(plan.key_names)})")
+        kind = plan.state_schema.field(self.window_key).type
+        if not (pa.types.is_date(kind) or pa.types.is_timestamp(kind)):
+            raise JobDefinitionError(f"window_key {self.window_key!r} is {kind}, not a date or timestamp")
+
+    @property
+    def windowed_by(self) -> str | None:
+        """The key the API's window_from and window_to filter on, if the job has an event-time window."""
+        return WINDOW_KEY if self.window is not None else self.window_key
 
     def matches(self, key: str) -> bool:
         if not key.startswith(self.prefix) or key.endswith("/"):
@@ -234,19 +234,65 @@ class JobCatalog:
         return [job for job in self._jobs.values() if job.matches(key)]
 
 
+@dataclass(frozen=True)
+class Definitions:
+    """What a jobs package defines, and an error for each definition that does not load."""
+
+    jobs: list[Job]
+    tables: dict[str, Table]
+    errors: list[str]
+
+
 def load_jobs(package: str = "reducers") -> JobCatalog:
-    """Import every module of `package` not starting with `_`; each defines `JOB` (a Job or a dict)."""
+    """Import every module of `package` not starting with `_` (but its `tables`); each defines `JOB`: a Job, a
+    dict of its fields, or a dict of `from_sql`'s arguments (name, sql, description, shards) over the package's
+    tables."""
+    definitions = read_definitions(package)
+    if definitions.errors:
+        raise JobDefinitionError("\n".join(definitions.errors))
+    return JobCatalog(definitions.jobs)
+
+
+def read_definitions(package: str = "reducers") -> Definitions:
+    """Every job and table of `package`; a definition that does not load is an error naming it (`tally
+    validate` reports them all), not the end of the loading."""
+    errors: list[str] = []
+    try:
+        tables = load_tables(package)
+    except JobDefinitionError as exc:
+        tables = {}
+        errors.append(f"{package}.{TABLES_MODULE}: {exc}")
     root = importlib.import_module(package)
-    jobs = []
+    jobs: dict[str, Job] = {}
     for info in sorted(pkgutil.iter_modules(root.__path__), key=lambda i: i.name):
-        if info.name.startswith("_"):
+        if info.name.startswith("_") or info.name == TABLES_MODULE:
             continue
-        module = importlib.import_module(f"{package}.{info.name}")
-        definition = getattr(module, "JOB", None)
-        if definition is None:
-            raise JobDefinitionError(f"{package}.{info.name} defines no JOB")
+        where = f"{package}.{info.name}"
         try:
-            jobs.append(definition if isinstance(definition, Job) else Job.model_validate(definition))
+            definition = getattr(importlib.import_module(where), "JOB", None)
+            if definition is None:
+                raise JobDefinitionError("defines no JOB")
+            job = _job(definition, tables)
         except ValidationError as exc:
-            raise JobDefinitionError(f"{package}.{info.name}: {exc}") from exc
-    return JobCatalog(jobs)
+            errors.append(f"{where}: {exc}")
+            continue
+        except Exception as exc:  # noqa: BLE001  (a module that fails to import is that job's error, reported)
+            errors.append(f"{where}: {exc}" if isinstance(exc, JobDefinitionError) else
+                          f"{where}: {type(exc).__name__}: {exc}")
+            continue
+        if job.name in jobs:
+            errors.append(f"{where}: two jobs are named {job.name!r}")
+        jobs[job.name] = job
+    return Definitions(list(jobs.values()), tables, errors)
+
+
+def _job(definition: Job | dict, tables: dict[str, Table]) -> Job:
+    if isinstance(definition, Job):
+        return definition
+    if isinstance(definition, dict) and "sql" in definition and "format" not in definition:
+        return Job.from_sql(tables=tables, **definition)
+    try:
+        return Job.model_validate(definition)
+    except ValidationError as exc:
+        name = definition.get("name") if isinstance(definition, dict) else None
+        raise JobDefinitionError(f"job {name!r}: {exc}" if name else str(exc)) from None

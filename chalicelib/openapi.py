@@ -103,7 +103,13 @@ SCHEMAS: dict[str, Any] = {
                                              "columns": {"type": "object", "description": "each result "
                                                          "column's Arrow type, keys first"},
                                              "arrow_schema": {"type": "string", "description": "the same, as "
-                                                              "an Arrow IPC schema, base64"}}},
+                                                              "an Arrow IPC schema, base64"},
+                                             "language": {"type": "string", "enum": ["python", "sql"]},
+                                             "sql": {"type": "string", "nullable": True,
+                                                     "description": "a SQL job's statement; the other fields "
+                                                                    "are derived from it"},
+                                             "having": {"type": "string", "nullable": True},
+                                             "window_key": {"type": "string", "nullable": True}}},
     "Row": {"type": "object", "required": ["key", "values"],
             "properties": {"key": {"type": "object"}, "values": {"type": "object"}}},
     "Page": {"type": "object", "required": ["job", "rows", "next_cursor", "total_rows", "generation"], "properties": {

@@ -28,6 +28,7 @@ class ScanPlan:
     input_schema: pa.Schema
     projection: tuple[tuple[str, Expression], ...]
     filter: Expression | None = None
+    language: str = "python"  # of the expressions' source text, which the fingerprint holds
     output_schema: pa.Schema = field(init=False, compare=False)
     fingerprint: str = field(init=False)
 
@@ -51,6 +52,8 @@ class ScanPlan:
             "filter": self.filter.source if self.filter else None,
             "select": [[name, expr.source] for name, expr in self.projection],
         }
+        if self.language != "python":  # the same text may mean another thing in another language
+            identity["language"] = self.language
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         object.__setattr__(self, "fingerprint", digest[:16])
 

@@ -1,4 +1,7 @@
-"""Big Data Benchmark query 1b: SELECT pageURL, pageRank FROM rankings WHERE pageRank > 100."""
-from reducers._bdb import scan_query
-
-JOB = scan_query("bdb-scan-1b", 100)
+"""Big Data Benchmark query 1b: SELECT pageURL, pageRank FROM rankings WHERE pageRank > 100 (map-only: output
+rows per input object)."""
+JOB = {
+    "name": "bdb-scan-1b",
+    "description": "Big Data Benchmark scan: pageURL, pageRank of rankings WHERE pageRank > 100",
+    "sql": "SELECT pageURL, pageRank FROM rankings WHERE pageRank > 100",
+}

@@ -1,4 +1,7 @@
-"""Big Data Benchmark query 1c: SELECT pageURL, pageRank FROM rankings WHERE pageRank > 10."""
-from reducers._bdb import scan_query
-
-JOB = scan_query("bdb-scan-1c", 10)
+"""Big Data Benchmark query 1c: SELECT pageURL, pageRank FROM rankings WHERE pageRank > 10 (map-only: output
+rows per input object)."""
+JOB = {
+    "name": "bdb-scan-1c",
+    "description": "Big Data Benchmark scan: pageURL, pageRank of rankings WHERE pageRank > 10",
+    "sql": "SELECT pageURL, pageRank FROM rankings WHERE pageRank > 10",
+}

@@ -8,7 +8,9 @@ import pyarrow as pa
 
 from chalicelib.aggregation import Serializer, register_aggregate
 from chalicelib.jobs import Job
-from reducers._bdb import USERVISITS
+from reducers.tables import TABLES
+
+USERVISITS = TABLES["uservisits"]
 
 BUCKETS = 10
 
@@ -31,8 +33,8 @@ register_aggregate(
 JOB = Job(
     name="duration-histogram",
     description="Visits per ten-second bucket of duration (0-9 s, ..., 90 s and more), per language",
-    prefix="uservisits/",
-    format=USERVISITS,
+    prefix=USERVISITS.prefix,
+    format=USERVISITS.format,
     keys={"languageCode": "languageCode"},
     aggregates={"visits": "count()", "duration_histogram": "histogram10(duration)"},
 )

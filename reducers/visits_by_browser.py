@@ -4,7 +4,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from chalicelib.jobs import Job
-from reducers._bdb import USERVISITS
+from reducers.tables import TABLES
+
+USERVISITS = TABLES["uservisits"]
 
 # Order matters: Chrome's and Opera's agents also say "Safari" or "Mozilla".
 FAMILIES = [("bot", r"(?i)bot|crawler|spider"), ("Opera", r"Opera"), ("MSIE", r"MSIE"),
@@ -21,8 +23,8 @@ def browser_family(batch: pa.Table) -> pa.Table:
 JOB = Job(
     name="visits-by-browser",
     description="Visits and ad revenue per browser family (parsed from userAgent by a map function)",
-    prefix="uservisits/",
-    format=USERVISITS,
+    prefix=USERVISITS.prefix,
+    format=USERVISITS.format,
     map=browser_family,
     map_columns={"browser": "string", "adRevenue": "decimal(18,6)"},
     map_reads=["userAgent", "adRevenue"],

@@ -52,7 +52,9 @@ def test_jobs_lists_every_job_with_its_definition(api):
     assert set(jobs) == {"bdb-agg-2a", "bdb-agg-2b", "bdb-agg-2c", "bdb-scan-1a", "bdb-scan-1b", "bdb-scan-1c",
                          "duration-histogram", "page-latency", "revenue-by-day", "visits-by-browser",
                          "visits-by-country"}
-    assert jobs["revenue-by-day"]["window"] == {"column": "visitDate", "size": "1d"}
+    revenue = jobs["revenue-by-day"]
+    assert (revenue["language"], revenue["window_key"]) == ("sql", "window_start")
+    assert revenue["sql"].startswith("SELECT time_bucket(INTERVAL '1 day', visitDate) AS window_start")
     assert jobs["visits-by-browser"]["map"] == "reducers.visits_by_browser.browser_family"
     assert jobs["bdb-agg-2a"]["keys"] == {"sourceIP_prefix": "substr(sourceIP, 1, 8)"}
     assert jobs["bdb-agg-2a"]["aggregates"] == {"adRevenue": "sum(adRevenue)"}

@@ -40,10 +40,12 @@ from chalicelib.errors import CommitConflict
 from chalicelib.jobs import Job, JobCatalog, load_jobs
 from chalicelib.runtime import Runtime
 from chalicelib.settings import Settings
-from reducers._bdb import USERVISITS
+from reducers.tables import TABLES
 
 from .conftest import INPUT, STATE, Uploader, rankings_rows, uservisits_rows
 from .faults import Before, FaultyStore, Killed, LostResponse
+
+USERVISITS = TABLES["uservisits"].format
 
 JOB, SHARDED_JOB, SKETCH_JOB, SCAN_JOB = "bdb-agg-2a", "bdb-agg-2c", "visits-by-country", "bdb-scan-1b"
 # min and max cannot be subtracted: a retraction rebuilds the shards it reaches from the retained partials.

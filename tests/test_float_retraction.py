@@ -9,11 +9,11 @@ import math
 import pytest
 
 from chalicelib.jobs import Job, JobCatalog
-from reducers.page_latency import JOB as PAGE_LATENCY
+from reducers.tables import TABLES
 
 from . import float_referee
 
-LATENCY = Job(name="latency-spread", prefix="requests/", suffix=".jsonl", format=PAGE_LATENCY.format,
+LATENCY = Job(name="latency-spread", prefix="requests/", suffix=".jsonl", format=TABLES["requests"].format,
               keys={"path": "path"},
               aggregates={function: f"{function}(latency_ms)" for function in float_referee.FUNCTIONS})
 

@@ -19,12 +19,14 @@ from chalicelib.errors import MappingFailed, TallyError
 from chalicelib.jobs import Job
 from chalicelib.runtime import Runtime, utc_now
 from chalicelib.settings import Settings
-from reducers._bdb import USERVISITS
+from reducers.tables import TABLES
 
 from .conftest import uservisits_rows
 from .faults import FaultyStore, Killed
 from .test_reducer import CountingStore
 from .test_sharded_reduce import install
+
+USERVISITS = TABLES["uservisits"].format
 
 POISON = 13  # uservisits_rows gives row i the duration i % 50 + 1: a file of 13 rows or more holds one
 

@@ -18,12 +18,14 @@ from chalicelib.engine.results import ResultReader, ResultsQuery
 from chalicelib.errors import CommitConflict
 from chalicelib.jobs import Job, JobCatalog
 from chalicelib.runtime import utc_now
-from reducers._bdb import USERVISITS
+from reducers.tables import TABLES
 
 from . import test_udaf  # noqa: F401 - registers the value_set aggregate
 from .conftest import collect_garbage, uservisits_rows
 from .faults import FaultyStore, Killed
 from .test_reducer import CountingStore
+
+USERVISITS = TABLES["uservisits"].format
 
 SUBTRACTABLE = {"revenue": "sum(adRevenue)", "visits": "count()"}
 # max, a sketch and a user aggregate cannot be subtracted: deletes rebuild the shards they reach.

@@ -29,6 +29,9 @@ class AggregationPlan:
     aggregates: tuple[AggregateSpec, ...]
     filter: Expression | None = None
     map: MapFunction | None = None  # runs first; keys, filter and aggregates then read its columns
+    # Served groups are those it holds for (SQL's HAVING). Not part of the fingerprint: the state is the same.
+    having: Expression | None = None
+    language: str = "python"  # of the expressions' source text, which the fingerprint holds
     state_schema: pa.Schema = field(init=False, compare=False)
     fingerprint: str = field(init=False)
 
@@ -58,6 +61,13 @@ class AggregationPlan:
         except (pa.ArrowException, TypeError, ValueError) as exc:
             raise JobDefinitionError(f"expressions do not type-check against the columns: {exc}") from exc
         object.__setattr__(self, "state_schema", pa.schema(fields))
+        if self.having is not None:
+            try:
+                kind = self.having.evaluate_array(self._values(self.empty())).type
+            except (pa.ArrowException, TypeError, ValueError) as exc:
+                raise JobDefinitionError(f"having {self.having.source!r} does not type-check: {exc}") from exc
+            if not (pa.types.is_boolean(kind) or pa.types.is_null(kind)):
+                raise JobDefinitionError(f"having {self.having.source!r} is not a condition")
         identity = {
             "state_format": STATE_FORMAT,
             "input": [f"{f.name}:{f.type}" for f in self.input_schema],
@@ -70,6 +80,8 @@ class AggregationPlan:
             code.append(f"map:{self.map.identity}:{self.map.reads}:{self.map.output_schema}")
         if code:  # only then, so the fingerprints of jobs without user code stay what they were
             identity["code"] = code
+        if self.language != "python":  # the same text may mean another thing in another language
+            identity["language"] = self.language
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         object.__setattr__(self, "fingerprint", digest[:16])
 
@@ -214,7 +226,14 @@ class AggregationPlan:
         return merged.filter(pc.not_equal(merged.column(ROWS.out), 0))
 
     def finalize(self, partial: pa.Table) -> pa.Table:
-        """State columns to the values a user asked for, one column per aggregate."""
+        """State columns to the values a user asked for, one column per aggregate; only the groups `having`
+        holds for (NULL does not hold), when the job has one."""
+        table = self._values(partial)
+        if self.having is None:
+            return table
+        return table.filter(self.having.evaluate_array(table))
+
+    def _values(self, partial: pa.Table) -> pa.Table:
         columns = {name: partial.column(name) for name in self.key_names}
         for spec in self.aggregates:
             columns[spec.out] = spec.function.finalize(spec.out, partial)

@@ -23,7 +23,6 @@ import pyarrow.compute as pc
 
 from ..errors import CommitConflict, GroupNotFound, InvalidQuery, ObjectMissing
 from ..jobs import Job
-from ..windows import WINDOW_KEY
 from .reducer import Manifest, Reducer
 
 MAX_LIMIT = 1000
@@ -103,9 +102,9 @@ def _window_bound(job: Job, text: str | None, name: str) -> Any:
     """An ISO date or timestamp, typed like the job's window_start key."""
     if text is None:
         return None
-    if job.window is None:
+    if job.windowed_by is None:
         raise InvalidQuery(f"{name}= needs a job with a window; {job.name!r} has none")
-    kind = job.plan.state_schema.field(WINDOW_KEY).type
+    kind = job.plan.state_schema.field(job.windowed_by).type
     try:
         return pa.scalar(text).cast(kind).as_py()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -163,9 +162,9 @@ class ResultReader:
         if query.prefix is not None:
             ordered = ordered.filter(pc.starts_with(ordered.column(_prefix_column(job)), pattern=query.prefix))
         if query.window_from is not None:
-            ordered = ordered.filter(pc.greater_equal(ordered.column(WINDOW_KEY), pa.scalar(query.window_from)))
+            ordered = ordered.filter(pc.greater_equal(ordered.column(job.windowed_by), pa.scalar(query.window_from)))
         if query.window_to is not None:
-            ordered = ordered.filter(pc.less(ordered.column(WINDOW_KEY), pa.scalar(query.window_to)))
+            ordered = ordered.filter(pc.less(ordered.column(job.windowed_by), pa.scalar(query.window_to)))
         start = 0
         if query.cursor:
             start = _position_after(ordered, sort_keys, _decode_cursor(query.cursor, sort_keys, query))

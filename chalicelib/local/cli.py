@@ -1,4 +1,5 @@
 """The `tally` command: `tally local` runs the service on this machine, `tally demo` runs the main job,
+`validate` loads every job and table definition and reports each error (CI runs it before the tests),
 `jobs` / `status` / `query` / `export` read the HTTP API (local mode's, or a deployed stage's: --api URL,
 $TALLY_API, or --stage), `backfill`
 maps what a job is missing, `create-buckets` makes a stage's buckets once, `deploy` / `package` deploy a stage
@@ -67,6 +68,9 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
     local = commands.add_parser("local", help="run Tally on this machine (S3 on loopback, mappers, reducer, API)")
     _local_arguments(local)
+    validate = commands.add_parser("validate", help="load every job and table of the jobs package and report "
+                                   "each error with its job's name (exit 1 on any)")
+    validate.add_argument("--package", default="reducers", help="the jobs package (a stage's TALLY_JOBS_PACKAGE)")
     jobs = commands.add_parser("jobs", help="the jobs and their definitions")
     _api_arguments(jobs)
     status = commands.add_parser("status", help="progress of every job (or one): a table")
@@ -192,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, console) -> int:
     if args.command == "local":
         return _run_local(_local_options(args))
+    if args.command == "validate":
+        return _run_validate(args, console)
     if args.command == "backfill":
         return _run_backfill(args, console)
     if args.command == "repair":
@@ -216,6 +222,23 @@ def _dispatch(args: argparse.Namespace, console) -> int:
     options = DemoOptions(size_mb=args.size_mb, file_mb=args.file_mb, seed=args.seed,
                           upload_threads=args.upload_threads, data_dir=args.data_dir)
     return EXIT_OK if run_demo(options, _local_options(args), console) else EXIT_FAILED
+
+
+def _run_validate(args: argparse.Namespace, console) -> int:
+    from rich.markup import escape
+
+    from ..jobs import read_definitions
+
+    definitions = read_definitions(args.package)
+    errors = list(definitions.errors)
+    # Run-time views (jobs defined through the API, stored in the state bucket) are definitions too: once they
+    # exist, their errors join these, each with its view's name.
+    for error in errors:
+        console.print(f"[red]error:[/] {escape(error)}", soft_wrap=True)
+    if errors:
+        return EXIT_FAILED
+    console.print(f"{args.package}: {len(definitions.jobs)} jobs and {len(definitions.tables)} tables, all valid")
+    return EXIT_OK
 
 
 def _run_create_buckets(args: argparse.Namespace, console) -> int:
