@@ -5,7 +5,7 @@ from urllib.parse import unquote
 from chalice import Chalice, IAMAuthorizer, Rate, Response
 
 from chalicelib import openapi
-from chalicelib.api import dashboard_html, error_body, to_json
+from chalicelib.api import ViewRequest, dashboard_html, error_body, to_json
 from chalicelib.engine.export import parse_format
 from chalicelib.engine.mapper import outcomes_as_dicts
 from chalicelib.engine.reducer import raise_failures
@@ -31,16 +31,20 @@ ROUTE_AUTH = {"iam": {"authorizer": IAMAuthorizer()}, "api_key": {"api_key_requi
     SETTINGS.api_auth]
 
 
-def json_api(view):
+def json_api(view, success: int = 200):
     @wraps(view)
     def respond(*args, **kwargs):
         try:
-            status, body = 200, view(*args, **kwargs)
+            status, body = success, view(*args, **kwargs)
         except TallyError as error:
             status, body = error_body(error)
         return Response(body=to_json(body), status_code=status, headers={"Content-Type": "application/json"})
 
     return respond
+
+
+def created(view):
+    return json_api(view, 201)
 
 
 @app.on_s3_event(bucket=SETTINGS.input_bucket, events=["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
@@ -103,6 +107,20 @@ def openapi_document():
 @json_api
 def list_jobs():
     return {"jobs": [job.describe() for job in get_runtime().jobs]}
+
+
+@app.route("/jobs", methods=["POST"], **ROUTE_AUTH)
+@created
+def create_view():
+    # A view: a SQL job created at run time (engine/views.py); mappers and reducers pick it up within a minute.
+    request = ViewRequest.from_body(app.current_request.raw_body)
+    return get_runtime().jobs.create(request.name, request.sql).describe()
+
+
+@app.route("/jobs/{job}", methods=["DELETE"], **ROUTE_AUTH)
+@json_api
+def drop_view(job):
+    return get_runtime().jobs.drop(job).dropped_description()
 
 
 @app.route("/jobs/{job}/results", methods=["GET"], **ROUTE_AUTH)

@@ -9,6 +9,8 @@ from typing import Any
 
 import simplejson
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from .errors import GroupNotFound, InvalidQuery, JobNotFound, TallyError
 
 _STATUS = {JobNotFound: 404, GroupNotFound: 404, InvalidQuery: 400}
@@ -23,6 +25,23 @@ def _default(value: Any) -> Any:
     if isinstance(value, (dt.date, dt.datetime)):
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+class ViewRequest(BaseModel):
+    """POST /jobs: a view's name and its one SQL statement."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=63)  # the job model checks the rest
+    sql: str = Field(min_length=1, max_length=20_000)
+
+    @classmethod
+    def from_body(cls, body: bytes | None) -> "ViewRequest":
+        try:
+            return cls.model_validate_json(body or b"")
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors())
+            raise InvalidQuery(f'the body must be JSON {{"name": "...", "sql": "..."}}: {problems}') from None
 
 
 def error_body(error: TallyError) -> tuple[int, dict[str, str]]:

@@ -38,6 +38,25 @@ PATHS: dict[str, dict[str, Any]] = {
         "operationId": "listJobs", "summary": "every job and its definition",
         "responses": {"200": _json("jobs", {"type": "object", "properties": {
             "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}}}})},
+    }, "post": {
+        "operationId": "createView",
+        "summary": "create a view: a job defined by one SQL statement, kept in the state bucket; mappers and "
+                   "reducers pick it up within a minute, and the reconcile maps the objects already in its table",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["name", "sql"], "additionalProperties": False, "properties": {
+                "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"},
+                "sql": {"type": "string", "description": "SELECT ... FROM <table> [WHERE] [GROUP BY] [HAVING]"}}}}}},
+        "responses": {"201": _json("the view's description", {"$ref": "#/components/schemas/Job"}),
+                      "400": _ERROR},
+    }},
+    "/jobs/{job}": {"delete": {
+        "operationId": "dropView",
+        "summary": "drop a view created at run time (jobs defined in code cannot be dropped); its state is "
+                   "deleted once the drop is older than the garbage grace",
+        "parameters": [_JOB],
+        "responses": {"200": _json("dropped", {"type": "object", "properties": {
+            "job": {"type": "string"}, "dropped": {"type": "boolean"}, "version": {"type": "integer"},
+            "at": {"type": "string"}, "state": {"type": "string"}}}), "400": _ERROR, "404": _ERROR},
     }},
     "/jobs/{job}/results": {"get": {
         "operationId": "jobResults",

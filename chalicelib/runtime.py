@@ -14,7 +14,9 @@ from .engine.reducer import Reducer
 from .engine.results import ResultReader
 from .engine.scan_results import ScanReader
 from .engine.status import StatusReader
-from .jobs import JobCatalog, load_jobs
+from .engine.views import LiveCatalog, ViewStore
+from .jobs import Job, JobCatalog, load_jobs
+from .tables import load_tables
 from .settings import Settings
 from .storage import S3ObjectStore, make_s3_client
 
@@ -44,9 +46,15 @@ class Runtime:
 
     @cached_property
     def jobs(self) -> JobCatalog:
+        """The jobs in code and the views created at run time (engine/views.py); `catalog`, if given, alone."""
         if self.catalog is not None:
             return self.catalog
-        return load_jobs(self.settings.jobs_package).select(self.settings.jobs)
+        package = self.settings.jobs_package
+        code = load_jobs(package).select(self.settings.jobs)
+        tables = load_tables(package)
+        return LiveCatalog(code, ViewStore(self.state_store, self.clock),
+                           lambda name, sql: Job.from_sql(name, sql, tables),
+                           ttl=self.settings.view_refresh_seconds)
 
     @cached_property
     def input_store(self) -> S3ObjectStore:

@@ -66,6 +66,9 @@ class Settings(BaseModel):
     # record each). On Lambda it defaults to the sibling `<app>-<stage>-map_object`; unset elsewhere, where the
     # reconcile maps them in-process (tests, `tally backfill`) or local mode queues them for its workers.
     object_function: str | None = None
+    # How often mappers, reducers and the API list the views created at run time again (engine/views.py): a new
+    # view is picked up within this many seconds. Local mode: 0, at once.
+    view_refresh_seconds: float = Field(default=60, ge=0, le=900)
     log_level: str = "INFO"
     # "json": Powertools' structured lines and CloudWatch EMF metrics (Lambda); "text": one readable line per
     # log record and per metric set (local mode's terminal). Same records, same keys.

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 from . import rows as _rows
 from .endpoint import resolve_url
-from .transport import ApiError, Signer, download, get_json, signer_for
+from .transport import ApiError, Signer, download, get_json, request_json, signer_for
 
 MAX_PAGE = 1000  # the API's cap on limit
 
@@ -56,6 +56,16 @@ class Tally:
         if job not in self._definitions:
             raise ApiError(404, {"error": "JobNotFound", "message": f"no job named {job!r}"})
         return self._definitions[job]
+
+    def create_view(self, name: str, sql: str) -> dict:
+        """A view: a job defined by one SQL statement, created on the running service; its description."""
+        self._definitions.clear()
+        return request_json("POST", f"{self.url}/jobs", self.signer, self.timeout, {"name": name, "sql": sql})
+
+    def drop_view(self, name: str) -> dict:
+        """Drops a view created at run time (not a job defined in code); its state goes an hour later."""
+        self._definitions.clear()
+        return request_json("DELETE", f"{self.url}/jobs/{_quote(name)}", self.signer, self.timeout)
 
     def status(self, job: str) -> dict:
         return self.get(f"/jobs/{_quote(job)}/status")

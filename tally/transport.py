@@ -16,7 +16,7 @@ from typing import Any, Callable
 # execute-api hosts name their region: https://{id}.execute-api.{region}.amazonaws.com/{stage}/
 _EXECUTE_API = re.compile(r"\.execute-api\.([a-z0-9-]+)\.amazonaws\.com$")
 
-Signer = Callable[[str, str], dict[str, str]]  # (method, url) -> headers to add
+Signer = Callable[..., dict[str, str]]  # (method, url[, body]) -> headers to add; a body only when there is one
 
 
 class TallyClientError(Exception):
@@ -59,13 +59,13 @@ def sigv4_signer(region: str | None = None, session=None) -> Signer:
     if credentials is None:
         raise Unreachable("no AWS credentials to sign requests with (set AWS_PROFILE or AWS_ACCESS_KEY_ID)")
 
-    def sign(method: str, url: str) -> dict[str, str]:
+    def sign(method: str, url: str, body: bytes = b"") -> dict[str, str]:
         host = urllib.parse.urlsplit(url).hostname or ""
         match = _EXECUTE_API.search(host)
         signing_region = region or (match.group(1) if match else None) or session.get_config_variable("region")
         if not signing_region:
             raise Unreachable(f"cannot tell the AWS region of {host}: pass region")
-        request = AWSRequest(method=method, url=url)
+        request = AWSRequest(method=method, url=url, data=body)  # SigV4 signs the body's hash too
         SigV4Auth(credentials.get_frozen_credentials(), "execute-api", signing_region).add_auth(request)
         return dict(request.headers.items())
 
@@ -88,9 +88,18 @@ def signer_for(url: str, auth: str = "auto", api_key: str | None = None, region:
 
 def get_json(url: str, signer: Signer | None, timeout: float) -> Any:
     """GET `url`; the body as JSON with every non-integer number a Decimal (the API writes every digit)."""
-    headers = signer("GET", url) if signer else {}
+    return request_json("GET", url, signer, timeout)
+
+
+def request_json(method: str, url: str, signer: Signer | None, timeout: float, payload: Any = None) -> Any:
+    """`method` on `url`, with `payload` as a JSON body if given; the answer as get_json reads it."""
+    body = b"" if payload is None else json.dumps(payload).encode()
+    headers = {} if signer is None else signer(method, url, body) if body else signer(method, url)
+    if body:
+        headers = {**headers, "Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=body or None, headers=headers, method=method)
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read(), parse_float=Decimal)
     except urllib.error.HTTPError as error:
         raw = error.read() or b"{}"

@@ -131,7 +131,8 @@ def test_each_function_has_its_own_role_with_its_own_least_privilege_policy(pack
     granted = {handler: grants(policy(declared, handler)) for handler in functions}
     # The API reads, and writes exports only.
     assert not set(granted["api_handler"]) & {"s3:DeleteObject", "lambda:InvokeFunction", "sqs:SendMessage"}
-    assert granted["api_handler"]["s3:PutObject"] == {f"arn:aws:s3:::tally-state-{stage}/exports/*"}
+    assert granted["api_handler"]["s3:PutObject"] == {f"arn:aws:s3:::tally-state-{stage}/exports/*",
+                                                      f"arn:aws:s3:::tally-state-{stage}/views/*"}
     assert not any(action.endswith("*") for actions in granted.values() for action in actions)
     # The reconcile hands objects to map_object, map_object ranges to map_range; nothing else invokes.
     name = {handler: function["function_name"] for handler, function in functions.items()}

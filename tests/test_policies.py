@@ -46,7 +46,8 @@ def test_each_function_gets_only_what_it_does(stage):
     # The API reads, and writes exports only: nothing else written, nothing deleted, invoked or sent.
     assert set(grants[API]) == {"s3:GetObject", "s3:ListBucket", "s3:PutObject", "logs:CreateLogGroup",
                                 "logs:CreateLogStream", "logs:PutLogEvents"}
-    assert grants[API]["s3:PutObject"] == {f"arn:aws:s3:::tally-state-{stage}/exports/*"}
+    assert grants[API]["s3:PutObject"] == {f"arn:aws:s3:::tally-state-{stage}/exports/*",
+                                           f"arn:aws:s3:::tally-state-{stage}/views/*"}
     for handler in (MAP_OBJECT, MAP_RANGE, REDUCE, RECONCILE):
         assert grants[handler]["s3:PutObject"] == grants[handler]["s3:DeleteObject"] == {state}, handler
     assert {h for h, g in grants.items() if "s3:GetObjectVersion" in g} == {MAP_OBJECT, MAP_RANGE}

@@ -19,6 +19,9 @@
     jobs/<job>/inbox/<removal>.json            an object was removed (no parts; repeats of one event share it)
     jobs/<job>/inbox/repair.<token>.json       live versions whose partials are missing: the next run drops
                                                them and rebuilds the result from the others (engine/repair.py)
+    views/<name>/<version>.json                a view created at run time (SQL), version by version; the
+                                               latest says what the name is, or that it was dropped
+                                               (engine/views.py)
     jobs/<job>/garbage/<time>-<token>.json     keys a run stopped needing, deleted once a grace period has
                                                passed and a manifest read then proves them unreferenced
                                                (engine/garbage.py)
@@ -65,6 +68,24 @@ from typing import NamedTuple
 
 def contribution_id(key: str, version: str) -> str:
     return hashlib.sha256(f"{key}\0{version}".encode()).hexdigest()[:32]
+
+
+def job_prefix(job: str) -> str:
+    """Everything a job keeps: what a dropped view leaves to delete."""
+    return f"jobs/{job}/"
+
+
+def views_prefix() -> str:
+    return "views/"
+
+
+def view_key(name: str, version: int) -> str:
+    """A view's definition, version by version (zero-padded, so a listing sorts them)."""
+    return f"{views_prefix()}{name}/{version:06d}.json"
+
+
+def view_of(key: str) -> str:
+    return key.rsplit("/", 2)[-2]
 
 
 def inbox_prefix(job: str) -> str:

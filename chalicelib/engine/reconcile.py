@@ -136,12 +136,18 @@ class Reconciler:
             except Exception as exc:  # noqa: BLE001 - logged with its job, re-raised with the others below
                 log.exception("reconcile failed", extra={"job": job.name})
                 failures.append(f"{job.name}: {type(exc).__name__}: {exc}")
-        try:
-            # Attempt records are shared by the jobs of a parse, not any one job's: swept once a run.
-            AttemptLog(self.state).sweep(self.input, self.clock(), self.collector.grace)
-        except Exception as exc:  # noqa: BLE001 - as a job's failure: logged, and the run fails below
-            log.exception("sweeping attempt records failed")
-            failures.append(f"attempt records: {type(exc).__name__}: {exc}")
+        # Shared by every job, not any one's: once a run each. A failure is logged as a job's, and fails the run.
+        sweeps = {"attempt records": lambda: AttemptLog(self.state).sweep(self.input, self.clock(),
+                                                                          self.collector.grace)}
+        collect_dropped = getattr(self.jobs, "collect_dropped", None)  # a catalog with run-time views
+        if collect_dropped is not None:
+            sweeps["dropped views"] = lambda: collect_dropped(self.collector.grace, self.clock())
+        for what, sweep in sweeps.items():
+            try:
+                sweep()
+            except Exception as exc:  # noqa: BLE001 - as a job's failure
+                log.exception("sweeping failed", extra={"what": what})
+                failures.append(f"{what}: {type(exc).__name__}: {exc}")
         if failures:
             raise RuntimeError("; ".join(failures))
         return reports

@@ -87,6 +87,15 @@ def parser() -> argparse.ArgumentParser:
     query.add_argument("--output", choices=["table", "json", "csv"], default=None,
                        help="table (default), json, or csv (nested values as JSON text, as exports write them)")
     _api_arguments(query)
+    create_view = commands.add_parser("create-view", help="create a view: a job defined by one SQL statement, on "
+                                      "the running service (mapped from the objects already in its table)")
+    create_view.add_argument("name")
+    create_view.add_argument("--sql", required=True, help="SELECT ... FROM <table> [WHERE] [GROUP BY] [HAVING]")
+    _api_arguments(create_view)
+    drop_view = commands.add_parser("drop-view", help="drop a view created with create-view (its state goes an "
+                                    "hour later)")
+    drop_view.add_argument("name")
+    _api_arguments(drop_view)
     export = commands.add_parser("export", help="a job's current result as a Parquet or CSV file")
     export.add_argument("job")
     export.add_argument("--format", choices=["parquet", "csv"], default="parquet")
@@ -206,7 +215,7 @@ def _dispatch(args: argparse.Namespace, console) -> int:
         return _run_create_buckets(args, console)
     if args.command in ("deploy", "package", "replay-failures"):
         return _run_stage_command(args, console)
-    if args.command in ("jobs", "status", "query", "export"):
+    if args.command in ("jobs", "status", "query", "export", "create-view", "drop-view"):
         from tally.client import Tally
         from tally.endpoint import resolve_url
 
@@ -214,7 +223,7 @@ def _dispatch(args: argparse.Namespace, console) -> int:
 
         args.api_url = resolve_url(args.api, args.stage)
         api = Tally(args.api_url, auth=args.auth, api_key=args.api_key, region=args.region)
-        return getattr(commands, args.command)(api, args, console)
+        return getattr(commands, args.command.replace("-", "_"))(api, args, console)
     if args.command == "bench":
         return _run_bench(args, console)
     from .demo import DemoOptions, run_demo

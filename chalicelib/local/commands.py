@@ -98,6 +98,26 @@ def query(api: Tally, args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def create_view(api: Tally, args: argparse.Namespace, console: Console) -> int:
+    described = api.create_view(args.name, args.sql)
+    if args.json:
+        _print_json(console, described)
+        return 0
+    what = "groups by " + ", ".join(described["keys"]) if described.get("keys") else "rows"
+    console.print(f"created {described['name']} over {described['prefix']} ({what}); the reconcile maps the "
+                  "objects already there, and the result is complete when `tally status` says idle")
+    return 0
+
+
+def drop_view(api: Tally, args: argparse.Namespace, console: Console) -> int:
+    answer = api.drop_view(args.name)
+    if args.json:
+        _print_json(console, answer)
+    else:
+        console.print(f"dropped {answer['job']}: its state is {answer['state']}")
+    return 0
+
+
 def export(api: Tally, args: argparse.Namespace, console: Console) -> int:
     answer = api.export(args.job, args.format) if args.output is None else \
         api.download(args.job, args.format, args.output)

@@ -64,6 +64,9 @@ def policies(stage: str, config_path: Path = CONFIG) -> dict[str, dict]:
     # The API writes exports and their garbage records (engine/export.py), under a prefix of their own: never
     # the state a result is made of, and it deletes nothing (the collector does).
     write_exports = allow("WriteExports", ["s3:PutObject"], state_bucket + "/exports/*")
+    # ... and views' definitions (engine/views.py: created and dropped by new versions, never overwritten or
+    # deleted); a dropped view's state is deleted by the reconcile.
+    write_views = allow("WriteViews", ["s3:PutObject"], state_bucket + "/views/*")
     # Lambda sends a mapper's failed asynchronous invocation to its on-failure destination with the mapper's
     # own role.
     failures = allow("SendFailures", ["sqs:SendMessage"], f"arn:aws:sqs:*:*:{failure_queue(stage)}")
@@ -72,7 +75,7 @@ def policies(stage: str, config_path: Path = CONFIG) -> dict[str, dict]:
         MAP_RANGE: [read_input, write_state, list_both, failures],
         REDUCE: [head_input, write_state, list_both],
         RECONCILE: [head_input, write_state, list_both, invoke(MAP_OBJECT)],
-        API: [head_input, read_state, write_exports, list_both],
+        API: [head_input, read_state, write_exports, write_views, list_both],
     }
     return {handler: {"Version": "2012-10-17", "Statement": [*statements[handler], logs(handler)]}
             for handler in FUNCTIONS}

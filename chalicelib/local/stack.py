@@ -180,7 +180,8 @@ class LocalTally:
         # API authentication: the API listens on loopback and has no API Gateway in front of it to check any.
         return Settings(input_bucket=self.options.input_bucket, state_bucket=self.options.state_bucket,
                         s3_endpoint=self.s3_endpoint, log_level=self.options.log_level, log_format="text",
-                        jobs=self.options.jobs, split_mb=self.options.split_mb, read_streams=1, api_auth="none")
+                        jobs=self.options.jobs, split_mb=self.options.split_mb, read_streams=1, api_auth="none",
+                        view_refresh_seconds=0)
 
     def client(self, service: str = "s3"):
         if service == "s3":
@@ -204,13 +205,14 @@ class LocalTally:
         # events, as it invokes map_object on AWS.
         runtime = Runtime(self.settings, dispatch=self.fan_out, object_dispatch=self.map_later)
         set_runtime(runtime)
-        runtime.reducer  # noqa: B018 - its S3 client and the jobs, built before the first tick needs them
         s3 = self.client()
         for bucket in (self.options.input_bucket, self.options.state_bucket):
             try:
                 s3.create_bucket(Bucket=bucket)
             except (s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
                 pass
+        # Its S3 client and the jobs (views included: the state bucket must exist), built before the first tick.
+        runtime.reducer  # noqa: B018 - built for its side effect
         self._range_tasks = multiprocessing.get_context("spawn").Queue()
         self.pool = self._new_pool()
         # Start the workers (each imports the app, Arrow and boto3: about a second of CPU) now, as provisioned
