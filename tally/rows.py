@@ -9,8 +9,9 @@ from __future__ import annotations
 import base64
 import csv
 import datetime as dt
-from decimal import Decimal
 from typing import IO, Any, Iterable, Sequence
+
+from chalicelib.csvtext import csv_cell
 
 
 def flat(row: dict[str, Any], scan: bool = False) -> dict[str, Any]:
@@ -66,23 +67,3 @@ def write_csv(rows: Iterable[dict[str, Any]], out: IO[str], schema=None, columns
                          for name, kind in zip(names, kinds)])
         count += 1
     return count
-
-
-def csv_cell(value: Any) -> str:
-    """As an export's CSV writes it (chalicelib/engine/export.py; the tests compare the two): a null is empty,
-    a decimal has every digit and no exponent, nested values are JSON text, dates are ISO 8601 as served."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, (dt.date, dt.datetime)):
-        return value.isoformat()
-    if isinstance(value, (list, dict)):
-        import simplejson  # the standard json module cannot write a Decimal as a number with all its digits
-
-        return simplejson.dumps(value, use_decimal=True, ignore_nan=True, separators=(",", ":"))
-    return str(value)

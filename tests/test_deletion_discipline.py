@@ -6,10 +6,8 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import json
 from decimal import Decimal
 
-import boto3
 import pytest
 
 from chalicelib.engine import layout

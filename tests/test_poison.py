@@ -6,7 +6,6 @@ import dataclasses
 import datetime as dt
 import json
 import zlib
-from decimal import Decimal
 
 import pyarrow as pa
 import pyarrow.compute as pc

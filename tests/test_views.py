@@ -17,7 +17,7 @@ from chalicelib.runtime import Runtime, utc_now
 from chalicelib.settings import Settings
 from chalicelib.tables import load_tables
 
-from .conftest import INPUT, STATE, collect_garbage, free_port, scheduled_event
+from .conftest import INPUT, STATE, free_port, scheduled_event
 
 TABLES = load_tables("reducers")
 DUCK_TYPES = {"string": "VARCHAR", "int64": "BIGINT", "date": "DATE"}

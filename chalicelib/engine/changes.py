@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from ..formats import MAX_BAD_ROW_EXAMPLES
-from . import layout
 
 Marker = Mapping[str, Any]
 Entry = Mapping[str, Any]

@@ -22,14 +22,13 @@ import datetime as dt
 import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, Callable, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import simplejson
 
+from ..csvtext import csv_cell
 from ..errors import CommitConflict, InvalidQuery, InvalidSettings, ObjectMissing
 from ..jobs import Job
 from ..scan import decode_rows
@@ -167,28 +166,3 @@ def encode(table: pa.Table, fmt: str) -> bytes:
         writer.writerows(zip(*(map(csv_cell, column) for column in columns)))
     text.flush()
     return sink.getvalue()
-
-
-def csv_cell(value: Any) -> str:
-    """One CSV field: a null is empty; decimals with every digit and no exponent; floats as Python writes them
-    (shortest round trip; nan, inf); dates and timestamps ISO 8601; nested values (lists, structs) as JSON.
-    tally/csvtext.py writes rows read from the API the same way; tests compare the two."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, (dt.date, dt.datetime, dt.time)):
-        return value.isoformat()
-    if isinstance(value, (list, dict, tuple)):
-        return simplejson.dumps(value, use_decimal=True, ignore_nan=True, default=_iso, separators=(",", ":"))
-    return str(value)
-
-
-def _iso(value: Any) -> str:
-    if isinstance(value, (dt.date, dt.datetime, dt.time)):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
