@@ -193,3 +193,32 @@ def test_tally_create_view_and_drop_view_through_the_api(runtime, lambdas, capsy
     finally:
         server.shutdown()
     assert runtime.jobs.views.latest()["by-lang"].dropped is True
+
+
+def test_a_collector_that_read_a_drop_before_the_name_was_taken_again_leaves_the_new_views_state(
+        runtime, lambdas, landed):
+    """Collector A finds the view dropped an hour ago; before it lists the view's state, collector B has deleted
+    the old state, the name was taken again and the new view's first state written. A must not delete it."""
+    from chalicelib.engine.views import LiveCatalog, ViewStore
+    from chalicelib.jobs import Job
+
+    from .faults import Before
+
+    sql = VIEWS["agg"]
+    assert post(lambdas, {"name": "agg", "sql": sql})[0] == 201
+    settle(runtime, "agg")
+    assert lambdas.http.delete("/jobs/agg").status_code == 200
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)
+
+    def meanwhile():
+        runtime.jobs.collect_dropped(dt.timedelta(hours=1), later)  # collector B
+        assert post(lambdas, {"name": "agg", "sql": sql})[0] == 201
+        settle(runtime, "agg")  # the new view's state
+
+    racing = Before(runtime.state_store, meanwhile, operation="list", key_contains=layout.job_prefix("agg"))
+    code = runtime.jobs.code
+    collector_a = LiveCatalog(code, ViewStore(racing, utc_now), lambda name, text: Job.from_sql(name, text, TABLES))
+    collector_a.collect_dropped(dt.timedelta(hours=1), later)
+
+    assert racing.fired and list(runtime.state_store.list(layout.job_prefix("agg")))
+    assert rows(lambdas, "agg") and json.loads(lambdas.http.get("/jobs/agg/status").body)["idle"] is True

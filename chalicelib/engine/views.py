@@ -98,7 +98,6 @@ class LiveCatalog(JobCatalog):
         self._lock = threading.Lock()
         self._views: dict[str, Job] = {}
         self._compiled: dict[str, Job] = {}  # by record key: a definition compiles once
-        self._records: dict[str, ViewRecord] = {}
         self._listed_at: float | None = None
 
     # -- what JobCatalog answers, views included --------------------------------------------------------------
@@ -172,7 +171,9 @@ class LiveCatalog(JobCatalog):
             if not record.dropped or now - datetime.fromisoformat(record.at) <= grace:
                 continue
             keys = [o.key for o in self.views.store.list(layout.job_prefix(name))]
-            if keys:
+            # Read after the listing: a view of that name created since (once an overlapping collector emptied
+            # the prefix) owns what is there now. While listed keys remain, the name cannot be taken.
+            if keys and self.views.latest().get(name) == record:
                 self.views.store.delete(keys)
                 deleted += len(keys)
                 log.info("deleted a dropped view's state", extra={"job": name, "objects": len(keys)})
@@ -201,7 +202,7 @@ class LiveCatalog(JobCatalog):
                 self._compiled[record.key] = job
             views[name] = job
         with self._lock:
-            self._views, self._records, self._listed_at = views, records, self.monotonic()
+            self._views, self._listed_at = views, self.monotonic()
         return views
 
     def _names_in_code(self) -> set[str]:
