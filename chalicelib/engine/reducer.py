@@ -181,30 +181,21 @@ class Reducer:
     def read_live(self, job: Job) -> garbage.Live:
         """Every object the committed state references, under whichever definition wrote it: what the garbage
         collector must not delete."""
-        for attempt in range(5):
-            manifest, _ = self.read_manifest(job, as_written=True)
-            if manifest is None:
-                return garbage.Live(frozenset())
-            try:
-                ledger = self._read_immutable(manifest.ledger_key, _LEDGER_FINGERPRINT) if manifest.ledger_key \
-                    else LEDGER_SCHEMA.empty_table()
-            except ObjectMissing:
-                if attempt == 4:
-                    raise
-                continue
-            return garbage.Live.of(manifest.result_keys, manifest.ledger_key, ledger.select(["parts"]).to_pylist())
-        raise AssertionError("unreachable")
+        manifest, ledger = self.read_committed(job, as_written=True)
+        if manifest is None:
+            return garbage.Live(frozenset())
+        return garbage.Live.of(manifest.result_keys, manifest.ledger_key, ledger.select(["parts"]).to_pylist())
 
     def read_ledger(self, manifest: Manifest | None) -> pa.Table:
         if manifest is None or not manifest.ledger_key:
             return LEDGER_SCHEMA.empty_table()
-        return conform(self._read_immutable(manifest.ledger_key, _LEDGER_FINGERPRINT), LEDGER_SCHEMA)
+        return self._read_immutable(manifest.ledger_key, _LEDGER_FINGERPRINT)
 
-    def read_committed(self, job: Job) -> tuple[Manifest | None, pa.Table]:
-        """The manifest and the ledger it names, consistent: a commit between the two reads deletes the
-        ledger the first named, so read both again."""
+    def read_committed(self, job: Job, as_written: bool = False) -> tuple[Manifest | None, pa.Table]:
+        """The manifest and the ledger it names, consistent: once the collector has deleted a retired ledger,
+        the manifest that named it is long replaced, so read both again. `as_written`: as read_manifest."""
         for attempt in range(5):
-            manifest, _ = self.read_manifest(job)
+            manifest, _ = self.read_manifest(job, as_written)
             try:
                 return manifest, self.read_ledger(manifest)
             except ObjectMissing:
