@@ -189,7 +189,8 @@ class Reducer:
     def read_ledger(self, manifest: Manifest | None) -> pa.Table:
         if manifest is None or not manifest.ledger_key:
             return LEDGER_SCHEMA.empty_table()
-        return self._read_immutable(manifest.ledger_key, _LEDGER_FINGERPRINT)
+        # A ledger written before a column was added reads with that column empty.
+        return conform(self._read_immutable(manifest.ledger_key, _LEDGER_FINGERPRINT), LEDGER_SCHEMA)
 
     def read_committed(self, job: Job, as_written: bool = False) -> tuple[Manifest | None, pa.Table]:
         """The manifest and the ledger it names, consistent: once the collector has deleted a retired ledger,
