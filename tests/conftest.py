@@ -2,8 +2,12 @@
 calls them (chalice.test.Client), and S3 events are built the way S3 builds them."""
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import os
+from contextlib import contextmanager
+from decimal import Decimal
 from urllib.parse import quote_plus
 
 import boto3
@@ -223,3 +227,32 @@ def collect_garbage(runtime, job: str, after=None):
     after = dt.timedelta(hours=2) if after is None else after
     return GarbageCollector(runtime.state_store, lambda name: runtime.reducer.read_live(runtime.jobs.get(name)),
                             lambda: utc_now() + after).collect(job)
+
+
+@contextmanager
+def http_api():
+    """The Chalice app's routes over real HTTP (the server local mode runs) on a free port: its URL."""
+    from chalicelib.local.stack import serve_http
+
+    port = free_port()
+    server = serve_http("127.0.0.1", port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+
+
+def csv_rows(s3, bucket: str = INPUT):
+    """Every row of every object in the bucket (gzip ones decompressed), with the csv module."""
+    for item in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+        body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+        text = (gzip.decompress(body) if item["Key"].endswith(".gz") and body else body).decode()
+        yield from csv.reader(io.StringIO(text))
+
+
+def query_over_bucket(s3, prefix_length: int = 8) -> dict[str, Decimal]:
+    """SELECT SUBSTR(sourceIP, 1, prefix_length), SUM(adRevenue) FROM uservisits GROUP BY 1, by hand."""
+    totals: dict[str, Decimal] = {}
+    for row in csv_rows(s3):
+        totals[row[0][:prefix_length]] = totals.get(row[0][:prefix_length], Decimal(0)) + Decimal(row[3])
+    return totals

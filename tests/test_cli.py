@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import socket
 import threading
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -14,29 +13,19 @@ import pytest
 from chalicelib.local.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, main
 from chalicelib.local.client import TallyClient, signer_for
 
-from .conftest import INPUT, STATE, scheduled_event, uservisits_rows
+from .conftest import INPUT, STATE, free_port, http_api, scheduled_event, uservisits_rows
 
 IPS = [("1.2.3.4", "10.5"), ("1.2.3.5", "1.25"), ("9.8.7.6", "100"), ("5.5.5.5", "3")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def api_url(lambdas, uploads):
     """The Chalice app's routes over real HTTP (the same server as local mode's) with one merged object."""
-    from chalicelib.local.stack import serve_http
-
     record = uploads.put("uservisits/a.csv", uservisits_rows(*IPS))
     lambdas.lambda_.invoke("map_object", uploads.event(record))
     lambdas.lambda_.invoke("reduce_results", scheduled_event())
-    port = free_port()
-    server = serve_http("127.0.0.1", port)
-    yield f"http://127.0.0.1:{port}"
-    server.shutdown()
+    with http_api() as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)

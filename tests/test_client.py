@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import socket
 import sys
 import threading
 from decimal import Decimal
@@ -21,7 +20,7 @@ from chalicelib.local.cli import EXIT_FAILED, EXIT_OK, main
 from tally import ApiError, NotDeployed, Tally
 from tally.endpoint import LOCAL_API, resolve_url
 
-from .conftest import scheduled_event
+from .conftest import http_api, scheduled_event
 
 GROUPS = 1500  # bdb-agg-2c's groups: more than one page of the API's largest (1000)
 
@@ -35,25 +34,15 @@ def uservisits(n: int, offset: int = 0, day: int = 1, country: str = "USA") -> s
         for i in range(n))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def api_url(s3_server, lambdas, uploads):
     """The app's routes over HTTP with bdb-agg-2c at GROUPS groups and revenue-by-day over two days."""
-    from chalicelib.local.stack import serve_http
-
     for key, body in (("uservisits/a.csv", uservisits(GROUPS)),
                       ("uservisits/b.csv", uservisits(40, offset=GROUPS, day=2, country="DEU"))):
         lambdas.lambda_.invoke("map_object", uploads.event(uploads.put(key, body)))
     lambdas.lambda_.invoke("reduce_results", scheduled_event())
-    port = free_port()
-    server = serve_http("127.0.0.1", port)
-    yield f"http://127.0.0.1:{port}"
-    server.shutdown()
+    with http_api() as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)

@@ -3,9 +3,7 @@ own Reducer, Mapper and Reconciler on moto, and what holds now: given these runs
 the query over the bucket, and every object the committed state names exists."""
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 from decimal import Decimal
 
 import pytest
@@ -16,7 +14,7 @@ from chalicelib.engine.reducer import Reducer, ReduceReport
 from chalicelib.errors import CommitConflict
 from chalicelib.runtime import utc_now
 
-from .conftest import INPUT, collect_garbage, uservisits_rows
+from .conftest import INPUT, collect_garbage, query_over_bucket, uservisits_rows
 from .faults import Before, LostResponse
 
 JOB = "bdb-agg-2a"
@@ -28,16 +26,6 @@ E2_ROWS = [("2.2.2.2", "5")]
 def served(runtime) -> dict[str, Decimal]:
     _, table = runtime.results.current(runtime.jobs.get(JOB))
     return dict(zip(table.column("sourceIP_prefix").to_pylist(), table.column("adRevenue").to_pylist()))
-
-
-def query_over_bucket(s3) -> dict[str, Decimal]:
-    """SELECT SUBSTR(sourceIP, 1, 8), SUM(adRevenue) FROM uservisits GROUP BY 1, with the csv module."""
-    totals: dict[str, Decimal] = {}
-    for item in s3.list_objects_v2(Bucket=INPUT).get("Contents", []):
-        body = s3.get_object(Bucket=INPUT, Key=item["Key"])["Body"].read().decode()
-        for row in csv.reader(io.StringIO(body)):
-            totals[row[0][:8]] = totals.get(row[0][:8], Decimal(0)) + Decimal(row[3])
-    return totals
 
 
 def committed_objects_exist(runtime) -> bool:

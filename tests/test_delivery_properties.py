@@ -13,11 +13,8 @@ later for every age test; Tally's thread pools run their tasks in order, so an e
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import datetime as dt
-import gzip
-import io
 import logging
 import math
 import statistics
@@ -42,7 +39,7 @@ from chalicelib.runtime import Runtime
 from chalicelib.settings import Settings
 from reducers.tables import TABLES
 
-from .conftest import INPUT, STATE, Uploader, rankings_rows, uservisits_rows
+from .conftest import INPUT, STATE, Uploader, csv_rows, query_over_bucket, rankings_rows, uservisits_rows
 from .faults import Before, FaultyStore, Killed, LostResponse
 
 USERVISITS = TABLES["uservisits"].format
@@ -319,21 +316,6 @@ class World:
                                       layout.ledger_prefix, layout.garbage_prefix, layout.inbox_prefix)
                  for o in self.runtime.state_store.list(prefix(self.job.name))}
         assert state == set(live), (sorted(state - live), sorted(live - state))
-
-
-def csv_rows(s3):
-    for item in s3.list_objects_v2(Bucket=INPUT).get("Contents", []):
-        body = s3.get_object(Bucket=INPUT, Key=item["Key"])["Body"].read()
-        text = (gzip.decompress(body) if item["Key"].endswith(".gz") and body else body).decode()
-        yield from csv.reader(io.StringIO(text))
-
-
-def query_over_bucket(s3, prefix_length: int = 8) -> dict[str, Decimal]:
-    """SELECT SUBSTR(sourceIP, 1, prefix_length), SUM(adRevenue) GROUP BY 1, computed with the csv module."""
-    totals: dict[str, Decimal] = {}
-    for row in csv_rows(s3):
-        totals[row[0][:prefix_length]] = totals.get(row[0][:prefix_length], Decimal(0)) + Decimal(row[3])
-    return totals
 
 
 def served(runtime, job_name: str = JOB) -> dict[str, Decimal]:

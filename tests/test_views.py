@@ -17,7 +17,7 @@ from chalicelib.runtime import Runtime, utc_now
 from chalicelib.settings import Settings
 from chalicelib.tables import load_tables
 
-from .conftest import INPUT, STATE, free_port, scheduled_event
+from .conftest import INPUT, STATE, http_api, scheduled_event
 
 TABLES = load_tables("reducers")
 DUCK_TYPES = {"string": "VARCHAR", "int64": "BIGINT", "date": "DATE"}
@@ -177,12 +177,7 @@ def test_another_container_picks_a_new_view_up_once_its_catalog_is_a_refresh_old
 
 
 def test_tally_create_view_and_drop_view_through_the_api(runtime, lambdas, capsys):
-    from chalicelib.local.stack import serve_http
-
-    port = free_port()
-    server = serve_http("127.0.0.1", port)
-    api = f"http://127.0.0.1:{port}"
-    try:
+    with http_api() as api:
         code = tally(["create-view", "by-lang", "--sql",
                       "SELECT languageCode, count(*) AS visits FROM uservisits GROUP BY 1", "--api", api])
         assert code == 0 and "created by-lang over uservisits/" in capsys.readouterr().out
@@ -190,8 +185,6 @@ def test_tally_create_view_and_drop_view_through_the_api(runtime, lambdas, capsy
         assert "exists already" in capsys.readouterr().out
         assert tally(["drop-view", "by-lang", "--api", api]) == 0
         assert "dropped by-lang" in capsys.readouterr().out
-    finally:
-        server.shutdown()
     assert runtime.jobs.views.latest()["by-lang"].dropped is True
 
 
