@@ -193,8 +193,7 @@ class AggregationPlan:
                 raise PartialMismatch(f"partial schema {partial.schema} is not {self.state_schema}")
         if not partials:
             return self.empty()
-        if len(partials) == 1:
-            return partials[0]
+        # Even one partial is grouped: a partial stated row by row (`lift_rows`) repeats its keys.
         combined = pa.concat_tables(partials)
         # Work on neutral column names: Arrow names outputs "<column>_<function>", which a key may also be.
         working = {name: combined.column(name) for name in self.key_names}
@@ -217,13 +216,15 @@ class AggregationPlan:
         drop groups left with no rows. Only for subtractable plans; the others rebuild from partials."""
         if not self.subtractable:
             raise PartialMismatch("min/max cannot be retracted; rebuild the result from the retained partials")
-        negated = []
-        for partial in removed:
-            columns = [partial.column(f.name) if f.name in self.key_names else pc.negate_checked(partial.column(f.name))
-                       for f in self.state_schema]
-            negated.append(pa.Table.from_arrays(columns, schema=self.state_schema))
-        merged = self.merge([result, *negated, *added])
+        merged = self.merge([result, *(self.negated(partial) for partial in removed), *added])
         return merged.filter(pc.not_equal(merged.column(ROWS.out), 0))
+
+    def negated(self, partial: pa.Table) -> pa.Table:
+        """A partial whose merge subtracts `partial`: every state negated, the keys kept. Subtractable only."""
+        keys = set(self.key_names)
+        columns = [partial.column(f.name) if f.name in keys else pc.negate_checked(partial.column(f.name))
+                   for f in self.state_schema]
+        return pa.Table.from_arrays(columns, schema=self.state_schema)
 
     def finalize(self, partial: pa.Table) -> pa.Table:
         """State columns to the values a user asked for, one column per aggregate; only the groups `having`
