@@ -33,6 +33,7 @@ from chalicelib.engine.fanout import RangeTask
 from chalicelib.engine.garbage import GRACE, GarbageCollector
 from chalicelib.engine.mapper import INLINE_LIMIT
 from chalicelib.engine.reducer import Reducer
+from chalicelib.engine.runs import REWRITE_GROUPS
 from chalicelib.errors import CommitConflict
 from chalicelib.jobs import Job, JobCatalog, load_jobs
 from chalicelib.runtime import Runtime
@@ -63,8 +64,10 @@ crash_mapper = st.tuples(st.just("crash_mapper"), st.integers(0, 20), st.integer
 change = st.one_of(upload, delete)
 deliver_now = st.tuples(st.just("deliver"), st.integers(0, 20), st.just(False))  # a mapper runs meanwhile
 overlap = st.tuples(st.just("overlap"))  # a whole other run, its clean-up included
+# Compaction of any window of a shard's runs (from, how many: at least two), whatever the size policy says.
+compact = st.tuples(st.just("compact"), st.integers(0, 6), st.integers(2, 5))
 MIDRUN = st.one_of(
-    st.lists(st.one_of(change, deliver_now, overlap,
+    st.lists(st.one_of(change, deliver_now, overlap, compact,
                        st.tuples(st.just("collect")),                   # the garbage collector, now
                        st.tuples(st.just("slow"), st.integers(1, 5))),  # minutes pass (a run lives 15 at most)
              min_size=1, max_size=3),
@@ -83,20 +86,29 @@ collect_while = st.tuples(st.just("collect_while"), st.integers(1, 10),
                           st.lists(st.one_of(st.tuples(st.just("reduce"), st.none()), change, deliver_now),
                                    min_size=1, max_size=2))
 reconcile = st.tuples(st.just("reconcile"))
+# A compaction with a reducer run, S3 changes or a mapper between two of its S3 calls; or losing the response of
+# its manifest write.
+compact_while = st.tuples(st.just("compact_while"), st.integers(1, 8), compact,
+                          st.lists(st.one_of(st.tuples(st.just("reduce"), st.none()), change, deliver_now, compact),
+                                   min_size=1, max_size=2))
+lost_compaction = st.tuples(st.just("lost_compaction"), compact)
 # A schedule is rounds of: changes to the bucket, some of the pending events handled in any order (others
 # stay pending into later rounds: late and reordered), then reducer runs and the like. Rounds make most
 # schedules merge state before they change it, which is where retraction, ordering and crash bugs live.
 ROUND = st.tuples(
     st.lists(st.one_of(upload, upload, delete), min_size=1, max_size=3),
     st.lists(st.one_of(deliver, deliver, drop, crash_mapper), max_size=5),
-    st.lists(st.one_of(reduce, reduce, reduce, crash_reducer, lost_response, collect, collect_while, reconcile),
+    st.lists(st.one_of(reduce, reduce, reduce, crash_reducer, lost_response, collect, collect_while, reconcile,
+                       compact, compact_while, lost_compaction),
              min_size=1, max_size=2),
 )
 SCHEDULES = st.lists(ROUND, min_size=1, max_size=5).map(
     lambda rounds: [step for changes, events, reducers in rounds for step in (*changes, *events, *reducers)])
-# Partials carried inline or in parts, spilled several to an object or not; a plain or a versioned bucket.
+# Partials carried inline or in parts, spilled several to an object or not; a plain or a versioned bucket; each
+# commit appending a run to the shards it changes, or rewriting them (engine/runs.py's small shards).
 OPTIONS = st.fixed_dictionaries({"inline_limit": st.sampled_from([0, INLINE_LIMIT]),
-                                 "max_groups": st.sampled_from([2, 500_000]), "versioned": st.booleans()})
+                                 "max_groups": st.sampled_from([2, 500_000]), "versioned": st.booleans(),
+                                 "rewrite_groups": st.sampled_from([0, 0, REWRITE_GROUPS])})
 
 
 class FakeClock:
@@ -209,11 +221,13 @@ class World:
                                s3_client=s3, dispatch=self.pending.extend, catalog=JobCatalog([job]), clock=clock)
         self.runtime.mapper.inline_limit = options["inline_limit"]
         self.runtime.mapper.max_groups, self.runtime.mapper.block_size = options["max_groups"], 256
+        self.rewrite_groups = options.get("rewrite_groups", REWRITE_GROUPS)
+        self.runtime.reducer.rewrite_groups = self.rewrite_groups
         self.uploads = Uploader(s3)
 
     def reducer(self, state=None, input_store=None) -> Reducer:
         return Reducer(self.runtime.jobs, state or self.runtime.state_store, input_store or self.runtime.input_store,
-                       self.clock, shard_groups=1)
+                       self.clock, shard_groups=1, rewrite_groups=self.rewrite_groups)
 
     def run(self, schedule: list) -> None:
         for step in schedule:
@@ -263,6 +277,13 @@ class World:
                              lambda name: self.runtime.reducer.read_live(self.job), self.clock).collect(self.job.name)
         elif kind == "reconcile":
             self.runtime.reconciler.reconcile(self.job, grace=dt.timedelta(0))
+        elif kind == "compact":
+            self.compact(step)
+        elif kind == "compact_while":
+            _, k, compaction, meanwhile = step
+            self.compact(compaction, Before(self.runtime.state_store, lambda: self.run(meanwhile), nth=k))
+        elif kind == "lost_compaction":
+            self.compact(step[1], LostResponse(self.runtime.state_store, "put_if_match", key_contains="manifest.json"))
         elif kind == "overlap":
             with contextlib.suppress(CommitConflict):
                 self.reducer().reduce_job(self.job)
@@ -289,6 +310,19 @@ class World:
         with contextlib.suppress(CommitConflict):  # lost a race: the next run applies what this one did not
             reducer.reduce_job(self.job)
 
+    def compact(self, step: tuple, state=None) -> None:
+        """A compaction of runs [start, start + count) of each shard with two runs or more (start wrapped)."""
+        _, start, count = step
+
+        def window(runs: tuple) -> tuple[int, int] | None:
+            if len(runs) < 2:
+                return None
+            first = start % (len(runs) - 1)
+            return first, min(len(runs), first + count)
+
+        with contextlib.suppress(CommitConflict):
+            self.reducer(state).compact(self.job, window)
+
     def settle(self) -> None:
         """Whatever events are still undelivered are lost: the reconcile makes up for them, the reducer drains;
         range tasks the reconcile fans out from here on are delivered at once."""
@@ -297,6 +331,8 @@ class World:
             self.runtime.reconciler.reconcile(self.job, grace=dt.timedelta(0), range_grace=dt.timedelta(0))
             while self.runtime.reducer.reduce_job(self.job).more_pending:
                 pass
+        while self.runtime.reducer.compact(self.job):  # as reduce_all does once the inbox is drained
+            pass
 
     def assert_sound(self) -> None:
         """Nothing the committed state names is missing; no run found anything missing or unusable; and once the
@@ -358,9 +394,31 @@ HOLES = [
 ]
 
 
+RUNS = {**PARTS, "rewrite_groups": 0}  # every commit appends a run to the shards it changes
+C = "uservisits/ü.csv.gz"
+PILED = [step for key, ip in ((A, "1.1.1.1"), (B, "22.2.2.2"), (C, "33.3.3.3"), (A, "1.1.1.2"))
+         for step in (("upload", key, [(ip, "2.25")]), ("deliver", 0, False), ("reduce", None))]  # 4 runs
+COMPACTIONS = [
+    # A and B are overwritten with as many rows in their groups and other values: delta runs whose groups have
+    # no rows left but a revenue; compacting those runs without the oldest must keep them
+    [*PILED, ("upload", A, [("1.1.1.2", "0.5")]), ("deliver", 0, False), ("reduce", None),
+     ("upload", B, [("22.2.2.2", "1")]), ("deliver", 0, False), ("reduce", None), ("compact", 4, 2),
+     ("delete", C), ("deliver", 0, False), ("reduce", None), ("compact", 0, 5)],
+    # a reducer commits (appends a run) between two of a compaction's S3 calls, for every call
+    *([*PILED, ("compact_while", k, ("compact", 0, 4), [("delete", A), ("deliver", 0, False), ("reduce", None)])]
+      for k in range(1, 8)),
+    # ... or rewrites the shard from a retraction it cannot subtract, or another compaction takes those runs
+    [*PILED, ("compact_while", 3, ("compact", 0, 4), [("compact", 1, 2)]), ("reduce", None)],
+    # the compaction's manifest write applies and its response is lost
+    [*PILED, ("lost_compaction", ("compact", 0, 3)), ("delete", C), ("deliver", 0, False), ("reduce", None)],
+]
+
+
 def trying_the_holes(test):
     for schedule in HOLES:
         test = example(schedule, PARTS)(test)
+    for schedule in COMPACTIONS:
+        test = example(schedule, RUNS)(test)
     return test
 
 
@@ -369,6 +427,27 @@ def trying_the_holes(test):
 def test_after_any_schedule_the_result_is_the_query_over_the_bucket(schedule, options):
     note(f"schedule: {schedule} options: {options}")
     check_result(schedule, options)
+
+
+# Longer schedules, each commit appending a run: results of many runs, compacted at any point.
+PILING_UP = st.lists(ROUND, min_size=4, max_size=8).map(
+    lambda rounds: [step for changes, events, reducers in rounds for step in (*changes, *events, *reducers)])
+APPENDING = OPTIONS.map(lambda options: {**options, "rewrite_groups": 0})
+
+
+@settings(max_examples=max(10, settings.default.max_examples // 4))
+@given(PILING_UP, APPENDING)
+def test_with_runs_piling_up_and_compacted_at_any_point_the_result_is_the_query_over_the_bucket(schedule, options):
+    note(f"schedule: {schedule} options: {options}")
+    check_result(schedule, options)
+
+
+@settings(max_examples=max(10, settings.default.max_examples // 8))
+@given(PILING_UP, APPENDING)
+def test_with_runs_piling_up_and_compacted_at_any_point_a_sketch_result_is_the_query_over_the_bucket(
+        schedule, options):
+    note(f"schedule: {schedule} options: {options}")
+    check_sketch_result(schedule, options)
 
 
 @pytest.mark.seaweedfs

@@ -88,7 +88,7 @@ def test_a_sharded_result_is_the_unsharded_result_through_merges_overwrites_and_
     upload(runtime, uploads, FILES)
     reduce(runtime, "whole", "sharded")
     assert served(runtime, "sharded") == served(runtime, "whole") and len(served(runtime, "whole")) > 50
-    assert len(manifest(runtime, "sharded").result_keys) == 8
+    assert len(manifest(runtime, "sharded").shards) == 8
 
     upload(runtime, uploads, {"uservisits/f1.csv": ips(500, 4)})  # overwritten
     runtime.mapper.handle(uploads.event(uploads.delete("uservisits/f3.csv")))
@@ -102,7 +102,7 @@ def test_a_commit_rewrites_only_the_shards_its_groups_fall_in(runtime, uploads):
     install(runtime, job("sharded", SUBTRACTABLE, 8))
     upload(runtime, uploads, FILES)
     reduce(runtime, "sharded")
-    before = manifest(runtime, "sharded").result_keys
+    before = manifest(runtime, "sharded").shards
     counting = CountingStore(runtime.state_store)
     puts: list[str] = []
     counting.put_if_absent = lambda key, *rest: puts.append(key) or runtime.state_store.put_if_absent(key, *rest)
@@ -111,12 +111,12 @@ def test_a_commit_rewrites_only_the_shards_its_groups_fall_in(runtime, uploads):
     upload(runtime, uploads, {"uservisits/one-group.csv": [("9.9.9.9", "1"), ("9.9.9.9", "2")]})
     reduce(runtime, "sharded")
 
-    after = manifest(runtime, "sharded").result_keys
+    after = manifest(runtime, "sharded").shards
     changed = [shard for shard, (old, new) in enumerate(zip(before, after)) if old != new]
     assert len(changed) == 1
-    assert [key for key in puts if "/results/" in key] == [after[changed[0]]]
-    live = {key for key in after if key}
-    assert before[changed[0]] in {o.key for o in runtime.state_store.list(layout.results_prefix("sharded"))}
+    assert [key for key in puts if "/results/" in key] == [after[changed[0]][-1].key]
+    live = {run.key for runs in after for run in runs}
+    assert {run.key for run in before[changed[0]]} <= {o.key for o in runtime.state_store.list(layout.results_prefix("sharded"))}
     collect_garbage(runtime, "sharded")  # an hour later, no reader of the old manifest is left
     assert {o.key for o in runtime.state_store.list(layout.results_prefix("sharded"))} == live  # old one deleted
 
@@ -169,7 +169,7 @@ def test_changing_the_shard_count_repartitions_on_the_next_commit_and_keeps_the_
     upload(runtime, uploads, {"uservisits/more.csv": ips(1000, 5)})
     reduce(runtime, "whole", "sharded")
 
-    assert len(manifest(runtime, "sharded").result_keys) == 3
+    assert len(manifest(runtime, "sharded").shards) == 3
     assert served(runtime, "sharded") == served(runtime, "whole")
     collect_garbage(runtime, "sharded")
     assert len(list(runtime.state_store.list(layout.results_prefix("sharded")))) <= 3  # the 8 old shards deleted
@@ -180,7 +180,7 @@ def test_a_manifest_from_before_shards_is_read_as_one_shard_and_repartitioned(ru
     upload(runtime, uploads, dict(list(FILES.items())[:3]))
     reduce(runtime, "whole", "sharded")
     fields = json.loads(runtime.state_store.get(layout.manifest_key("sharded"))[0])
-    fields["result_key"] = fields.pop("result_keys")[0]  # as the reducer wrote it before shards
+    fields["result_key"] = fields.pop("shards")[0][0][0]  # as the reducer wrote it before shards
     runtime.state_store.put(layout.manifest_key("sharded"), json.dumps(fields).encode())
     install(runtime, job("whole", SUBTRACTABLE, 1), job("sharded", SUBTRACTABLE, 4))
     assert served(runtime, "sharded") == served(runtime, "whole")
@@ -188,7 +188,7 @@ def test_a_manifest_from_before_shards_is_read_as_one_shard_and_repartitioned(ru
     upload(runtime, uploads, dict(list(FILES.items())[3:]))
     reduce(runtime, "whole", "sharded")
 
-    assert len(manifest(runtime, "sharded").result_keys) == 4
+    assert len(manifest(runtime, "sharded").shards) == 4
     assert served(runtime, "sharded") == served(runtime, "whole")
 
 
@@ -202,7 +202,7 @@ def test_a_crash_between_the_shards_and_the_manifest_leaves_garbage_the_collecto
     with pytest.raises(Killed):
         faulty.reduce_job(runtime.jobs.get("sharded"))  # three new shards written, no manifest
     reduce(runtime, "sharded")
-    live = {key for key in manifest(runtime, "sharded").result_keys if key}
+    live = set(manifest(runtime, "sharded").result_keys)
     assert len(list(runtime.state_store.list(layout.results_prefix("sharded")))) > len(live)
     collect_garbage(runtime, "sharded", after=dt.timedelta(minutes=30))  # too soon: a run may still commit them
     assert len(list(runtime.state_store.list(layout.results_prefix("sharded")))) > len(live)
@@ -246,7 +246,7 @@ def test_of_two_overlapping_reducers_one_commits_and_the_other_deletes_only_the_
     reduce(runtime, "whole", "sharded")
 
     assert served(runtime, "sharded") == served(runtime, "whole")
-    live = {key for key in manifest(runtime, "sharded").result_keys if key}
+    live = set(manifest(runtime, "sharded").result_keys)
     collect_garbage(runtime, "sharded")
     assert {o.key for o in runtime.state_store.list(layout.results_prefix("sharded"))} == live
 
@@ -302,14 +302,14 @@ def test_a_sharded_result_starts_whole_and_is_repartitioned_as_it_grows(runtime,
     for n in range(5):
         upload(runtime, uploads, {f"uservisits/f{n}.csv": ips(n * 30, 30)})  # 30 new groups a file
         reduce(runtime, "whole", "sharded")
-        counts.append(len(manifest(runtime, "sharded").result_keys))
+        counts.append(len(manifest(runtime, "sharded").shards))
         assert served(runtime, "sharded") == served(runtime, "whole")
 
     assert counts == [1, 2, 4, 4, 4]  # 30, 60, 90, 120, 150 groups
     runtime.mapper.handle(uploads.event(uploads.delete("uservisits/f4.csv")))
     reduce(runtime, "whole", "sharded")
-    assert len(manifest(runtime, "sharded").result_keys) == 4 and served(runtime, "sharded") == served(runtime, "whole")
-    live = {key for key in manifest(runtime, "sharded").result_keys if key}
+    assert len(manifest(runtime, "sharded").shards) == 4 and served(runtime, "sharded") == served(runtime, "whole")
+    live = set(manifest(runtime, "sharded").result_keys)
     collect_garbage(runtime, "sharded")
     assert {o.key for o in runtime.state_store.list(layout.results_prefix("sharded"))} == live
 
@@ -323,6 +323,7 @@ def test_repartitioning_holds_one_family_of_shards_at_a_time(committed, count, l
 
     from chalicelib.aggregation.partition import split_by_shard
     from chalicelib.engine import sharded
+    from chalicelib.engine.runs import Run
     from chalicelib.engine.sharded import Changes, update_shards
 
     plan = job("j", SUBTRACTABLE, 16).plan
@@ -338,7 +339,8 @@ def test_repartitioning_holds_one_family_of_shards_at_a_time(committed, count, l
 
     sharded_split, sharded.split_by_shard = sharded.split_by_shard, spying_split
     try:
-        update = update_shards(plan, count, list(stored), whole.num_rows, stored.__getitem__, Changes([]))
+        committed_runs = tuple((Run(key, table.num_rows),) for key, table in stored.items())
+        update = update_shards(plan, count, committed_runs, stored.__getitem__, Changes([]))
     finally:
         sharded.split_by_shard = sharded_split
 

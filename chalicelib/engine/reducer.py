@@ -52,7 +52,8 @@ from ..jobs import Job, JobCatalog
 from ..storage import ObjectStore
 from . import garbage, layout, scan
 from .changes import ChangePlan, Current, IncompleteRanges, combine_ranges, marker_ids, plan_changes, released
-from .sharded import SHARD_GROUPS, Changes, ShardedUpdate, shard_count, update_shards
+from .runs import REWRITE_GROUPS, Run, merge_runs, pick_compaction, shard_rows
+from .sharded import SHARD_GROUPS, Changes, ShardedUpdate, Shards, shard_count, update_shards
 
 log = logging.getLogger("tally.reducer")
 
@@ -68,16 +69,19 @@ _LEDGER_FINGERPRINT = "ledger-v2"
 LIST_MIN_KEYS, LISTED_PER_KEY = 4, 20
 MAX_GROUPS_PER_RUN = 2_000_000  # groups of partials one job's run merges at most (Settings.reduce_max_groups)
 _CONTRIBUTION = "__contribution"  # a pack's column: whose partial a row is
+# Decoded runs and ledgers kept by a warm reducer, by their in-memory size: a Lambda's memory bounds it, not the
+# number of shards and runs.
+CACHE_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
 class Manifest:
     generation: int
     fingerprint: str
-    result_keys: tuple[str, ...]  # the result's object of each shard, "" for an empty one
+    shards: Shards  # each shard's live runs, oldest first (engine/runs.py)
     ledger_key: str
     committed_at: str
-    rows: int
+    rows: int  # groups; an upper bound while a shard has several runs (runs.shard_rows)
     objects: int
     # Not stored: the objects of a manifest written under another definition of the job, which the first
     # commit under this one stops referencing.
@@ -86,6 +90,7 @@ class Manifest:
     def encode(self) -> bytes:
         fields = asdict(self)
         del fields["other_definition"]
+        fields["shards"] = [[[run.key, run.rows] for run in runs] for runs in self.shards]
         return json.dumps(fields, sort_keys=True).encode()
 
     @classmethod
@@ -93,12 +98,27 @@ class Manifest:
         fields = json.loads(data)
         if "result_key" in fields:  # committed before results were sharded: one shard
             fields["result_keys"] = [fields.pop("result_key")]
-        return cls(**{**fields, "result_keys": tuple(fields["result_keys"])})
+        if "result_keys" in fields:  # committed before shards were runs: one run each, its rows not kept
+            keys = fields.pop("result_keys")
+            share = fields["rows"] // max(1, sum(1 for key in keys if key))
+            fields["shards"] = [[[key, share]] if key else [] for key in keys]
+        shards = tuple(tuple(Run(key, rows) for key, rows in runs) for runs in fields.pop("shards"))
+        return cls(**fields, shards=shards)
+
+    @property
+    def result_keys(self) -> tuple[str, ...]:
+        """Every run of every shard."""
+        return tuple(run.key for runs in self.shards for run in runs)
 
     @property
     def result_id(self) -> str:
         """Names this result's content: a cache key for what is computed from it."""
-        return "|".join(self.result_keys)
+        return "/".join(shard_id(runs) for runs in self.shards)
+
+
+def shard_id(runs: Iterable[Run]) -> str:
+    """Names one shard's content."""
+    return "|".join(run.key for run in runs)
 
 
 @dataclass
@@ -115,6 +135,7 @@ class ReduceReport:
     landed: list[str] = field(default_factory=list)  # event times of the merged objects (lag metric)
     missing: int = 0  # objects the committed state names that are gone (StateMissing)
     repaired: int = 0  # live versions dropped because their partials were lost (the result rebuilt without them)
+    compacted: int = 0  # runs merged by compaction after the run
 
 
 @dataclass(frozen=True)
@@ -155,11 +176,11 @@ class Gathered:
 class Reducer:
     def __init__(self, jobs: JobCatalog, state_store: ObjectStore, input_store: ObjectStore,
                  clock: Callable[[], datetime], batch: int = 500, parallelism: int = 4,
-                 shard_groups: int = SHARD_GROUPS, max_groups: int = MAX_GROUPS_PER_RUN):
+                 shard_groups: int = SHARD_GROUPS, max_groups: int = MAX_GROUPS_PER_RUN,
+                 rewrite_groups: int = REWRITE_GROUPS, cache_bytes: int = CACHE_BYTES):
         self.jobs, self.state, self.input, self.clock, self.batch = jobs, state_store, input_store, clock, batch
         self.parallelism, self.shard_groups, self.max_groups = parallelism, shard_groups, max_groups
-        # Every shard and the ledger of every job, plus room for a run's superseded and conflicting objects.
-        self._recent_size = 2 * sum(job.shards + 1 for job in jobs) + 2
+        self.rewrite_groups, self.cache_bytes = rewrite_groups, cache_bytes
         self._recent: OrderedDict[str, pa.Table] = OrderedDict()
         self._lock = threading.Lock()  # jobs reduce in parallel threads
 
@@ -174,7 +195,7 @@ class Reducer:
         if manifest.fingerprint != job.plan.fingerprint and not as_written:
             # The job's definition changed: state computed under the old one must not leak into the new.
             log.warning("job definition changed; starting a new result", extra={"job": job.name})
-            return replace(manifest, result_keys=(), ledger_key="", rows=0, objects=0,
+            return replace(manifest, shards=(), ledger_key="", rows=0, objects=0,
                            other_definition=(*manifest.result_keys, manifest.ledger_key)), etag
         return manifest, etag
 
@@ -205,28 +226,33 @@ class Reducer:
         raise AssertionError("unreachable")
 
     def read_result(self, job: Job, manifest: Manifest | None) -> pa.Table:
-        """The whole committed result: every shard's rows (in no particular order)."""
-        keys = [key for key in (manifest.result_keys if manifest else ()) if key]
-        if not keys:
+        """The whole committed result: every shard's rows (each shard sorted by key, the shards in no order)."""
+        shards = [runs for runs in (manifest.shards if manifest else ()) if runs]
+        if not shards:
             return self._empty_result(job)
-        with ThreadPoolExecutor(max(1, min(8, len(keys)))) as pool:
-            shards = list(pool.map(lambda key: self._read_immutable(key, job.plan.fingerprint), keys))
-        return shards[0] if len(shards) == 1 else pa.concat_tables(shards)
+        with ThreadPoolExecutor(max(1, min(8, len(shards)))) as pool:
+            tables = list(pool.map(lambda runs: self.read_shard(job, runs), shards))
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
-    def result_key_holding(self, job: Job, manifest: Manifest | None, key: dict) -> str:
-        """The object of the shard that holds the group `key` (its key columns' values), "" if none: one read
-        answers for one group however large the result is."""
-        if manifest is None or not any(manifest.result_keys):
-            return ""
-        if len(manifest.result_keys) == 1:
-            return manifest.result_keys[0]
+    def shard_holding(self, job: Job, manifest: Manifest | None, key: dict) -> tuple[Run, ...]:
+        """The runs of the shard that holds the group `key` (its key columns' values): one shard answers for
+        one group however large the result is."""
+        if manifest is None or not any(manifest.shards):
+            return ()
+        if len(manifest.shards) == 1:
+            return manifest.shards[0]
         types = job.plan.state_schema
         row = pa.table({name: pa.array([key[name]], types.field(name).type) for name in job.plan.key_names})
-        return manifest.result_keys[int(shard_of(row, job.plan.key_names, len(manifest.result_keys))[0])]
+        return manifest.shards[int(shard_of(row, job.plan.key_names, len(manifest.shards))[0])]
 
-    def read_result_object(self, job: Job, key: str) -> pa.Table:
-        """One committed shard of a result ("": an empty one)."""
-        return self._read_immutable(key, job.plan.fingerprint) if key else self._empty_result(job)
+    def read_shard(self, job: Job, runs: tuple[Run, ...]) -> pa.Table:
+        """One committed shard: its runs merged, sorted by key."""
+        if not runs:
+            return self._empty_result(job)
+        tables = [self._read_immutable(run.key, job.plan.fingerprint) for run in runs]
+        if len(tables) == 1 or job.is_scan:
+            return tables[0]
+        return merge_runs(job.plan, tables, includes_oldest=True)
 
     @staticmethod
     def _empty_result(job: Job) -> pa.Table:
@@ -246,8 +272,9 @@ class Reducer:
         with self._lock:
             self._recent[key] = table
             self._recent.move_to_end(key)
-            while len(self._recent) > self._recent_size:
-                self._recent.popitem(last=False)
+            held = sum(table.nbytes for table in self._recent.values())
+            while held > self.cache_bytes and len(self._recent) > 1:
+                held -= self._recent.popitem(last=False)[1].nbytes
 
     def _forget(self, keys: Iterable[str]) -> None:
         with self._lock:
@@ -272,10 +299,103 @@ class Reducer:
                 report = self.reduce_reported(job)
                 reports.append(report)
                 if not report.more_pending or report.errors or time.monotonic() > deadline:
-                    return reports
+                    break
+            # Compaction runs once the inbox is drained, in the time left: it bounds what reads merge, while
+            # the changes waiting bound how current the result is.
+            while not report.errors and not report.more_pending and time.monotonic() < deadline:
+                merged = self.compact_reported(job, report)
+                if not merged:
+                    break
+                report.compacted += merged
+            return reports
 
         with ThreadPoolExecutor(max(1, min(self.parallelism, len(self.jobs)))) as pool:
             return [report for batch in pool.map(drain, self.jobs) for report in batch]
+
+    def compact_reported(self, job: Job, report: ReduceReport) -> int:
+        """`compact`, its failure in `report` (a lost race is not a failure)."""
+        try:
+            return self.compact(job)
+        except CommitConflict as exc:
+            log.info("the result moved on while compacting", extra={"job": job.name, "detail": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - reported and re-raised by reduce_all
+            log.exception("compaction failed", extra={"job": job.name})
+            report.errors.append(f"compaction: {type(exc).__name__}: {exc}")
+        return 0
+
+    def compact(self, job: Job, pick: Callable[[tuple[Run, ...]], tuple[int, int] | None] = pick_compaction) -> int:
+        """One compaction commit: in the shards whose runs `runs.pick_compaction` names, up to `max_groups`
+        rows of runs together (at least one shard's), those runs are merged into one, and the manifest is
+        replaced by one naming it instead of them. The replaced runs go to a garbage record first, as every
+        run a commit stops naming. Returns the runs merged (0: nothing to do).
+
+        Like persist's ApplyMergeResult, the merge applies to whatever manifest is current when it commits, if
+        its input runs are still live there in the same order: a reducer commit meanwhile only appends runs, so
+        compaction does not lose to one. Groups and ledger do not change, so neither does the generation."""
+        if job.is_scan:
+            return 0
+        manifest, etag = self.read_manifest(job)
+        if manifest is None or manifest.other_definition:
+            return 0
+        chosen: dict[int, tuple[int, int]] = {}
+        rows = 0
+        for shard, runs in enumerate(manifest.shards):
+            window = pick(runs)
+            if window is None:
+                continue
+            size = shard_rows(runs[window[0]:window[1]])
+            if chosen and rows + size > self.max_groups:
+                break
+            chosen[shard], rows = window, rows + size
+        if not chosen:
+            return 0
+        key = layout.generation_keys(job.name, manifest.generation).result
+        inputs = {shard: manifest.shards[shard][start:end] for shard, (start, end) in chosen.items()}
+
+        def merge(shard: int) -> pa.Table:
+            start, _ = chosen[shard]
+            tables = [self._read_immutable(run.key, job.plan.fingerprint) for run in inputs[shard]]
+            return merge_runs(job.plan, tables, includes_oldest=start == 0)
+
+        with self._missing_classified(job, etag), ThreadPoolExecutor(max(1, min(self.parallelism, len(chosen)))) as pool:
+            merged = dict(zip(chosen, pool.map(merge, chosen)))
+        outputs = {shard: Run(key(shard), table.num_rows) for shard, table in merged.items()}
+        replaced = [run.key for runs in inputs.values() for run in runs]
+        now = self.clock()
+        with ThreadPoolExecutor(max(1, min(self.parallelism, len(merged) + 1))) as pool:
+            record = pool.submit(garbage.write_record, self.state, job.name, replaced, now, "compacted runs")
+            list(pool.map(lambda shard: self.state.put_if_absent(outputs[shard].key, encode(
+                merged[shard], job.plan.fingerprint)), [shard for shard in merged if merged[shard].num_rows]))
+            record.result()
+        for shard, table in merged.items():
+            self._remember(outputs[shard].key, table)
+        from_oldest = {shard for shard, (start, _) in chosen.items() if start == 0}
+        for _ in range(5):
+            shards = _replace_runs(manifest.shards, inputs, outputs, from_oldest)
+            if shards is None:  # a rebuild, a rewrite or a re-partition replaced those runs meanwhile
+                break
+            compacted = replace(manifest, shards=shards, rows=sum(shard_rows(runs) for runs in shards))
+            try:
+                self.state.put_if_match(layout.manifest_key(job.name), compacted.encode(), etag, "application/json")
+            except CommitConflict:
+                manifest, etag = self.read_manifest(job)
+                if manifest is None or manifest.other_definition:
+                    break
+                named = {run for runs in manifest.shards for run in runs}
+                if any(run in named for run in outputs.values() if run.rows):
+                    break  # our write applied; its response was lost and its retry met the 412
+                continue
+            self._forget(replaced)
+            log.info("compacted runs", extra={"job": job.name, "shards": len(chosen), "runs": len(replaced),
+                                              "rows": rows})
+            return len(replaced)
+        else:
+            raise CommitConflict("the manifest kept moving while compacting")
+        # Lost, or applied and since replaced: only a manifest read after the grace can tell, so the collector
+        # decides, as for every run a commit stops naming.
+        garbage.write_record(self.state, job.name, [run.key for run in outputs.values() if run.rows],
+                             self.clock(), "compacted runs not (or no longer) named")
+        return 0
 
     def reduce_reported(self, job: Job) -> ReduceReport:
         """One run of one job, whose failure is in its report (a lost race is not a failure)."""
@@ -385,9 +505,10 @@ class Reducer:
         keys = layout.generation_keys(job.name, generation)
         applied = self.apply(job, gathered, plan, generation, keys.pack)
         ledger = pa.Table.from_pylist(sorted(applied.entries.values(), key=lambda e: e["key"]), LEDGER_SCHEMA)
-        superseded = [*applied.result.superseded(gathered.manifest.result_keys), gathered.manifest.ledger_key,
+        superseded = [*applied.result.superseded(), gathered.manifest.ledger_key,
                       *gathered.manifest.other_definition] if gathered.manifest else []
-        live = garbage.Live.of(applied.result.result_keys(keys.result), keys.ledger, applied.entries.values())
+        shards = applied.result.shards(keys.result)
+        live = garbage.Live.of((run.key for runs in shards for run in runs), keys.ledger, applied.entries.values())
         unneeded = (released(gathered.read, plan) | set(superseded)) - live.keys
         manifest = self._commit(job, gathered, keys, generation, applied.result, ledger, applied.pack, unneeded)
         self._forget(superseded)
@@ -445,7 +566,8 @@ class Reducer:
                 base = self.read_result(job, gathered.manifest)
                 gone = [entry["contribution"] for entry in (*plan.retract, *plan.lost)]
                 files = scan.live_files(base, gone, plan.add)
-                result = ShardedUpdate((files,), ("",), scan.output_rows(files))
+                committed = gathered.manifest.shards if gathered.manifest else ()
+                result = ShardedUpdate((files,), ((),), committed or ((),), scan.output_rows(files))
             else:
                 result = self._update_shards(job, gathered.manifest, self._changes(job, plan, added, entries))
         return Applied(result, entries, _pack(inline) if inline else None)
@@ -466,12 +588,12 @@ class Reducer:
                        everywhere=plan.rebuilds)
 
     def _update_shards(self, job: Job, manifest: Manifest | None, changes: Changes) -> ShardedUpdate:
-        committed, rows = (manifest.result_keys, manifest.rows) if manifest else ((), 0)
+        committed, rows = (manifest.shards, manifest.rows) if manifest else ((), 0)
         # An upper bound of the new result's groups: the added partials may share groups with it.
         count = shard_count(job.shards, len(committed), rows + sum(t.num_rows for t in changes.added),
                             self.shard_groups)
-        return update_shards(job.plan, count, committed, rows,
-                             lambda key: self._read_immutable(key, job.plan.fingerprint), changes, self.parallelism)
+        return update_shards(job.plan, count, committed, lambda key: self._read_immutable(key, job.plan.fingerprint),
+                             changes, self.parallelism, self.rewrite_groups)
 
     def preview(self, job: Job) -> tuple[Manifest | None, pa.Table]:
         """The committed result with the inbox applied, not committed: what the next run will serve, current
@@ -488,8 +610,9 @@ class Reducer:
             added = self.apply(job, gathered, plan, 0, "")
         except UnusableParts:  # the next reducer run drops them; until then, serve what is committed
             return gathered.manifest, self.read_result(job, gathered.manifest)
-        shards = [self.read_result_object(job, key) if table is None else table
-                  for key, table in zip(added.result.previous, added.result.tables)]
+        shards = [self.read_shard(job, kept) if table is None else
+                  merge_runs(job.plan, [self.read_shard(job, kept), table], includes_oldest=True) if kept else table
+                  for kept, table in zip(added.result.kept, added.result.tables)]
         shards = [table for table in shards if table.num_rows] or [self._empty_result(job)]
         return gathered.manifest, shards[0] if len(shards) == 1 else pa.concat_tables(shards)
 
@@ -530,9 +653,10 @@ class Reducer:
 
     def _commit(self, job: Job, gathered: Gathered, keys: layout.GenerationKeys, generation: int,
                 result: ShardedUpdate, ledger: pa.Table, pack: pa.Table | None, unneeded: set[str]) -> Manifest:
-        result_keys = result.result_keys(keys.result)
-        shards = {key: table for key, table in zip(result_keys, result.tables) if table is not None and key}
-        objects = [*((key, table, job.plan.fingerprint) for key, table in shards.items()),
+        shards = result.shards(keys.result)
+        new_runs = {runs[-1].key: table for runs, table in zip(shards, result.tables)
+                    if table is not None and table.num_rows}
+        objects = [*((key, table, job.plan.fingerprint) for key, table in new_runs.items()),
                    (keys.ledger, ledger, _LEDGER_FINGERPRINT)]
         if pack is not None:
             objects.append((keys.pack, pack, job.plan.fingerprint))
@@ -543,9 +667,9 @@ class Reducer:
             record = pool.submit(garbage.write_record, self.state, job.name, unneeded, now, f"commit {generation}")
             list(pool.map(lambda o: self.state.put_if_absent(o[0], encode(o[1], o[2])), objects))
             record = record.result()
-        for key, table in [*shards.items(), (keys.ledger, ledger)]:
+        for key, table in [*new_runs.items(), (keys.ledger, ledger)]:
             self._remember(key, table)
-        manifest = Manifest(generation, job.plan.fingerprint, result_keys, keys.ledger, now.isoformat(),
+        manifest = Manifest(generation, job.plan.fingerprint, shards, keys.ledger, now.isoformat(),
                             result.rows, ledger.num_rows)
         try:
             if gathered.manifest_etag is None:
@@ -594,6 +718,23 @@ def raise_failures(reports: Iterable[ReduceReport]) -> None:
     failed = [f"{r.job}: {e}" for r in reports for e in r.errors]
     if failed:
         raise ReduceFailed("; ".join(failed))
+
+
+def _replace_runs(shards: Shards, inputs: Mapping[int, tuple[Run, ...]], outputs: Mapping[int, Run],
+                  from_oldest: set[int]) -> Shards | None:
+    """`shards` with each shard's `inputs` (consecutive runs) replaced by its output run (none if empty); None if
+    some input is no longer live there in that order, or no longer the oldest where the merge dropped the groups
+    retracted to nothing (`from_oldest`)."""
+    replaced = list(shards)
+    for shard, runs in inputs.items():
+        current = shards[shard] if shard < len(shards) else ()
+        starts = [i for i in range(len(current) - len(runs) + 1) if current[i:i + len(runs)] == runs]
+        if not starts or shard in from_oldest and starts[0] != 0:
+            return None
+        start = starts[0]
+        output = (outputs[shard],) if outputs[shard].rows else ()
+        replaced[shard] = (*current[:start], *output, *current[start + len(runs):])
+    return tuple(replaced)
 
 
 def _whole_contributions(listed: list[str], batch: int) -> list[str]:
@@ -672,8 +813,7 @@ def _pack(inline: dict[str, pa.Table]) -> pa.Table:
 
 
 def _partials_of(pack: pa.Table) -> list[pa.Table]:
-    """A pack's rows as one partial per contribution. Not one table: a partial has each group once, and a merge
-    of a single partial returns it as it is, so a group two contributions share would be served twice."""
+    """A pack's rows as one partial per contribution, as each was committed."""
     contributions = pack.column(_CONTRIBUTION).combine_chunks()
     # _pack wrote each contribution's rows together, and a filter keeps their order.
     changes = pc.not_equal(contributions[1:], contributions[:-1]).to_numpy(zero_copy_only=False)

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from ..errors import CommitConflict, GroupNotFound, InvalidQuery, ObjectMissing
 from ..jobs import Job
-from .reducer import Manifest, Reducer
+from .reducer import Manifest, Reducer, shard_id
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -138,7 +138,7 @@ class ResultReader:
                         raise
         for attempt in range(3):
             manifest, _ = self.reducer.read_manifest(job)
-            if manifest is None or not any(manifest.result_keys):
+            if manifest is None or not any(manifest.shards):
                 return manifest, job.plan.finalize(job.plan.empty())
             try:
                 return manifest, self._finalized_copy(job, manifest.result_id,
@@ -195,11 +195,11 @@ class ResultReader:
         """The finalized shard of the committed result that holds the group: one shard read, not the result."""
         for attempt in range(3):
             manifest, _ = self.reducer.read_manifest(job)
-            key = self.reducer.result_key_holding(job, manifest, dict(zip(job.plan.key_names, values)))
-            if not key:
+            runs = self.reducer.shard_holding(job, manifest, dict(zip(job.plan.key_names, values)))
+            if not runs:
                 return job.plan.finalize(job.plan.empty())
             try:
-                return self._finalized_copy(job, key, lambda: self.reducer.read_result_object(job, key))
+                return self._finalized_copy(job, shard_id(runs), lambda: self.reducer.read_shard(job, runs))
             except ObjectMissing:  # a commit replaced that shard between our two reads
                 if attempt == 2:
                     raise

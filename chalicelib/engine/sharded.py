@@ -1,9 +1,12 @@
-"""A result kept as shards by key hash: what one commit changes, shard by shard.
+"""A result kept as shards by key hash, each a few immutable runs (engine/runs.py): what one commit changes,
+shard by shard.
 
 Every group lives in exactly one shard (`aggregation.partition`), so merging, retracting or rebuilding a result
-is the same operation done per shard on that shard's rows, and only the shards a change reaches are read and
-rewritten; the others keep their committed objects. Shards are independent, so they are computed in parallel
-threads (Arrow releases the GIL). Pure: committed shards are read through `read`.
+is the same operation done per shard on that shard's rows, and only the shards a change reaches get a new run;
+the others keep their runs. A change is appended to a shard as a run of its own (a delta), so a commit costs
+what changed; a shard small enough is rewritten as one run instead, and a rebuild (min/max or sketches losing a
+version, a lost partial) or a re-partition replaces a shard's runs with one. Shards are independent, so they
+are computed in parallel threads (Arrow releases the GIL). Pure: committed runs are read through `read`.
 """
 from __future__ import annotations
 
@@ -15,8 +18,10 @@ import pyarrow as pa
 
 from ..aggregation import AggregationPlan
 from ..aggregation.partition import split_by_shard
+from .runs import REWRITE_GROUPS, Run, delta, merge_runs, shard_rows
 
 SHARD_GROUPS = 1 << 20  # groups per shard before a result doubles its shards (Settings.shard_groups)
+Shards = tuple[tuple[Run, ...], ...]  # each shard's live runs, oldest first
 
 
 @dataclass(frozen=True)
@@ -35,20 +40,27 @@ class Changes:
 
 @dataclass(frozen=True)
 class ShardedUpdate:
-    tables: tuple[pa.Table | None, ...]  # a touched shard's new table; None: the shard keeps its object
-    previous: tuple[str, ...]  # the committed object of each shard ("" for none) that a None keeps
-    rows: int  # groups in the whole new result
+    tables: tuple[pa.Table | None, ...]  # each shard's new run; None: the shard has none
+    kept: Shards      # the committed runs each shard keeps (all of them unless its new run replaces them)
+    previous: Shards  # the committed runs this update was computed from
+    output_rows: int | None = None  # a scan job's: its result is a table of files, its rows are theirs
 
-    def result_keys(self, new_key: Callable[[int], str]) -> tuple[str, ...]:
-        """Each shard's object once committed: the new key of a rewritten shard ("" if it is empty now)."""
-        return tuple(
-            self.previous[shard] if table is None else new_key(shard) if table.num_rows else ""
-            for shard, table in enumerate(self.tables))
+    def shards(self, new_key: Callable[[int], str]) -> Shards:
+        """Each shard's runs once committed, a new run under `new_key(shard)`."""
+        return tuple(kept + ((Run(new_key(shard), table.num_rows),) if table is not None and table.num_rows else ())
+                     for shard, (kept, table) in enumerate(zip(self.kept, self.tables)))
 
-    def superseded(self, committed: Sequence[str]) -> list[str]:
-        """The objects of `committed` (the result this update was computed from) no shard names any more."""
-        kept = {self.previous[shard] for shard, table in enumerate(self.tables) if table is None}
-        return sorted(set(filter(None, committed)) - kept)
+    @property
+    def rows(self) -> int:
+        if self.output_rows is not None:
+            return self.output_rows
+        return sum(shard_rows(kept) + (table.num_rows if table is not None else 0)
+                   for kept, table in zip(self.kept, self.tables))
+
+    def superseded(self) -> list[str]:
+        """The committed runs no shard names any more."""
+        kept = {run.key for runs in self.kept for run in runs}
+        return sorted({run.key for runs in self.previous for run in runs} - kept)
 
 
 def shard_count(limit: int, committed: int, groups: int, shard_groups: int = SHARD_GROUPS) -> int:
@@ -63,18 +75,21 @@ def shard_count(limit: int, committed: int, groups: int, shard_groups: int = SHA
     return min(limit, max(committed, needed))
 
 
-def update_shards(plan: AggregationPlan, count: int, committed: Sequence[str], committed_rows: int,
-                  read: Callable[[str], pa.Table], changes: Changes, parallelism: int = 4) -> ShardedUpdate:
-    """The shards of the result once `changes` are applied to the committed one (`committed`: its object
-    per shard). A result committed with another shard count is re-partitioned here, family by family."""
+def update_shards(plan: AggregationPlan, count: int, committed: Shards, read: Callable[[str], pa.Table],
+                  changes: Changes, parallelism: int = 4, rewrite_groups: int = REWRITE_GROUPS) -> ShardedUpdate:
+    """The shards of the result once `changes` are applied to the committed one (`committed`: its runs per
+    shard). A result committed with another shard count is re-partitioned here, family by family."""
     keys = plan.key_names
 
     def split(tables: Sequence[pa.Table]) -> list[list[pa.Table]]:
         return [split_by_shard(table, keys, count) for table in tables if table.num_rows]
 
+    def merged(runs: Sequence[Run]) -> pa.Table:
+        return merge_runs(plan, [read(run.key) for run in runs], includes_oldest=True)
+
     added, removed = split(changes.added), split(changes.removed)
     repartitioning = len(committed) != count and any(committed)
-    previous = tuple(committed) if len(committed) == count else ("",) * count
+    previous = tuple(committed) if len(committed) == count else ((),) * count
     if repartitioning:
         tasks = [([committed[old] for old in olds], news) for olds, news in families(len(committed), count)]
     else:
@@ -85,30 +100,29 @@ def update_shards(plan: AggregationPlan, count: int, committed: Sequence[str], c
     if changes.kept is not None:
         rebuilt = _fold(plan, [shard for _, shards in tasks for shard in shards], changes.kept, split, workers)
 
-    def apply(shard: int, base: pa.Table) -> pa.Table:
-        adding = [pieces[shard] for pieces in added]
-        if changes.kept is not None:
-            return plan.merge([rebuilt[shard], *adding])
-        if removed:
-            return plan.retract(base, [pieces[shard] for pieces in removed], adding)
-        return plan.merge([base, *adding])
-
-    def one(task: tuple[list[str], list[int]]) -> list[tuple[int, int, pa.Table]]:
-        """(shard, its committed groups, its new table) for the shards of one task."""
+    def one(task: tuple[list[tuple[Run, ...]], list[int]]) -> list[tuple[int, tuple[Run, ...], pa.Table]]:
+        """(shard, the runs it keeps, its new run) for the shards of one task."""
         sources, shards = task
-        tables = [read(key) for key in sources if key]
-        if not repartitioning:
-            bases = {shards[0]: tables[0] if tables else plan.empty()}
-        else:
-            pieces = split_by_shard(pa.concat_tables(tables) if tables else plan.empty(), keys, count)
-            bases = {shard: pieces[shard] for shard in shards}
-        return [(shard, bases[shard].num_rows, apply(shard, bases[shard])) for shard in shards]
+        adding = {shard: [pieces[shard] for pieces in added] for shard in shards}
+        if changes.kept is not None:  # rebuilt: the committed runs are not read
+            return [(shard, (), merge_runs(plan, [rebuilt[shard], *adding[shard]], True)) for shard in shards]
+        removing = {shard: [pieces[shard] for pieces in removed] for shard in shards}
+        if repartitioning:
+            pieces = split_by_shard(pa.concat_tables([plan.empty(), *(merged(runs) for runs in sources)]), keys, count)
+            return [(shard, (), merge_runs(plan, [pieces[shard], *adding[shard],
+                                                  *(plan.negated(p) for p in removing[shard])], True))
+                    for shard in shards]
+        [shard], [runs] = shards, sources
+        change = delta(plan, adding[shard], removing[shard])
+        if shard_rows(runs) + change.num_rows <= rewrite_groups or not runs:
+            return [(shard, (), merge_runs(plan, [merged(runs), change], True))]
+        return [(shard, runs, change)]
 
     with ThreadPoolExecutor(workers) as pool:
-        done = {shard: (old, new) for results in pool.map(one, tasks) for shard, old, new in results}
-    tables = tuple(done[shard][1] if shard in done else None for shard in range(count))
-    rows = committed_rows - sum(old for old, _ in done.values()) + sum(new.num_rows for _, new in done.values())
-    return ShardedUpdate(tables, previous, rows)
+        done = {shard: (kept, new) for results in pool.map(one, tasks) for shard, kept, new in results}
+    return ShardedUpdate(tuple(done[shard][1] if shard in done else None for shard in range(count)),
+                         tuple(done[shard][0] if shard in done else previous[shard] for shard in range(count)),
+                         tuple(committed))
 
 
 def _fold(plan: AggregationPlan, shards: list[int], batches: Iterable[Sequence[pa.Table]],

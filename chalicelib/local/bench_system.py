@@ -169,7 +169,7 @@ def _merge_rate(s3, label: str, job: Job, objects: list[bytes]) -> MergeRate:
     seconds = time.perf_counter() - started
     if report.merged != len(objects):
         raise RuntimeError(f"reducer merged {report.merged} of {len(objects)} partials: {report}")
-    shards = len(reducer.read_manifest(job)[0].result_keys)
+    shards = len(reducer.read_manifest(job)[0].shards)
     return MergeRate(label, job.name, len(objects), groups, report.rows, seconds, merge_seconds, shards)
 
 
@@ -230,7 +230,7 @@ def warm_commit(body: bytes, job: Job, copies: int = 10) -> MergeRate:
         started = time.perf_counter()
         report = reducer.reduce_job(job)
         seconds = time.perf_counter() - started
-        shards = len(reducer.read_manifest(job)[0].result_keys)
+        shards = len(reducer.read_manifest(job)[0].shards)
     return MergeRate("warm commit", job.name, report.merged, added.num_rows, report.rows, seconds, merge_seconds,
                      shards, committed.num_rows)
 
