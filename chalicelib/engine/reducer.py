@@ -52,6 +52,7 @@ from ..jobs import Job, JobCatalog
 from ..storage import ObjectStore
 from . import garbage, layout, scan
 from .changes import ChangePlan, Current, IncompleteRanges, combine_ranges, marker_ids, plan_changes, released
+from .counts import ledger_totals
 from .sharded import SHARD_GROUPS, Changes, ShardedUpdate, shard_count, update_shards
 
 log = logging.getLogger("tally.reducer")
@@ -79,6 +80,9 @@ class Manifest:
     committed_at: str
     rows: int
     objects: int
+    # The ledger's totals (counts.ledger_totals), so a status need not read the ledger; None in a manifest
+    # committed before they were kept.
+    summary: dict | None = field(default=None, compare=False)
     # Not stored: the objects of a manifest written under another definition of the job, which the first
     # commit under this one stops referencing.
     other_definition: tuple[str, ...] = field(default=(), compare=False)
@@ -86,6 +90,8 @@ class Manifest:
     def encode(self) -> bytes:
         fields = asdict(self)
         del fields["other_definition"]
+        if self.summary is None:
+            del fields["summary"]
         return json.dumps(fields, sort_keys=True).encode()
 
     @classmethod
@@ -174,7 +180,7 @@ class Reducer:
         if manifest.fingerprint != job.plan.fingerprint and not as_written:
             # The job's definition changed: state computed under the old one must not leak into the new.
             log.warning("job definition changed; starting a new result", extra={"job": job.name})
-            return replace(manifest, result_keys=(), ledger_key="", rows=0, objects=0,
+            return replace(manifest, result_keys=(), ledger_key="", rows=0, objects=0, summary=None,
                            other_definition=(*manifest.result_keys, manifest.ledger_key)), etag
         return manifest, etag
 
@@ -546,7 +552,7 @@ class Reducer:
         for key, table in [*shards.items(), (keys.ledger, ledger)]:
             self._remember(key, table)
         manifest = Manifest(generation, job.plan.fingerprint, result_keys, keys.ledger, now.isoformat(),
-                            result.rows, ledger.num_rows)
+                            result.rows, ledger.num_rows, ledger_totals(ledger))
         try:
             if gathered.manifest_etag is None:
                 self.state.put_if_absent(layout.manifest_key(job.name), manifest.encode(), "application/json")
