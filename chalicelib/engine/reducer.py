@@ -121,6 +121,8 @@ class ReduceReport:
     landed: list[str] = field(default_factory=list)  # event times of the merged objects (lag metric)
     missing: int = 0  # objects the committed state names that are gone (StateMissing)
     repaired: int = 0  # live versions dropped because their partials were lost (the result rebuilt without them)
+    pending: int | None = None  # markers in the inbox when the run listed it (None: it could not list it)
+    pending_since: str | None = None  # when the oldest of them was written (lag metric, even when stuck)
 
 
 @dataclass(frozen=True)
@@ -284,18 +286,26 @@ class Reducer:
             return [report for batch in pool.map(drain, self.jobs) for report in batch]
 
     def reduce_reported(self, job: Job) -> ReduceReport:
-        """One run of one job, whose failure is in its report (a lost race is not a failure)."""
+        """One run of one job, whose failure is in its report (a lost race is not a failure). Whatever became of
+        the run, its report says how many markers it found and how old the oldest was: a job whose markers
+        cannot be applied, or whose runs fail, shows as growing lag, not as silence."""
+        inbox = None
         try:
-            return self.reduce_job(job)
+            inbox = list(self.state.list(layout.inbox_prefix(job.name)))
+            report = self.reduce_job(job, [o.key for o in inbox])
         except CommitConflict as exc:
             log.info("another reducer committed first", extra={"job": job.name, "detail": str(exc)})
-            return ReduceReport(job.name, conflict=True, more_pending=True)
+            report = ReduceReport(job.name, conflict=True, more_pending=True)
         except StateMissing as exc:
             log.error("the committed state names an object that is gone", extra={"job": job.name, "key": exc.key})
-            return ReduceReport(job.name, errors=[f"StateMissing: {exc}"], missing=1)
+            report = ReduceReport(job.name, errors=[f"StateMissing: {exc}"], missing=1)
         except Exception as exc:  # noqa: BLE001 - reported and re-raised by reduce_all
             log.exception("reduce failed", extra={"job": job.name})
-            return ReduceReport(job.name, errors=[f"{type(exc).__name__}: {exc}"])
+            report = ReduceReport(job.name, errors=[f"{type(exc).__name__}: {exc}"])
+        if inbox is not None:
+            oldest = min((o.last_modified for o in inbox if o.last_modified is not None), default=None)
+            report.pending, report.pending_since = len(inbox), oldest and oldest.isoformat()
+        return report
 
     def gather(self, job: Job, listed: list[str] | None = None) -> Gathered:
         if listed is None:
@@ -362,8 +372,9 @@ class Reducer:
         self.state.delete([key])
         return None
 
-    def reduce_job(self, job: Job) -> ReduceReport:
-        listed = self.list_inbox(job)
+    def reduce_job(self, job: Job, listed: list[str] | None = None) -> ReduceReport:
+        """`listed`: the inbox's keys, if the caller has just listed it."""
+        listed = self.list_inbox(job) if listed is None else listed
         if not listed:
             return ReduceReport(job.name)  # an idle tick costs one LIST
         gathered = self.gather(job, listed)
