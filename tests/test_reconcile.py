@@ -163,6 +163,18 @@ def test_the_reconcile_counts_what_it_found_and_what_the_inbox_cannot_follow(run
     assert read_counted(runtime.state_store, JOB).records() == counted.records()
 
 
+def test_counts_from_an_overlapping_run_that_listed_earlier_do_not_replace_newer_ones(runtime, uploads):
+    uploads.put("uservisits/a.csv", uservisits_rows(("1.1.1.1", "1")))
+    later = Reconciler(runtime.jobs, runtime.input_store, runtime.state_store, runtime.mapper, runtime.reducer,
+                       lambda: utc_now() + dt.timedelta(minutes=1), dispatch=lambda event: None)
+    later.reconcile(runtime.jobs.get(JOB))
+    newer = read_counted(runtime.state_store, JOB)
+
+    dispatching(runtime, lambda event: None).reconcile(runtime.jobs.get(JOB))
+
+    assert read_counted(runtime.state_store, JOB) == newer and newer.counts.landed == 1
+
+
 def test_reconcile_all_reconciles_every_job_and_fails_at_the_end_naming_the_ones_that_failed(runtime, uploads,
                                                                                              monkeypatch):
     uploads.put("uservisits/a.csv", uservisits_rows(("1.1.1.1", "1")))

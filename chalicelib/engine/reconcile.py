@@ -142,12 +142,13 @@ class Reconciler:
     def _keep_counts(self, job: Job, plan: ReconcilePlan, report: ReconcileReport) -> None:
         """Written once the removals are noted: every version then unreflected has a marker, except those it
         handed over and did not map here (stale, engine/counts.py) and the young ones, left to their events."""
+        known, taken_at = read_counted(self.state, job.name), plan.taken_at or self.clock()
+        if known is not None and known.taken_at > taken_at:
+            return  # an overlapping run (a schedule is delivered at least once) listed later and counted first
         mapped_here = {(o.key, o.etag) for o in report.mapped if o.outcome == "mapped"}
         stale = [o for o in plan.to_map if (o.key, o.etag) not in mapped_here]
-        records = quarantine_records(self.state, job.name, plan.counts.held, plan.held,
-                                     read_counted(self.state, job.name))
-        counted = Counted(plan.taken_at or self.clock(), with_stale(plan.counts, stale, plan.replacing),
-                          tuple(records))
+        records = quarantine_records(self.state, job.name, plan.counts.held, plan.held, known)
+        counted = Counted(taken_at, with_stale(plan.counts, stale, plan.replacing), tuple(records))
         self.state.put(layout.counts_key(job.name), counted.encode(), "application/json")
 
     def reconcile_all(self, max_seconds: float = 600.0) -> list[ReconcileReport]:
