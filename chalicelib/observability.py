@@ -83,6 +83,7 @@ class Observer:
     def reduced(self, reports: Iterable[dict]) -> None:
         now = self.clock()
         sets: dict[str, dict[str, tuple[str, list[float]]]] = defaultdict(dict)
+        backlog: dict[str, float] = {}
         for report in reports:
             if report["merged"] or report["retracted"] or report["dropped"]:
                 self.logger.info("reduced", extra={k: v for k, v in report.items() if k != "landed"})
@@ -90,6 +91,9 @@ class Observer:
                 # Lost state: never routine. An alarm on StateObjectsMissing pages someone.
                 _add(sets[report["job"]], "StateObjectsMissing", MetricUnit.Count, report.get("missing", 0))
                 _add(sets[report["job"]], "LostVersionsRepaired", MetricUnit.Count, report.get("repaired", 0))
+            if report.get("pending") is not None:  # the job's last run this tick listed its inbox last: it wins
+                since = report.get("pending_since")
+                backlog[report["job"]] = _age(now, since) if since else 0.0
             if not (report["merged"] or report["retracted"]):
                 continue
             job = sets[report["job"]]
@@ -97,8 +101,11 @@ class Observer:
             _add(job, "ObjectsRetracted", MetricUnit.Count, report["retracted"])
             for landed in report.get("landed") or ():
                 # Event time (the object landed in S3) to the commit that put it in the served result.
-                lag = (now - dt.datetime.fromisoformat(landed.replace("Z", "+00:00"))).total_seconds()
-                job.setdefault("LagSeconds", (MetricUnit.Seconds, []))[1].append(round(max(lag, 0.0), 3))
+                _lag(job, _age(now, landed))
+        for name, age in backlog.items():
+            # Every tick, merged or not: how long the oldest marker had waited when the job's last run listed
+            # the inbox. Below the lag of what that run merged when it is healthy; growing when it is stuck.
+            _lag(sets[name], age)
         self._emit(sets)
 
     def _emit(self, sets: dict[str, dict[str, tuple[str, list[float]]]]) -> None:
@@ -110,9 +117,19 @@ class Observer:
                     for value in values:
                         emf.add_metric(name=name, unit=unit, value=value)
                 emf.flush_metrics()
-            else:
+            elif any(name != "LagSeconds" or any(values) for name, (_, values) in metrics.items()):
+                # A terminal line for every idle job on every tick (local mode reduces every 2 s) would drown
+                # the others: nothing merged and nothing waiting is not printed.
                 summary = {name: _summarize(name, values) for name, (_, values) in metrics.items()}
                 self.logger.info("metrics", extra={"job": job, **summary})
+
+
+def _age(now: dt.datetime, at: str) -> float:
+    return round(max((now - dt.datetime.fromisoformat(at.replace("Z", "+00:00"))).total_seconds(), 0.0), 3)
+
+
+def _lag(metrics: dict, seconds: float) -> None:
+    metrics.setdefault("LagSeconds", (MetricUnit.Seconds, []))[1].append(seconds)
 
 
 def _add(metrics: dict, name: str, unit: MetricUnit, value: float) -> None:

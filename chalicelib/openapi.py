@@ -152,10 +152,13 @@ SCHEMAS: dict[str, Any] = {
     "Status": {"type": "object", "required": ["job", "objects", "idle", "lag_seconds"], "properties": {
         "job": {"type": "string"},
         "objects": {"type": "object", "description": "landed, seen, mapped, merged, quarantined, waiting, "
-                                                     "to_retract (counts of object versions)"},
-        "quarantined": {"type": "array", "items": {"type": "object"}},
-        "partials_pending": {"type": "integer", "description": "object versions with markers in the inbox (a "
-                             "large object's ranges count as one, complete or not)"}, "rows": {"type": "integer"}, "rows_read": {"type": "integer"},
+                                                     "to_retract (counts of object versions): as of the request "
+                                                     "up to 1,000 versions, past that as of counts_as_of"},
+        "quarantined": {"type": "array", "items": {"type": "object"}, "description": "at most 100, by key"},
+        "partials_pending": {"type": "integer", "description": "object versions with markers on the inbox's "
+                             "first page of 1,000 keys (a large object's ranges count as one, complete or not)"},
+        "partials_pending_more": {"type": "boolean", "description": "the inbox holds more markers than that page"},
+        "rows": {"type": "integer"}, "rows_read": {"type": "integer"},
         "bad_rows_skipped": {"type": "integer"}, "bytes_merged": {"type": "integer"},
         "bad_rows": {"type": "array", "items": {"type": "object"},
                      "description": "live object versions with rows skipped (key, etag, bad_rows, examples: the "
@@ -163,7 +166,12 @@ SCHEMAS: dict[str, Any] = {
         "generation": {"type": "integer", "nullable": True},
         "last_reduce_at": {"type": "string", "nullable": True},
         "idle": {"type": "boolean", "description": "the result reflects every object version in the prefix"},
-        "lag_seconds": {"type": "number", "description": "age of the oldest object version not yet merged"}}},
+        "lag_seconds": {"type": "number", "description": "age of the oldest object version not yet merged"},
+        "counts_as_of": {"type": "string", "format": "date-time", "nullable": True,
+                         "description": "null: every count is as of the request; else the job has over 1,000 "
+                                        "versions and the counts are the last reconcile's, taken then and "
+                                        "followed since through the inbox (idle and lag_seconds too: at most "
+                                        "one reconcile period behind)"}}},
 }
 
 SECURITY_SCHEMES = {

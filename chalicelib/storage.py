@@ -35,6 +35,12 @@ def normalize_etag(etag: str) -> str:
     return etag.strip('"')
 
 
+@dataclass(frozen=True)
+class ListedPage:
+    objects: list[StoredObject]
+    truncated: bool  # more keys follow under the prefix
+
+
 class ObjectStore(Protocol):
     bucket: str
 
@@ -46,6 +52,7 @@ class ObjectStore(Protocol):
     def put_if_absent(self, key: str, data: bytes, content_type: str = ...) -> str: ...
     def put_if_match(self, key: str, data: bytes, etag: str, content_type: str = ...) -> str: ...
     def list(self, prefix: str, start_after: str | None = None, page_size: int = 1000) -> Iterator[StoredObject]: ...
+    def list_page(self, prefix: str, max_keys: int = 1000) -> ListedPage: ...
     def delete(self, keys: list[str]) -> None: ...
     def presigned_get(self, key: str, expires: timedelta, filename: str | None = None) -> str: ...
 
@@ -99,7 +106,12 @@ class S3ObjectStore:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size},
                                        **({"StartAfter": start_after} if start_after else {})):
             for item in page.get("Contents", []):
-                yield StoredObject(item["Key"], normalize_etag(item["ETag"]), item["Size"], item.get("LastModified"))
+                yield _stored(item)
+
+    def list_page(self, prefix: str, max_keys: int = 1000) -> ListedPage:
+        """The first `max_keys` keys under `prefix` (S3 answers at most 1,000): one request, whatever follows."""
+        page = self._client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=max_keys)
+        return ListedPage([_stored(item) for item in page.get("Contents", [])], bool(page.get("IsTruncated")))
 
     def delete(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):
@@ -141,6 +153,10 @@ class S3ObjectStore:
             if code in _MISSING_CODES or status == "404":
                 raise ObjectMissing(self.bucket, key) from exc
             raise
+
+
+def _stored(item: dict) -> StoredObject:
+    return StoredObject(item["Key"], normalize_etag(item["ETag"]), item["Size"], item.get("LastModified"))
 
 
 def make_s3_client(endpoint_url: str | None, region: str, max_connections: int = 32):

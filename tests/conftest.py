@@ -7,6 +7,7 @@ import gzip
 import io
 import os
 from contextlib import contextmanager
+from typing import Iterator
 from decimal import Decimal
 from urllib.parse import quote_plus
 
@@ -256,3 +257,20 @@ def query_over_bucket(s3, prefix_length: int = 8) -> dict[str, Decimal]:
     for row in csv_rows(s3):
         totals[row[0][:prefix_length]] = totals.get(row[0][:prefix_length], Decimal(0)) + Decimal(row[3])
     return totals
+
+
+@contextmanager
+def requests_sent(client) -> Iterator[list[tuple[str, str]]]:
+    """Every request the S3 client makes meanwhile, as (operation, key or prefix). Counted at the client, not
+    at the ObjectStore: every page of a listing is a call of its own there, where a store sees one lazy list()
+    however many pages it reads."""
+    sent: list[tuple[str, str]] = []
+
+    def record(params, model, **_):
+        sent.append((model.name, params.get("Key") or params.get("Prefix", "")))
+
+    client.meta.events.register("before-parameter-build.s3", record)
+    try:
+        yield sent
+    finally:
+        client.meta.events.unregister("before-parameter-build.s3", record)

@@ -1,17 +1,20 @@
 """What the handlers tell operators: one log record per job and object version with the job, the object key
 and its version as top-level keys; per-job metrics in CloudWatch's Embedded Metric Format on Lambda (objects
-mapped, bytes, rows, quarantined, partials merged, lag from the object's landing to its merge); and the same
-records and metric sets as readable lines in local mode."""
+mapped, bytes, rows, quarantined, partials merged, lag from the object's landing to its merge, and on every
+tick the age of the oldest marker waiting); and the same records and metric sets as readable lines in local
+mode."""
 from __future__ import annotations
 
 import datetime as dt
 import io
 import json
 
+from chalicelib.engine import layout
 from chalicelib.observability import NAMESPACE, Observer, make_logger
 from chalicelib.settings import Settings
 
 from .conftest import scheduled_event, uservisits_rows
+from .test_fanout import Fanned, visits
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, 30, tzinfo=dt.timezone.utc)
 MAPPED = {"job": "bdb-agg-2a", "key": "uservisits/a b.csv", "etag": "e1", "outcome": "mapped", "rows": 10,
@@ -99,8 +102,9 @@ def test_the_deployed_handlers_emit_emf_for_a_real_map_and_reduce(lambdas, uploa
     assert set(mapped) == set(merged) == {"bdb-agg-2a", "bdb-agg-2b", "bdb-agg-2c", "duration-histogram",
                                           "revenue-by-day", "visits-by-browser", "visits-by-country"}
     assert mapped["bdb-agg-2a"]["RowsMapped"] == [2]
-    [lag] = merged["bdb-agg-2a"]["LagSeconds"]
-    assert 5 <= lag < 60
+    # The merged object's, from its event time; and the age of the oldest marker when the tick listed the inbox.
+    lags = merged["bdb-agg-2a"]["LagSeconds"]
+    assert len(lags) == 2 and 5 <= max(lags) < 60 and min(lags) < 5
 
 
 def test_a_large_object_counts_once_as_fanned_out_and_its_ranges_as_ranges(capsys):
@@ -111,3 +115,33 @@ def test_a_large_object_counts_once_as_fanned_out_and_its_ranges_as_ranges(capsy
     [blob] = emf_blobs(capsys.readouterr().out)
     assert (blob["ObjectsFannedOut"], blob["RangesMapped"], blob["RowsMapped"]) == ([1], [2], [6])
     assert "ObjectsMapped" not in blob
+
+
+def test_a_marker_that_cannot_be_applied_yet_shows_as_lag_growing_tick_after_tick(s3, capsys):
+    fanned = Fanned(s3)
+    tasks = fanned.put("uservisits/big.csv", visits(100))
+    fanned.deliver(tasks[1:])  # its first range never lands: the version waits in the inbox
+    job = fanned.runtime.jobs.get("bdb-agg-2a")
+    written = min(o.last_modified for o in fanned.runtime.state_store.list(layout.inbox_prefix(job.name)))
+    ticks = iter([written + dt.timedelta(seconds=10), written + dt.timedelta(seconds=70)])
+    settings = Settings(log_format="json")
+    observe = Observer(settings, make_logger(settings, service="tally-test-stuck", engine_loggers=False),
+                       lambda: next(ticks))
+    idle = fanned.runtime.jobs.get("page-latency")  # another prefix: nothing waits
+
+    lags = []
+    for _ in range(2):
+        reports = [fanned.runtime.reducer.reduce_reported(j) for j in (job, idle)]
+        observe.reduced([dict(report.__dict__) for report in reports])
+        lags.append({blob["job"]: blob["LagSeconds"] for blob in emf_blobs(capsys.readouterr().out)})
+
+    assert [tick["bdb-agg-2a"] for tick in lags] == [[10.0], [70.0]]  # nothing merged, and not silent
+    assert [tick["page-latency"] for tick in lags] == [[0.0], [0.0]]
+
+
+def test_local_mode_prints_a_waiting_jobs_lag_and_nothing_for_an_idle_one():
+    observe, logs = observer("text", "tally-test-text-idle")
+    tick = {**REDUCED, "merged": 0, "landed": [], "pending": 0, "pending_since": None}
+    observe.reduced([tick, {**tick, "job": "bdb-agg-2c", "pending": 3, "pending_since": "2026-11-27T12:00:00Z"}])
+    [line] = [line for line in logs.getvalue().splitlines() if " metrics " in line]
+    assert "job=bdb-agg-2c" in line and "LagSeconds=max 30.0" in line

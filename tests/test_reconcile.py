@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 
 from chalicelib.engine import layout
+from chalicelib.engine.counts import InputCounts, read_counted
 from chalicelib.engine.events import ObjectEvent, notification
 from chalicelib.engine.reconcile import Reconciler
 from chalicelib.errors import DispatchFailed
@@ -15,7 +16,7 @@ from chalicelib.local.cli import main as tally
 from chalicelib.runtime import Runtime, utc_now
 from chalicelib.settings import Settings
 
-from .conftest import INPUT, STATE, scheduled_event, uservisits_rows
+from .conftest import INPUT, STATE, requests_sent, scheduled_event, uservisits_rows
 
 JOB = "bdb-agg-2a"
 
@@ -134,6 +135,44 @@ def test_the_reconcile_hands_what_it_finds_to_the_mapper_and_maps_nothing_itself
     lambdas.lambda_.invoke("reduce_results", scheduled_event())
     assert served(runtime) == {"1.1.1.1": Decimal(4), "2.2.2.2": Decimal(2)}
     assert status(runtime)["idle"] is True
+
+
+def test_the_reconcile_counts_what_it_found_and_what_the_inbox_cannot_follow(runtime, uploads, s3):
+    for key in ("uservisits/a.csv", "uservisits/b.csv", "uservisits/c.csv"):
+        runtime.mapper.handle(uploads.event(uploads.put(key, uservisits_rows(("1.1.1.1", "1")))))
+    runtime.reducer.reduce_job(runtime.jobs.get(JOB))
+    s3.delete_object(Bucket=INPUT, Key="uservisits/a.csv")                           # its event is lost
+    uploads.put("uservisits/b.csv", uservisits_rows(("3.3.3.3", "7")))               # and this one's too
+    runtime.mapper.handle(uploads.event(uploads.put("uservisits/d.csv", uservisits_rows(("4.4.4.4", "4")))))
+    runtime.mapper.handle(uploads.event(uploads.put("uservisits/bad.csv", "garbage\n")))
+    landed = {o.key: o.last_modified for o in runtime.input_store.list("uservisits/")}
+
+    dispatching(runtime, lambda event: None).reconcile(runtime.jobs.get(JOB), grace=dt.timedelta(0))
+    counted = read_counted(runtime.state_store, JOB)
+
+    # b's new version was handed over and no marker follows it yet: it, and b's live version it replaces, are
+    # stale; d's marker and a's removal (noted by the reconcile) are in the inbox.
+    assert counted.counts == InputCounts(
+        landed=4, merged=1, quarantined=1, waiting=2, to_retract=2, stale_waiting=1, stale_retract=1,
+        oldest_waiting=min(landed["uservisits/b.csv"], landed["uservisits/d.csv"]),
+        oldest_stale=landed["uservisits/b.csv"])
+    assert [(r["key"], r["attempts"]) for r in counted.records()] == [("uservisits/bad.csv", 1)]
+    with requests_sent(runtime.client) as sent:  # a record it holds already is not read again
+        dispatching(runtime, lambda event: None).reconcile(runtime.jobs.get(JOB), grace=dt.timedelta(0))
+    assert not [name for _, name in sent if "/quarantine/" in name and not name.endswith("/quarantine/")]
+    assert read_counted(runtime.state_store, JOB).records() == counted.records()
+
+
+def test_counts_from_an_overlapping_run_that_listed_earlier_do_not_replace_newer_ones(runtime, uploads):
+    uploads.put("uservisits/a.csv", uservisits_rows(("1.1.1.1", "1")))
+    later = Reconciler(runtime.jobs, runtime.input_store, runtime.state_store, runtime.mapper, runtime.reducer,
+                       lambda: utc_now() + dt.timedelta(minutes=1), dispatch=lambda event: None)
+    later.reconcile(runtime.jobs.get(JOB))
+    newer = read_counted(runtime.state_store, JOB)
+
+    dispatching(runtime, lambda event: None).reconcile(runtime.jobs.get(JOB))
+
+    assert read_counted(runtime.state_store, JOB) == newer and newer.counts.landed == 1
 
 
 def test_reconcile_all_reconciles_every_job_and_fails_at_the_end_naming_the_ones_that_failed(runtime, uploads,

@@ -153,6 +153,18 @@ def test_list_is_ordered_after_start_after_in_pages_and_a_prefix_may_cut_a_name(
     assert list(store.list("jobs/j/inbox/0004")) == []
 
 
+def test_one_page_says_whether_more_keys_follow(store):
+    keys = [f"jobs/j/inbox/{i:04d}" for i in range(5)]
+    etags = {key: store.put(key, b"m") for key in keys}
+    store.put("jobs/k/inbox/0000", b"m")
+
+    first = store.list_page("jobs/j/inbox/", max_keys=3)
+    assert [(o.key, o.etag) for o in first.objects] == [(key, etags[key]) for key in keys[:3]]
+    assert first.truncated and all(o.last_modified is not None for o in first.objects)
+    assert store.list_page("jobs/j/inbox/", max_keys=5).truncated is False
+    assert store.list_page("jobs/x/") == store.list_page("jobs/x/", max_keys=1) and not store.list_page("jobs/x/").objects
+
+
 def test_delete_removes_many_keys_in_chunks_and_leaves_no_empty_folder_listed(store):
     keys = [f"jobs/j/inbox/{i:05d}/m" for i in range(1005)]  # more than one DeleteObjects call
     with ThreadPoolExecutor(8) as pool:

@@ -30,7 +30,12 @@
                                                as parts; deleted once none of them is live
     jobs/<job>/quarantine/<contribution>.json  why an input object version could not be mapped (bad input, a
                                                budget exceeded, or the last failure of too many attempts)
-    jobs/<job>/manifest.json                   the commit point: which result and ledger are current
+    jobs/<job>/manifest.json                   the commit point: which result and ledger are current, and
+                                               the ledger's totals (rows read, bad rows, bytes merged)
+    jobs/<job>/counts.json                     the last reconcile's counts of the job's input versions
+                                               (landed, waiting, quarantined, ...) and when it listed them,
+                                               rewritten by each reconcile: what a status reads instead of
+                                               listing the input (engine/counts.py)
     jobs/<job>/results/<generation>-<token>-s<shard>.arrow
                                                merged state, one object per shard of the groups by key hash
                                                (immutable; the manifest names the live one of each shard, and
@@ -215,6 +220,10 @@ def attempt_subject_of(key: str) -> str:
 
 def manifest_key(job: str) -> str:
     return f"jobs/{job}/manifest.json"
+
+
+def counts_key(job: str) -> str:
+    return f"jobs/{job}/counts.json"
 
 
 def results_prefix(job: str) -> str:

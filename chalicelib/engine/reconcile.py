@@ -3,7 +3,8 @@
 S3 may drop an event, a throttled Lambda may give up on one, and a job added later has never seen the objects
 already in its prefix. The reconcile lists the prefix and maps every object version that is neither live in
 the ledger, nor waiting in the inbox, nor quarantined (that is also the backfill), and notes the removal of
-every live key whose object is gone. It then looks for live partials that are gone (engine/repair.py) and,
+every live key whose object is gone. It keeps what its listings counted for the status (engine/counts.py: one
+object, so a status never lists the input), then looks for live partials that are gone (engine/repair.py) and,
 last, with reads of its own made after it decided nothing else, runs the garbage collector
 (engine/garbage.py).
 
@@ -18,12 +19,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from ..jobs import Job, JobCatalog
 from ..storage import ObjectStore, StoredObject
 from . import layout
 from .attempts import AttemptLog
+from .counts import Counted, InputCounts, count_inputs, quarantine_records, read_counted, with_stale
 from .events import ObjectEvent
 from .garbage import GRACE, GarbageCollector
 from .mapper import Mapper, MapOutcome
@@ -47,6 +49,11 @@ class ReconcilePlan:
     job: str
     to_map: tuple[StoredObject, ...]
     removed: tuple[str, ...]
+    # What the listings counted (engine/counts.py) and when; what the reconcile needs to keep those counts.
+    counts: InputCounts = InputCounts()
+    taken_at: datetime | None = None
+    replacing: frozenset[str] = frozenset()  # keys of to_map whose live version is another
+    held: Mapping[str, str] = field(default_factory=dict, compare=False)  # counts.held's record ETags
 
 
 @dataclass
@@ -79,19 +86,25 @@ class Reconciler:
         live = {(e["key"], e["etag"]) for e in ledger}
         inbox = list(self.state.list(layout.inbox_prefix(job.name)))
         waiting = awaited(inbox, self.clock() - range_grace)
-        quarantined = {layout.id_of(o.key) for o in self.state.list(layout.quarantine_prefix(job.name))}
+        quarantined = {layout.id_of(o.key): o.etag for o in self.state.list(layout.quarantine_prefix(job.name))}
+        taken_at = self.clock()
         landed = [o for o in self.input.list(job.prefix) if job.matches(o.key)]
-        settled = self.clock() - grace
+        settled = taken_at - grace
         to_map = tuple(
             o for o in landed
             if (o.key, o.etag) not in live
-            and layout.contribution_id(o.key, o.etag) not in waiting | quarantined
+            and layout.contribution_id(o.key, o.etag) not in waiting | quarantined.keys()
             and (o.last_modified is None or o.last_modified <= settled)
         )
         present = {o.key for o in landed}
         # A live key missing from the listing was removed (S3 lists what it has, strongly consistent).
         removed = tuple(sorted({e["key"] for e in ledger} - present))
-        return ReconcilePlan(job.name, to_map, removed)
+        versions = {e["key"]: e["etag"] for e in ledger}
+        counts = count_inputs(landed, versions, quarantined)
+        held = {contribution: quarantined[contribution]
+                for contribution in (layout.contribution_id(o.key, o.etag) for o in counts.held)}
+        return ReconcilePlan(job.name, to_map, removed, counts, taken_at,
+                             frozenset(o.key for o in to_map if o.key in versions), held)
 
     def reconcile(self, job: Job, max_seconds: float = 600.0, progress: Callable[[int, int], None] | None = None,
                   grace: timedelta = EVENT_GRACE, range_grace: timedelta = RANGE_GRACE) -> ReconcileReport:
@@ -115,6 +128,7 @@ class Reconciler:
             if self.input.head(key) is None:  # still gone: not re-uploaded since the listing
                 event = ObjectEvent(self.input.bucket, key, "", 0, name="ObjectRemoved:Reconcile")
                 report.removed += len(self.mapper.note_removal(event, [job]))
+        self._keep_counts(job, plan, report)
         lost = self.repairer.find_lost(job)
         self.repairer.request(job, lost)
         report.lost = len(lost.contributions)
@@ -124,6 +138,18 @@ class Reconciler:
                                       "removed": report.removed, "orphans": report.orphans_deleted,
                                       "left": report.left, "lost": report.lost})
         return report
+
+    def _keep_counts(self, job: Job, plan: ReconcilePlan, report: ReconcileReport) -> None:
+        """Written once the removals are noted: every version then unreflected has a marker, except those it
+        handed over and did not map here (stale, engine/counts.py) and the young ones, left to their events."""
+        known, taken_at = read_counted(self.state, job.name), plan.taken_at or self.clock()
+        if known is not None and known.taken_at > taken_at:
+            return  # an overlapping run (a schedule is delivered at least once) listed later and counted first
+        mapped_here = {(o.key, o.etag) for o in report.mapped if o.outcome == "mapped"}
+        stale = [o for o in plan.to_map if (o.key, o.etag) not in mapped_here]
+        records = quarantine_records(self.state, job.name, plan.counts.held, plan.held, known)
+        counted = Counted(taken_at, with_stale(plan.counts, stale, plan.replacing), tuple(records))
+        self.state.put(layout.counts_key(job.name), counted.encode(), "application/json")
 
     def reconcile_all(self, max_seconds: float = 600.0) -> list[ReconcileReport]:
         """Every job. A failing job does not stop the others, but the run still fails at the end so the

@@ -52,6 +52,7 @@ from ..jobs import Job, JobCatalog
 from ..storage import ObjectStore
 from . import garbage, layout, scan
 from .changes import ChangePlan, Current, IncompleteRanges, combine_ranges, marker_ids, plan_changes, released
+from .counts import ledger_totals
 from .runs import REWRITE_GROUPS, Run, merge_runs, pick_compaction, shard_rows
 from .sharded import SHARD_GROUPS, Changes, ShardedUpdate, Shards, shard_count, update_shards
 
@@ -83,6 +84,9 @@ class Manifest:
     committed_at: str
     rows: int  # groups; an upper bound while a shard has several runs (runs.shard_rows)
     objects: int
+    # The ledger's totals (counts.ledger_totals), so a status need not read the ledger; None in a manifest
+    # committed before they were kept.
+    summary: dict | None = field(default=None, compare=False)
     # Not stored: the objects of a manifest written under another definition of the job, which the first
     # commit under this one stops referencing.
     other_definition: tuple[str, ...] = field(default=(), compare=False)
@@ -91,6 +95,8 @@ class Manifest:
         fields = asdict(self)
         del fields["other_definition"]
         fields["shards"] = [[[run.key, run.rows] for run in runs] for runs in self.shards]
+        if self.summary is None:
+            del fields["summary"]
         return json.dumps(fields, sort_keys=True).encode()
 
     @classmethod
@@ -136,6 +142,8 @@ class ReduceReport:
     missing: int = 0  # objects the committed state names that are gone (StateMissing)
     repaired: int = 0  # live versions dropped because their partials were lost (the result rebuilt without them)
     compacted: int = 0  # runs merged by compaction after the run
+    pending: int | None = None  # markers in the inbox when the run listed it (None: it could not list it)
+    pending_since: str | None = None  # when the oldest of them was written (lag metric, even when stuck)
 
 
 @dataclass(frozen=True)
@@ -195,7 +203,7 @@ class Reducer:
         if manifest.fingerprint != job.plan.fingerprint and not as_written:
             # The job's definition changed: state computed under the old one must not leak into the new.
             log.warning("job definition changed; starting a new result", extra={"job": job.name})
-            return replace(manifest, shards=(), ledger_key="", rows=0, objects=0,
+            return replace(manifest, shards=(), ledger_key="", rows=0, objects=0, summary=None,
                            other_definition=(*manifest.result_keys, manifest.ledger_key)), etag
         return manifest, etag
 
@@ -398,18 +406,26 @@ class Reducer:
         return 0
 
     def reduce_reported(self, job: Job) -> ReduceReport:
-        """One run of one job, whose failure is in its report (a lost race is not a failure)."""
+        """One run of one job, whose failure is in its report (a lost race is not a failure). Whatever became of
+        the run, its report says how many markers it found and how old the oldest was: a job whose markers
+        cannot be applied, or whose runs fail, shows as growing lag, not as silence."""
+        inbox = None
         try:
-            return self.reduce_job(job)
+            inbox = list(self.state.list(layout.inbox_prefix(job.name)))
+            report = self.reduce_job(job, [o.key for o in inbox])
         except CommitConflict as exc:
             log.info("another reducer committed first", extra={"job": job.name, "detail": str(exc)})
-            return ReduceReport(job.name, conflict=True, more_pending=True)
+            report = ReduceReport(job.name, conflict=True, more_pending=True)
         except StateMissing as exc:
             log.error("the committed state names an object that is gone", extra={"job": job.name, "key": exc.key})
-            return ReduceReport(job.name, errors=[f"StateMissing: {exc}"], missing=1)
+            report = ReduceReport(job.name, errors=[f"StateMissing: {exc}"], missing=1)
         except Exception as exc:  # noqa: BLE001 - reported and re-raised by reduce_all
             log.exception("reduce failed", extra={"job": job.name})
-            return ReduceReport(job.name, errors=[f"{type(exc).__name__}: {exc}"])
+            report = ReduceReport(job.name, errors=[f"{type(exc).__name__}: {exc}"])
+        if inbox is not None:
+            oldest = min((o.last_modified for o in inbox if o.last_modified is not None), default=None)
+            report.pending, report.pending_since = len(inbox), oldest and oldest.isoformat()
+        return report
 
     def gather(self, job: Job, listed: list[str] | None = None) -> Gathered:
         if listed is None:
@@ -476,8 +492,9 @@ class Reducer:
         self.state.delete([key])
         return None
 
-    def reduce_job(self, job: Job) -> ReduceReport:
-        listed = self.list_inbox(job)
+    def reduce_job(self, job: Job, listed: list[str] | None = None) -> ReduceReport:
+        """`listed`: the inbox's keys, if the caller has just listed it."""
+        listed = self.list_inbox(job) if listed is None else listed
         if not listed:
             return ReduceReport(job.name)  # an idle tick costs one LIST
         gathered = self.gather(job, listed)
@@ -670,7 +687,7 @@ class Reducer:
         for key, table in [*new_runs.items(), (keys.ledger, ledger)]:
             self._remember(key, table)
         manifest = Manifest(generation, job.plan.fingerprint, shards, keys.ledger, now.isoformat(),
-                            result.rows, ledger.num_rows)
+                            result.rows, ledger.num_rows, ledger_totals(ledger))
         try:
             if gathered.manifest_etag is None:
                 self.state.put_if_absent(layout.manifest_key(job.name), manifest.encode(), "application/json")

@@ -53,6 +53,8 @@ def status(api: Tally, args: argparse.Namespace, console: Console) -> int:
                       str(s.get("last_reduce_at") or "never"))
     console.print(table)
     for s in statuses:
+        if s.get("counts_as_of"):  # past 1,000 objects: the reconcile's counts, followed through the inbox
+            console.print(f"[dim]{s['job']}: objects as counted by the reconcile at {s['counts_as_of']}[/]")
         for q in s.get("quarantined", []):
             where = f" (line {q['line']})" if q.get("line") else ""
             console.print(f"[red]quarantined[/] {s['job']}: {q['key']}: {q['reason']}{where}")

@@ -121,7 +121,7 @@ def wait_until_idle(api: Tally, jobs: list[str], timeout: float, progress: Progr
         statuses = {}
         for job in waiting:
             statuses[job] = api.status(job)
-            # Each status lists the input prefix; without progress bars to feed, one busy job is answer enough.
+            # A small job's status lists its input prefix; without progress bars to feed, one busy job is answer enough.
             if progress is None and not statuses[job]["idle"]:
                 break
         if progress is not None:
