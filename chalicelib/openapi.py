@@ -158,7 +158,11 @@ SCHEMAS: dict[str, Any] = {
         "partials_pending": {"type": "integer", "description": "object versions with markers on the inbox's "
                              "first page of 1,000 keys (a large object's ranges count as one, complete or not)"},
         "partials_pending_more": {"type": "boolean", "description": "the inbox holds more markers than that page"},
-        "rows": {"type": "integer"}, "rows_read": {"type": "integer"},
+        "rows": {"type": "integer", "description": "groups (a scan: output rows); an upper bound when rows_exact "
+                                                  "is false"},
+        "rows_exact": {"type": "boolean", "description": "false while a shard of the result is kept as several "
+                       "runs not yet compacted (docs/results-layout.md): rows is then an upper bound"},
+        "rows_read": {"type": "integer"},
         "bad_rows_skipped": {"type": "integer"}, "bytes_merged": {"type": "integer"},
         "bad_rows": {"type": "array", "items": {"type": "object"},
                      "description": "live object versions with rows skipped (key, etag, bad_rows, examples: the "

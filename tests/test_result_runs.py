@@ -94,6 +94,8 @@ def test_an_overwrite_is_a_delta_run_and_compaction_drops_the_groups_it_empties(
     put(runtime, uploads, "uservisits/a.csv", replaced)
     assert max(len(shard) for shard in runtime.reducer.read_manifest(JOB)[0].shards) == 3
     assert served(runtime) == expected(second, replaced)
+    status = runtime.status.status(JOB)
+    assert status["rows_exact"] is False and status["rows"] >= 450  # runs share groups until compacted
 
     while runtime.reducer.compact(JOB, lambda shard: (0, len(shard)) if len(shard) > 1 else None):
         pass
@@ -101,6 +103,7 @@ def test_an_overwrite_is_a_delta_run_and_compaction_drops_the_groups_it_empties(
     manifest = runtime.reducer.read_manifest(JOB)[0]
     assert all(len(shard) == 1 for shard in manifest.shards)
     assert manifest.rows == 450 == len(served(runtime))  # exact once compacted
+    assert runtime.status.status(JOB)["rows_exact"] is True
     assert served(runtime) == expected(second, replaced)
 
 

@@ -117,6 +117,11 @@ class Manifest:
         return tuple(run.key for runs in self.shards for run in runs)
 
     @property
+    def rows_exact(self) -> bool:
+        """Whether `rows` counts the groups exactly: every shard is one run (or none)."""
+        return all(len(runs) <= 1 for runs in self.shards)
+
+    @property
     def result_id(self) -> str:
         """Names this result's content: a cache key for what is computed from it."""
         return "/".join(shard_id(runs) for runs in self.shards)

@@ -88,6 +88,7 @@ class StatusReader:
             "bad_rows": totals["bad_rows"],
             "bytes_merged": totals["bytes_merged"],
             "rows": manifest.rows if manifest else 0,
+            "rows_exact": manifest.rows_exact if manifest else True,
             "generation": manifest.generation if manifest else None,
             "last_reduce_at": manifest.committed_at if manifest else None,
             "idle": not counts.waiting and not counts.to_retract and not pending,
