@@ -90,7 +90,8 @@ class ScaleRow:
     baseline_mib: float  # its RSS before it (imports, runtime)
     warm_seconds: float  # the same reducer's next commit, of one more object
     result_groups: int  # the result's groups after both
-    shards: int
+    shards: int | None  # after the timed commit (None: the manifest names no shards)
+    warm_shards: int | None  # after the warm one: more if it re-partitioned the result
     pages: tuple[PageRun, ...]
     build_batch: int  # groups a building reducer run committed at most
 
@@ -122,7 +123,8 @@ def measure(groups: int, objects: tuple[Path, ...], options: ScaleOptions) -> Sc
         pages = tuple(PageRun(**_child("page", endpoint, order)) for order in ORDERS)
     return ScaleRow(groups, built["read_back"], built["distinct"], built["seconds"], built["next_groups"],
                     committed["seconds"], committed["peak_mib"], committed["baseline_mib"],
-                    committed["warm_seconds"], committed["result_groups"], committed["shards"], pages,
+                    committed["warm_seconds"], committed["result_groups"], committed["shards"],
+                    committed["warm_shards"], pages,
                     options.build_batch)
 
 
@@ -157,8 +159,8 @@ def commit_section(rows: list[ScaleRow], skipped: str | None = None) -> Section:
         section.rows.append([
             groups_label(row.groups),
             f"{row.read_back:,}" + ("" if row.distinct == row.read_back else " (DUPLICATE keys)"),
-            str(row.shards), f"{row.build_seconds:.1f}", f"{row.commit_seconds:.2f}", f"{ratio:.2f}x",
-            f"{row.peak_mib:,.0f}", f"{row.warm_seconds:.2f}", _verdict(ratio <= COMMIT_RATIO),
+            NA if row.shards is None else str(row.shards), f"{row.build_seconds:.1f}", f"{row.commit_seconds:.2f}", f"{ratio:.2f}x",
+            f"{row.peak_mib:,.0f}", f"{row.warm_seconds:.2f}" + _repartitioned(row), _verdict(ratio <= COMMIT_RATIO),
             _verdict(row.peak_mib <= REDUCER_MIB)])
     section.notes += [
         "The result: N distinct sourceIP-like keys ('ddd.ddd.ddd') with random adRevenue, lifted by the job's own "
@@ -171,12 +173,17 @@ def commit_section(rows: list[ScaleRow], skipped: str | None = None) -> Section:
         "groups) in a fresh process built as a reducer Lambda is (Runtime from Settings): its committed state is "
         "read from S3 (moto's server, its own process, on loopback), none is cached yet. 'reducer peak RSS': that "
         "process's ru_maxrss right after the commit. 'warm commit s': the same process's next run, one more "
-        "object's partial (mapped in between), its reads of the result cached as a warm container's are.",
+        "object's partial (mapped in between), its reads of the result cached as a warm container's are. 'shards': "
+        "the objects the manifest names for the result after the timed commit.",
         f"The targets: the commit at {groups_label(TARGET_LARGE)} groups <= {COMMIT_RATIO}x the commit at "
         f"{groups_label(TARGET_SMALL)}; the reducer's peak RSS at {groups_label(TARGET_LARGE)} <= 1.5 GB; each row "
         "here compares with the smallest N measured.",
     ]
     return section
+
+
+def _repartitioned(row: ScaleRow) -> str:
+    return "" if row.warm_shards == row.shards else f" (re-partitioned {row.shards} -> {row.warm_shards} shards)"
 
 
 def page_section(rows: list[ScaleRow], skipped: str | None = None) -> Section:

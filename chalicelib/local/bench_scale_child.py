@@ -163,13 +163,22 @@ def commit(endpoint: str, job: Job, warm_key: str) -> dict:
                       catalog=JobCatalog([job]))
     reducer, baseline = runtime.reducer, _peak_mib()
     seconds = _timed(lambda: _reduce_one(reducer, job))
-    peak = _peak_mib()
+    peak, shards = _peak_mib(), _shards(reducer, job)
     warm_groups = _map(runtime.mapper, runtime.input_store, warm_key)
     warm_seconds = _timed(lambda: _reduce_one(reducer, job))
     manifest, _ = reducer.read_manifest(job)
-    return {"seconds": seconds, "peak_mib": peak, "baseline_mib": baseline, "warm_seconds": warm_seconds,
-            "warm_groups": warm_groups, "warm_peak_mib": _peak_mib(), "result_groups": manifest.rows,
-            "shards": len(manifest.result_keys)}
+    return {"seconds": seconds, "peak_mib": peak, "baseline_mib": baseline, "shards": shards,
+            "warm_seconds": warm_seconds, "warm_groups": warm_groups, "warm_peak_mib": _peak_mib(),
+            "warm_shards": _shards(reducer, job), "result_groups": manifest.rows}
+
+
+def _shards(reducer: Reducer, job: Job) -> int | None:
+    """The result's shards as the manifest names them: a commit that changes their count re-partitioned it,
+    which costs more than a commit in place (a sharded result doubles its shards as it crosses a size). None if
+    the manifest names none: a layout of another shape reports no shards rather than failing the benchmark."""
+    manifest, _ = reducer.read_manifest(job)
+    keys = getattr(manifest, "result_keys", None)
+    return None if keys is None else len(keys)
 
 
 def page_query(job: Job, order: str) -> dict[str, str]:
