@@ -86,6 +86,7 @@ class ScaleRow:
     build_seconds: float
     partial_groups: int  # groups of the real object's partial whose commit is timed
     commit_seconds: float  # a fresh reducer process's first commit
+    commit_cpu_seconds: float  # its CPU time, every thread's
     peak_mib: float  # that process's peak RSS after it
     baseline_mib: float  # its RSS before it (imports, runtime)
     warm_seconds: float  # the same reducer's next commit, of one more object
@@ -121,11 +122,13 @@ def measure(groups: int, objects: tuple[Path, ...], options: ScaleOptions) -> Sc
         built = _child("build", endpoint, groups, options.build_batch, keys[0], keys[1])
         committed = _child("commit", endpoint, keys[2])
         pages = tuple(PageRun(**_child("page", endpoint, order)) for order in ORDERS)
-    return ScaleRow(groups, built["read_back"], built["distinct"], built["seconds"], built["next_groups"],
-                    committed["seconds"], committed["peak_mib"], committed["baseline_mib"],
-                    committed["warm_seconds"], committed["result_groups"], committed["shards"],
-                    committed["warm_shards"], pages,
-                    options.build_batch)
+    return ScaleRow(
+        groups=groups, read_back=built["read_back"], distinct=built["distinct"], build_seconds=built["seconds"],
+        partial_groups=built["next_groups"], commit_seconds=committed["seconds"],
+        commit_cpu_seconds=committed["cpu_seconds"], peak_mib=committed["peak_mib"],
+        baseline_mib=committed["baseline_mib"], warm_seconds=committed["warm_seconds"],
+        result_groups=committed["result_groups"], shards=committed["shards"], warm_shards=committed["warm_shards"],
+        pages=pages, build_batch=options.build_batch)
 
 
 def _child(step: str, endpoint: str, *args) -> dict:
@@ -148,10 +151,11 @@ def _verdict(ok: bool | None) -> str:
 
 def commit_section(rows: list[ScaleRow], skipped: str | None = None) -> Section:
     section = Section("Scale: a commit into a large result (bdb-agg-2c)", [
-        "groups N", "read back", "shards", "build s", "commit s", "commit / smallest N's", "reducer peak RSS MiB",
+        "groups N", "read back", "shards", "build s", "commit s", "commit / smallest N's", "commit CPU s",
+        "reducer peak RSS MiB",
         "warm commit s", f"ratio <= {COMMIT_RATIO}x", f"RSS <= {REDUCER_MIB:,.0f} MiB"])
     if not rows:
-        section.rows.append([NA] * 9 + [skipped or "skipped"])
+        section.rows.append([NA] * 10 + [skipped or "skipped"])
         return section
     smallest = rows[0]
     for row in rows:
@@ -159,8 +163,9 @@ def commit_section(rows: list[ScaleRow], skipped: str | None = None) -> Section:
         section.rows.append([
             groups_label(row.groups),
             f"{row.read_back:,}" + ("" if row.distinct == row.read_back else " (DUPLICATE keys)"),
-            NA if row.shards is None else str(row.shards), f"{row.build_seconds:.1f}", f"{row.commit_seconds:.2f}", f"{ratio:.2f}x",
-            f"{row.peak_mib:,.0f}", f"{row.warm_seconds:.2f}" + _repartitioned(row), _verdict(ratio <= COMMIT_RATIO),
+            NA if row.shards is None else str(row.shards), f"{row.build_seconds:.1f}", f"{row.commit_seconds:.2f}",
+            f"{ratio:.2f}x", f"{row.commit_cpu_seconds:.2f}", f"{row.peak_mib:,.0f}",
+            f"{row.warm_seconds:.2f}" + _repartitioned(row), _verdict(ratio <= COMMIT_RATIO),
             _verdict(row.peak_mib <= REDUCER_MIB)])
     section.notes += [
         "The result: N distinct sourceIP-like keys ('ddd.ddd.ddd') with random adRevenue, lifted by the job's own "
@@ -171,7 +176,9 @@ def commit_section(rows: list[ScaleRow], skipped: str | None = None) -> Section:
         "commit).",
         f"'commit s': one reducer run committing one uservisits object's partial ({rows[0].partial_groups:,} "
         "groups) in a fresh process built as a reducer Lambda is (Runtime from Settings): its committed state is "
-        "read from S3 (moto's server, its own process, on loopback), none is cached yet. 'reducer peak RSS': that "
+        "read from S3 (moto's server, its own process, on loopback), none is cached yet; 'commit CPU s': that "
+        "process's CPU time in it, every thread's (steadier than wall time when other work shares the machine). "
+        "'reducer peak RSS': that "
         "process's ru_maxrss right after the commit. 'warm commit s': the same process's next run, one more "
         "object's partial (mapped in between), its reads of the result cached as a warm container's are. 'shards': "
         "the objects the manifest names for the result after the timed commit.",
