@@ -48,7 +48,8 @@ def uservisits(tmp_path_factory) -> bench_data.Dataset:
 def test_bench_prints_the_table_with_every_query_and_format(tmp_path: Path):
     report = tmp_path / "RESULTS.md"
     assert main(["bench", "--size-mb", "1", "--formats", "csv", "--queries", "1a,2a", "--repeat", "1",
-                 "--skip-e2e", "--skip-reduce", "--rss-object-mb", "0", "--data-dir", str(tmp_path / "data"),
+                 "--skip-e2e", "--skip-reduce", "--skip-scale", "--rss-object-mb", "0",
+                 "--data-dir", str(tmp_path / "data"),
                  "--markdown", str(report)]) == 0
 
     text = report.read_text()
@@ -83,6 +84,7 @@ def test_bench_prints_the_table_with_every_query_and_format(tmp_path: Path):
     targets = tables["Targets (issue 4)"]
     assert len(targets) == 6
     assert all(r["verdict"] in ("PASS", "FAIL", "not measured") for r in targets)
+    assert tables["Scale: a commit into a large result (bdb-agg-2c)"][0]["RSS <= 1,536 MiB"] == "skipped (--skip-scale)"
 
 
 def test_three_engines_compute_the_same_groups(uservisits):

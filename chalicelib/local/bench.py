@@ -3,7 +3,8 @@
 For each Big Data Benchmark query and input format: Tally's map kernel on one core, the same query in DuckDB
 on one thread in this process, and a per-line Python loop (BigLambda's mapper), on the same bytes; then local
 mode end to end, the reducer's merge rate, a mapper's peak memory on a large object, and what the seed's
-126.8 GB would cost on Lambda at the measured speeds, next to BigLambda's published figures.
+126.8 GB would cost on Lambda at the measured speeds, next to BigLambda's published figures; then how a commit
+and a first page cost as a result grows to millions of groups (bench_scale.py, issue 16).
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ class BenchOptions:
     workers: int = 2
     object_mb: int = 256  # the cost model's input object size: one mapper invocation each
     markdown: Path | None = None
+    scale_groups: tuple[int, ...] = (1_000_000, 4_000_000)  # result sizes of the scale benchmark
+    skip_scale: bool = False
 
 
 @dataclass
@@ -68,6 +71,7 @@ class BenchResults:
     partials: list = field(default_factory=list)  # bench_partials.PartialFormat of one 2c partial
     memory: list = field(default_factory=list)
     costs: dict[str, tuple] = field(default_factory=dict)
+    scale: list = field(default_factory=list)  # bench_scale.ScaleRow of each size
     seconds: float = 0.0
 
 
@@ -121,6 +125,10 @@ def run_bench(options: BenchOptions, console: Console | None = None) -> BenchRes
             partial = map_object_bytes([large], dataset("uservisits").csv.read_bytes(), "uservisits/all.csv")
             results.partials = partial_formats(partial.tables[large.name], large.plan.fingerprint, options.repeat)
     _system_measurements(results, options, catalog, dataset, console)
+    if not options.skip_scale and options.scale_groups and "bdb-agg-2c" in {job.name for job in catalog}:
+        from .bench_scale import ScaleOptions, run_scale
+
+        results.scale = run_scale(ScaleOptions(options.scale_groups, options.data_dir, options.seed), console)
     results.costs = _costs(results)
     results.seconds = time.monotonic() - started
     sections = build_sections(results)
@@ -209,8 +217,13 @@ def _costs(results: BenchResults) -> dict[str, tuple]:
 
 
 def build_sections(results: BenchResults) -> list[Section]:
+    from . import bench_scale
+
+    options = results.options
+    skipped = ("skipped (--skip-scale)" if options.skip_scale else "skipped (no --scale-groups)"
+               if not options.scale_groups else "skipped (needs bdb-agg-2c)")
     return [kernel_section(results), partials_section(results), system_section(results), cost_section(results),
-            targets_section(results)]
+            targets_section(results), *bench_scale.sections(results.scale, skipped)]
 
 
 def machine() -> dict[str, str]:

@@ -152,6 +152,9 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=_positive, default=3, help="runs per measurement; the best is kept")
     bench.add_argument("--skip-e2e", action="store_true", help="skip local mode end to end")
     bench.add_argument("--skip-reduce", action="store_true", help="skip the reducer merge rate")
+    bench.add_argument("--scale-groups", type=_group_counts, default="1M,4M", metavar="N,...",
+                       help="result sizes of the scale benchmark (issue 16), e.g. 1M,4M,16M,64M")
+    bench.add_argument("--skip-scale", action="store_true", help="skip the scale benchmark")
     bench.add_argument("--rss-object-mb", type=int, default=1024,
                        help="size of the object whose mapper peak RSS is measured (0: skip)")
     bench.add_argument("--workers", type=_positive, default=2, help="mapper processes end to end")
@@ -165,6 +168,15 @@ def parser() -> argparse.ArgumentParser:
 
 def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _group_counts(text: str) -> tuple[int, ...]:
+    from .bench_scale import parse_groups
+
+    try:
+        return parse_groups(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _local_options(args: argparse.Namespace) -> LocalOptions:
@@ -323,7 +335,8 @@ def _run_bench(args: argparse.Namespace, console) -> int:
     run_bench(BenchOptions(size_mb=args.size_mb, formats=args.formats, queries=args.queries, repeat=args.repeat,
                            seed=args.seed, data_dir=args.data_dir, skip_e2e=args.skip_e2e,
                            skip_reduce=args.skip_reduce, rss_object_mb=args.rss_object_mb, workers=args.workers,
-                           object_mb=args.object_mb, markdown=args.markdown), console)
+                           object_mb=args.object_mb, markdown=args.markdown, scale_groups=args.scale_groups,
+                           skip_scale=args.skip_scale), console)
     return EXIT_OK
 
 
