@@ -181,11 +181,9 @@ def commit(endpoint: str, job: Job, warm_key: str) -> dict:
 
 def _shards(reducer: Reducer, job: Job) -> int | None:
     """The result's shards as the manifest names them: a commit that changes their count re-partitioned it,
-    which costs more than a commit in place (a sharded result doubles its shards as it crosses a size). None if
-    the manifest names none: a layout of another shape reports no shards rather than failing the benchmark."""
+    which costs more than a commit in place (a sharded result doubles its shards as it crosses a size)."""
     manifest, _ = reducer.read_manifest(job)
-    keys = getattr(manifest, "result_keys", None)
-    return None if keys is None else len(keys)
+    return None if manifest is None else len(manifest.shards)
 
 
 def page_query(job: Job, order: str) -> dict[str, str]:
