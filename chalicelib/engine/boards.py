@@ -43,8 +43,9 @@ def order(plan: AggregationPlan, name: str, direction: str) -> list[tuple[str, s
     return [(name, direction), *((key, "ascending") for key in plan.key_names if key != name)]
 
 
-def leaderboard(plan: AggregationPlan, shard: pa.Table, k: int = BOARD_ROWS) -> tuple[pa.Table, dict]:
+def leaderboard(plan: AggregationPlan, shard: pa.Table, k: int | None = None) -> tuple[pa.Table, dict]:
     """The board of a whole merged shard (sorted by key): its state rows, and its meta."""
+    k = k or BOARD_ROWS
     if shard.num_rows <= k:
         return shard, {"k": k, "complete": True}
     values = plan.values(shard)
@@ -59,7 +60,7 @@ def leaderboard(plan: AggregationPlan, shard: pa.Table, k: int = BOARD_ROWS) -> 
             if values.num_rows:
                 top = pc.select_k_unstable(values, min(k, values.num_rows), sort_keys=order(plan, name, direction))
                 chosen.update(positions[top.to_numpy()].tolist())
-    return shard.take(sorted(chosen)), {"k": k, "complete": False}
+    return shard.take(pa.array(sorted(chosen), pa.int64())), {"k": k, "complete": False}
 
 
 def encode_board(plan: AggregationPlan, shard: pa.Table) -> bytes:
