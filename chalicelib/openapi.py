@@ -61,6 +61,11 @@ PATHS: dict[str, dict[str, Any]] = {
     "/jobs/{job}/results": {"get": {
         "operationId": "jobResults",
         "summary": "a page of the job's current result: groups (aggregation jobs) or output rows (scan jobs)",
+        "description": "A page of a large result reads only what it returns: by key (and prefix, and cursor), the "
+                       "blocks of each shard's runs from the cursor on; by an aggregate, each shard's leaderboard of "
+                       "its top 2,000 groups and the changes since. Deep pages by an aggregate (past a shard's "
+                       "leaderboard), window_from/window_to and having filters that keep few groups, and fresh=true "
+                       "read more, up to whole shards.",
         "parameters": [
             _JOB,
             _query("limit", "rows per page (default 100, capped at 1000)", {"type": "integer", "minimum": 1}),
@@ -133,7 +138,12 @@ SCHEMAS: dict[str, Any] = {
             "properties": {"key": {"type": "object"}, "values": {"type": "object"}}},
     "Page": {"type": "object", "required": ["job", "rows", "next_cursor", "total_rows", "generation"], "properties": {
         "job": {"type": "string"}, "rows": {"type": "array", "items": {"$ref": "#/components/schemas/Row"}},
-        "next_cursor": {"type": "string", "nullable": True}, "total_rows": {"type": "integer"},
+        "next_cursor": {"type": "string", "nullable": True},
+        "total_rows": {"type": "integer", "description": (
+            "groups in the result. Exact for a result of up to 131,072 groups and for fresh=true pages, counting "
+            "only those that prefix, window_from/window_to and having keep; for a larger result, the committed "
+            "count before those filters, an upper bound until compaction leaves each shard one run (counting "
+            "exactly would read the whole result, which pages of a large one do not)")},
         "generation": {"type": "integer", "nullable": True}}},
     "ScanPage": {"type": "object", "required": ["job", "next_cursor", "total_rows", "files", "generation"],
                  "properties": {

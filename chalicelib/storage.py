@@ -47,6 +47,8 @@ class ObjectStore(Protocol):
     def open(self, key: str, *, if_match: str | None = None, version_id: str | None = None,
              byte_range: tuple[int, int] | None = None) -> Opened: ...
     def get(self, key: str) -> tuple[bytes, str]: ...
+    def get_range(self, key: str, start: int, end: int) -> bytes: ...
+    def get_tail(self, key: str, length: int) -> tuple[bytes, int]: ...
     def head(self, key: str) -> StoredObject | None: ...
     def put(self, key: str, data: bytes, content_type: str = ...) -> str: ...
     def put_if_absent(self, key: str, data: bytes, content_type: str = ...) -> str: ...
@@ -80,6 +82,20 @@ class S3ObjectStore:
         opened = self.open(key)
         with opened.body as body:
             return body.read(), opened.etag
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of the object: a block of an immutable run, fetched without the rest."""
+        with self.open(key, byte_range=(start, end)).body as body:
+            return body.read()
+
+    def get_tail(self, key: str, length: int) -> tuple[bytes, int]:
+        """The last `length` bytes of the object (all of it if shorter) and its whole size: a run's index is at
+        its end, and a suffix range finds it in one request without knowing the size first."""
+        response = self._call(self._client.get_object, key, Bucket=self.bucket, Key=key, Range=f"bytes=-{length}")
+        with response["Body"] as body:
+            data = body.read()
+        content_range = response.get("ContentRange")  # "bytes 100-199/200"; absent if the whole object came back
+        return data, int(content_range.rsplit("/", 1)[1]) if content_range else len(data)
 
     def head(self, key: str) -> StoredObject | None:
         """The object's current version, or None if there is none."""

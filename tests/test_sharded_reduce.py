@@ -114,8 +114,8 @@ def test_a_commit_rewrites_only_the_shards_its_groups_fall_in(runtime, uploads):
     after = manifest(runtime, "sharded").shards
     changed = [shard for shard, (old, new) in enumerate(zip(before, after)) if old != new]
     assert len(changed) == 1
-    assert [key for key in puts if "/results/" in key] == [after[changed[0]][-1].key]
-    live = {run.key for runs in after for run in runs}
+    assert sorted(key for key in puts if "/results/" in key) == sorted(after[changed[0]][-1].keys)  # run, board
+    live = {key for runs in after for run in runs for key in run.keys}
     assert {run.key for run in before[changed[0]]} <= {o.key for o in runtime.state_store.list(layout.results_prefix("sharded"))}
     collect_garbage(runtime, "sharded")  # an hour later, no reader of the old manifest is left
     assert {o.key for o in runtime.state_store.list(layout.results_prefix("sharded"))} == live  # old one deleted
@@ -172,7 +172,8 @@ def test_changing_the_shard_count_repartitions_on_the_next_commit_and_keeps_the_
     assert len(manifest(runtime, "sharded").shards) == 3
     assert served(runtime, "sharded") == served(runtime, "whole")
     collect_garbage(runtime, "sharded")
-    assert len(list(runtime.state_store.list(layout.results_prefix("sharded")))) <= 3  # the 8 old shards deleted
+    listed = {o.key for o in runtime.state_store.list(layout.results_prefix("sharded"))}
+    assert listed == set(manifest(runtime, "sharded").result_keys)  # the 8 old shards deleted, 3 runs and boards
 
 
 def test_a_manifest_from_before_shards_is_read_as_one_shard_and_repartitioned(runtime, uploads):

@@ -122,6 +122,17 @@ def test_ranged_get_reads_exactly_the_range(store):
         assert body.read() == data[1000:]
 
 
+def test_get_range_and_get_tail_read_a_runs_blocks_and_its_index(store):
+    """A result run is read block by block: its index from a suffix range, then the blocks it names."""
+    data = bytes(range(256)) * 4
+    store.put("run.arrow", data)
+    assert store.get_range("run.arrow", 10, 300) == data[10:300]
+    assert store.get_tail("run.arrow", 100) == (data[-100:], len(data))
+    assert store.get_tail("run.arrow", 5000) == (data, len(data))  # longer than the object: all of it
+    with pytest.raises(ObjectMissing):
+        store.get_tail("gone.arrow", 100)
+
+
 def test_get_if_match_on_a_replaced_object_is_a_conflict_and_on_a_deleted_one_missing(store):
     """The mapper reads the version its event names: either error makes it "superseded"."""
     old = store.put("uservisits/a.csv", b"old")

@@ -234,6 +234,10 @@ class AggregationPlan:
             return table
         return table.filter(self.having.evaluate_array(table))
 
+    def values(self, partial: pa.Table) -> pa.Table:
+        """`finalize` without `having`: one row for each row of `partial`, in its order."""
+        return self._values(partial)
+
     def _values(self, partial: pa.Table) -> pa.Table:
         columns = {name: partial.column(name) for name in self.key_names}
         for spec in self.aggregates:

@@ -46,14 +46,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..aggregation.codec import conform, decode, encode
+from ..aggregation.runfile import decode_any, encode_run
 from ..aggregation.partition import shard_of
 from ..errors import CommitConflict, ObjectMissing, PartialMismatch, ReduceFailed, StateMissing
 from ..jobs import Job, JobCatalog
 from ..storage import ObjectStore
-from . import garbage, layout, scan
+from . import boards, garbage, layout, scan
 from .changes import ChangePlan, Current, IncompleteRanges, combine_ranges, marker_ids, plan_changes, released
 from .counts import ledger_totals
-from .runs import REWRITE_GROUPS, Run, merge_runs, pick_compaction, shard_rows
+from .runs import REWRITE_GROUPS, Run, board_key, merge_runs, pick_compaction, shard_rows
 from .sharded import SHARD_GROUPS, Changes, ShardedUpdate, Shards, shard_count, update_shards
 
 log = logging.getLogger("tally.reducer")
@@ -94,7 +95,8 @@ class Manifest:
     def encode(self) -> bytes:
         fields = asdict(self)
         del fields["other_definition"]
-        fields["shards"] = [[[run.key, run.rows] for run in runs] for runs in self.shards]
+        fields["shards"] = [[[run.key, run.rows, *([run.board] if run.board else [])] for run in runs]
+                            for runs in self.shards]
         if self.summary is None:
             del fields["summary"]
         return json.dumps(fields, sort_keys=True).encode()
@@ -108,13 +110,14 @@ class Manifest:
             keys = fields.pop("result_keys")
             share = fields["rows"] // max(1, sum(1 for key in keys if key))
             fields["shards"] = [[[key, share]] if key else [] for key in keys]
-        shards = tuple(tuple(Run(key, rows) for key, rows in runs) for runs in fields.pop("shards"))
+        # A run is [key, rows], or [key, rows, board] once it names a leaderboard.
+        shards = tuple(tuple(Run(*run) for run in runs) for runs in fields.pop("shards"))
         return cls(**fields, shards=shards)
 
     @property
     def result_keys(self) -> tuple[str, ...]:
-        """Every run of every shard."""
-        return tuple(run.key for runs in self.shards for run in runs)
+        """Every run of every shard, and the leaderboards they name."""
+        return tuple(key for runs in self.shards for run in runs for key in run.keys)
 
     @property
     def rows_exact(self) -> bool:
@@ -277,7 +280,7 @@ class Reducer:
         with self._lock:
             table = self._recent.get(key)
         if table is None:
-            table = decode(self.state.get(key)[0], fingerprint)[0]
+            table = decode_any(self.state.get(key)[0], fingerprint)  # a run of blocks, or as written before
             self._remember(key, table)
         return table
 
@@ -372,13 +375,17 @@ class Reducer:
 
         with self._missing_classified(job, etag), ThreadPoolExecutor(max(1, min(self.parallelism, len(chosen)))) as pool:
             merged = dict(zip(chosen, pool.map(merge, chosen)))
-        outputs = {shard: Run(key(shard), table.num_rows) for shard, table in merged.items()}
-        replaced = [run.key for runs in inputs.values() for run in runs]
+        # A merge from the oldest run holds the shard's whole content up to its last input: it names a board.
+        outputs = {shard: Run(key(shard), table.num_rows, board_key(key(shard))
+                              if chosen[shard][0] == 0 and _with_boards(job) else None)
+                   for shard, table in merged.items()}
+        replaced = [key for runs in inputs.values() for run in runs for key in run.keys]
         now = self.clock()
-        with ThreadPoolExecutor(max(1, min(self.parallelism, len(merged) + 1))) as pool:
+        objects = [o for shard in merged if merged[shard].num_rows
+                   for o in self._run_objects(job, outputs[shard], merged[shard])]
+        with ThreadPoolExecutor(max(1, min(self.parallelism, len(objects) + 1))) as pool:
             record = pool.submit(garbage.write_record, self.state, job.name, replaced, now, "compacted runs")
-            list(pool.map(lambda shard: self.state.put_if_absent(outputs[shard].key, encode(
-                merged[shard], job.plan.fingerprint)), [shard for shard in merged if merged[shard].num_rows]))
+            list(pool.map(lambda o: self.state.put_if_absent(o[0], o[1]()), objects))
             record.result()
         for shard, table in merged.items():
             self._remember(outputs[shard].key, table)
@@ -406,7 +413,7 @@ class Reducer:
             raise CommitConflict("the manifest kept moving while compacting")
         # Lost, or applied and since replaced: only a manifest read after the grace can tell, so the collector
         # decides, as for every run a commit stops naming.
-        garbage.write_record(self.state, job.name, [run.key for run in outputs.values() if run.rows],
+        garbage.write_record(self.state, job.name, [key for run in outputs.values() if run.rows for key in run.keys],
                              self.clock(), "compacted runs not (or no longer) named")
         return 0
 
@@ -529,8 +536,9 @@ class Reducer:
         ledger = pa.Table.from_pylist(sorted(applied.entries.values(), key=lambda e: e["key"]), LEDGER_SCHEMA)
         superseded = [*applied.result.superseded(), gathered.manifest.ledger_key,
                       *gathered.manifest.other_definition] if gathered.manifest else []
-        shards = applied.result.shards(keys.result)
-        live = garbage.Live.of((run.key for runs in shards for run in runs), keys.ledger, applied.entries.values())
+        shards = applied.result.shards(keys.result, boards=_with_boards(job))
+        live = garbage.Live.of((key for runs in shards for run in runs for key in run.keys), keys.ledger,
+                               applied.entries.values())
         unneeded = (released(gathered.read, plan) | set(superseded)) - live.keys
         manifest = self._commit(job, gathered, keys, generation, applied.result, ledger, applied.pack, unneeded)
         self._forget(superseded)
@@ -675,21 +683,21 @@ class Reducer:
 
     def _commit(self, job: Job, gathered: Gathered, keys: layout.GenerationKeys, generation: int,
                 result: ShardedUpdate, ledger: pa.Table, pack: pa.Table | None, unneeded: set[str]) -> Manifest:
-        shards = result.shards(keys.result)
-        new_runs = {runs[-1].key: table for runs, table in zip(shards, result.tables)
+        shards = result.shards(keys.result, boards=_with_boards(job))
+        new_runs = {runs[-1].key: (runs[-1], table) for runs, table in zip(shards, result.tables)
                     if table is not None and table.num_rows}
-        objects = [*((key, table, job.plan.fingerprint) for key, table in new_runs.items()),
-                   (keys.ledger, ledger, _LEDGER_FINGERPRINT)]
+        objects = [*(o for run, table in new_runs.values() for o in self._run_objects(job, run, table)),
+                   (keys.ledger, lambda: encode(ledger, _LEDGER_FINGERPRINT))]
         if pack is not None:
-            objects.append((keys.pack, pack, job.plan.fingerprint))
-        written = [key for key, _, _ in objects]
+            objects.append((keys.pack, lambda: encode(pack, job.plan.fingerprint)))
+        written = [key for key, _ in objects]
         now = self.clock()
         with ThreadPoolExecutor(max(1, min(self.parallelism, len(objects) + 1))) as pool:  # encoding releases the GIL
             # The record of what this commit stops referencing is written before the commit can make it so.
             record = pool.submit(garbage.write_record, self.state, job.name, unneeded, now, f"commit {generation}")
-            list(pool.map(lambda o: self.state.put_if_absent(o[0], encode(o[1], o[2])), objects))
+            list(pool.map(lambda o: self.state.put_if_absent(o[0], o[1]()), objects))
             record = record.result()
-        for key, table in [*new_runs.items(), (keys.ledger, ledger)]:
+        for key, table in [*((key, table) for key, (_, table) in new_runs.items()), (keys.ledger, ledger)]:
             self._remember(key, table)
         manifest = Manifest(generation, job.plan.fingerprint, shards, keys.ledger, now.isoformat(),
                             result.rows, ledger.num_rows, ledger_totals(ledger))
@@ -705,6 +713,19 @@ class Reducer:
             self._forget(written)
             raise
         return manifest
+
+    @staticmethod
+    def _run_objects(job: Job, run: Run, table: pa.Table) -> list[tuple[str, Callable[[], bytes]]]:
+        """A new run's objects, each with what encodes it: the run in blocks (aggregation/runfile.py), which a
+        page reads by range, and the leaderboard it names (engine/boards.py). A scan job's result, a table of
+        files that is always read whole, stays one stream."""
+        fingerprint = job.plan.fingerprint
+        if job.is_scan:
+            return [(run.key, lambda: encode(table, fingerprint))]
+        objects = [(run.key, lambda: encode_run(table, fingerprint, job.plan.key_names))]
+        if run.board:
+            objects.append((run.board, lambda: boards.encode_board(job.plan, table)))
+        return objects
 
     def _applied_after_all(self, job: Job, manifest: Manifest, own: list[str | None]) -> bool:
         """A conditional write that met a 412 may be our own write's retry: S3 applied the first attempt, its
@@ -733,6 +754,11 @@ class Reducer:
             if now != etag:
                 raise CommitConflict(f"state moved on while reading it: {exc}") from exc
             raise StateMissing(job.name, exc.key) from exc
+
+
+def _with_boards(job: Job) -> bool:
+    """Whether a rewritten shard's run names a leaderboard: a job with an aggregate a page may be ordered by."""
+    return not job.is_scan and bool(boards.orderable(job.plan))
 
 
 def raise_failures(reports: Iterable[ReduceReport]) -> None:

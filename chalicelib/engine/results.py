@@ -1,9 +1,14 @@
 """Serving the current result: pages ordered by a key or an aggregate, a prefix filter, single groups.
 
-Results are immutable objects named by the manifest, so a decoded, finalized and sorted copy is cached per
-result (its shards' keys) and reused until the manifest names a newer one; a single group is read from the one
-shard that holds it. Paging is keyset-based: the cursor holds the sort position of the last row served, so a
-page boundary stays put while the reducer keeps committing.
+A result of more than `whole_rows` groups is paged by engine/pages.py, which reads per shard only the blocks
+of its runs a page needs (by key), or its leaderboard and newer runs (by an aggregate): a page costs what it
+returns, not what exists, and its `total_rows` is the manifest's count (an upper bound while shards have
+several runs, before `having` and filters). A smaller one, a `fresh` page (the inbox applied: read whole) and a
+page in an order no index follows (by a key column other than the key's own order) are served from a decoded,
+finalized and sorted copy of the whole result, cached per result (its runs' keys) until the manifest names a
+newer one, with an exact `total_rows`. A single group is read from the one shard that holds it. Paging is
+keyset-based: the cursor holds the sort position of the last row served, so a page boundary stays put while
+the reducer keeps committing.
 """
 from __future__ import annotations
 
@@ -23,10 +28,14 @@ import pyarrow.compute as pc
 
 from ..errors import CommitConflict, GroupNotFound, InvalidQuery, ObjectMissing
 from ..jobs import Job
+from . import pages
+from .blocks import CACHE_BYTES, BlockReader, ByteCache
 from .reducer import Manifest, Reducer, shard_id
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
+# Up to this many groups a result is read whole and cached (a few MB): exact totals, and no round trips.
+WHOLE_ROWS = 1 << 17
 
 
 @dataclass(frozen=True)
@@ -118,8 +127,10 @@ def _prefix_column(job: Job) -> str | None:
 
 
 class ResultReader:
-    def __init__(self, reducer: Reducer, cache_size: int = 8):
-        self.reducer = reducer
+    def __init__(self, reducer: Reducer, cache_size: int = 8, whole_rows: int = WHOLE_ROWS,
+                 cache_bytes: int = CACHE_BYTES):
+        self.reducer, self.whole_rows = reducer, whole_rows
+        self._blocks = ByteCache(cache_bytes)  # run indexes, blocks and boards: immutable, bounded by bytes
         self._finalized: OrderedDict[str, pa.Table] = OrderedDict()
         self._sorted: OrderedDict[tuple, pa.Table] = OrderedDict()
         self._cache_size = cache_size
@@ -149,6 +160,44 @@ class ResultReader:
         raise AssertionError("unreachable")
 
     def page(self, job: Job, query: ResultsQuery) -> Page:
+        if not query.fresh and not job.is_scan:
+            manifest, _ = self.reducer.read_manifest(job)
+            if manifest is not None and manifest.rows > self.whole_rows:
+                page = self._ranged_page(job, query, manifest)
+                if page is not None:
+                    return page
+        return self._whole_page(job, query)
+
+    def blocks(self, job: Job) -> BlockReader:
+        return BlockReader(self.reducer.state, job.plan.key_names, job.plan.fingerprint, self._blocks)
+
+    def _ranged_page(self, job: Job, query: ResultsQuery, manifest: Manifest) -> Page | None:
+        """A page read by range (engine/pages.py); None where only the whole read gives its order."""
+        sort_keys = _sort_keys(job, query)
+        by_key = query.order_by is None or sort_keys in (
+            [(name, "ascending") for name in job.plan.key_names], [(name, "descending") for name in job.plan.key_names])
+        after = _decode_cursor(query.cursor, sort_keys, query) if query.cursor else None
+        if after is not None and any(v is None or isinstance(v, float) and math.isnan(v) for v in after):
+            return None  # the whole read orders nulls and NaN as Arrow does
+        if query.order_by in job.plan.key_names and not (by_key and job.plan.key_names[0] == query.order_by):
+            return None  # by another key column first: no index follows that order
+        desc = sort_keys[0][1] == "descending"
+        for attempt in range(3):
+            try:
+                rows, more = pages.read_page(
+                    self.blocks(job), job.plan, manifest.shards, sort_keys, None if by_key else query.order_by,
+                    desc, after, query.prefix, lambda table: _filtered(job, query, table),
+                    lambda table: _position_after(table, sort_keys, after) if after is not None else 0, query.limit)
+                break
+            except ObjectMissing:  # a commit replaced a run and the collector took it: read the new manifest
+                if attempt == 2:
+                    raise
+                manifest, _ = self.reducer.read_manifest(job)
+        listed = rows.to_pylist()
+        next_cursor = _encode_cursor([listed[-1][name] for name, _ in sort_keys], query) if more and listed else None
+        return Page([_row(job, r) for r in listed], next_cursor, manifest.generation, manifest.rows)
+
+    def _whole_page(self, job: Job, query: ResultsQuery) -> Page:
         manifest, table = self.current(job, query.fresh)
         generation = manifest.generation if manifest else None
         sort_keys = _sort_keys(job, query)
@@ -159,12 +208,7 @@ class ResultReader:
             ordered = table.take(pc.sort_indices(table, sort_keys=sort_keys))
             if not query.fresh:
                 self._remember(self._sorted, cache_key, ordered)
-        if query.prefix is not None:
-            ordered = ordered.filter(pc.starts_with(ordered.column(_prefix_column(job)), pattern=query.prefix))
-        if query.window_from is not None:
-            ordered = ordered.filter(pc.greater_equal(ordered.column(job.windowed_by), pa.scalar(query.window_from)))
-        if query.window_to is not None:
-            ordered = ordered.filter(pc.less(ordered.column(job.windowed_by), pa.scalar(query.window_to)))
+        ordered = _filtered(job, query, ordered)
         start = 0
         if query.cursor:
             start = _position_after(ordered, sort_keys, _decode_cursor(query.cursor, sort_keys, query))
@@ -219,6 +263,17 @@ class ResultReader:
             cache[key] = value
             while len(cache) > self._cache_size:
                 cache.popitem(last=False)
+
+
+def _filtered(job: Job, query: ResultsQuery, table: pa.Table) -> pa.Table:
+    """The finalized rows `query`'s prefix and window keep."""
+    if query.prefix is not None:
+        table = table.filter(pc.starts_with(table.column(_prefix_column(job)), pattern=query.prefix))
+    if query.window_from is not None:
+        table = table.filter(pc.greater_equal(table.column(job.windowed_by), pa.scalar(query.window_from)))
+    if query.window_to is not None:
+        table = table.filter(pc.less(table.column(job.windowed_by), pa.scalar(query.window_to)))
+    return table
 
 
 def _row(job: Job, row: dict[str, Any]) -> dict[str, Any]:

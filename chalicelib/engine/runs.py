@@ -39,6 +39,18 @@ REWRITE_GROUPS = 1 << 16  # a shard of at most this many groups (runs and change
 class Run:
     key: str
     rows: int  # rows it holds: groups, and in a delta also the groups it retracts from
+    # The leaderboard of the shard's content up to and including this run (engine/boards.py): written where
+    # the whole merged shard is in memory anyway, a rewrite or a compaction from the oldest run.
+    board: str | None = None
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The objects this run is made of: what a commit that stops naming it hands to the collector."""
+        return (self.key, self.board) if self.board else (self.key,)
+
+
+def board_key(run_key: str) -> str:
+    return run_key.removesuffix(".arrow") + ".top.arrow"
 
 
 def shard_rows(runs: Sequence[Run]) -> int:

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from ..aggregation import AggregationPlan
 from ..aggregation.partition import split_by_shard
-from .runs import REWRITE_GROUPS, Run, delta, merge_runs, shard_rows
+from .runs import REWRITE_GROUPS, Run, board_key, delta, merge_runs, shard_rows
 
 SHARD_GROUPS = 1 << 20  # groups per shard before a result doubles its shards (Settings.shard_groups)
 Shards = tuple[tuple[Run, ...], ...]  # each shard's live runs, oldest first
@@ -45,9 +45,14 @@ class ShardedUpdate:
     previous: Shards  # the committed runs this update was computed from
     output_rows: int | None = None  # a scan job's: its result is a table of files, its rows are theirs
 
-    def shards(self, new_key: Callable[[int], str]) -> Shards:
-        """Each shard's runs once committed, a new run under `new_key(shard)`."""
-        return tuple(kept + ((Run(new_key(shard), table.num_rows),) if table is not None and table.num_rows else ())
+    def shards(self, new_key: Callable[[int], str], boards: bool = False) -> Shards:
+        """Each shard's runs once committed, a new run under `new_key(shard)`; `boards`: a new run that is its
+        shard's only one (a rewrite) names a leaderboard too (engine/boards.py)."""
+        def run(shard: int, kept: tuple[Run, ...], rows: int) -> Run:
+            key = new_key(shard)
+            return Run(key, rows, board_key(key) if boards and not kept else None)
+
+        return tuple(kept + ((run(shard, kept, table.num_rows),) if table is not None and table.num_rows else ())
                      for shard, (kept, table) in enumerate(zip(self.kept, self.tables)))
 
     @property
@@ -59,8 +64,8 @@ class ShardedUpdate:
 
     def superseded(self) -> list[str]:
         """The committed runs no shard names any more."""
-        kept = {run.key for runs in self.kept for run in runs}
-        return sorted({run.key for runs in self.previous for run in runs} - kept)
+        kept = {key for runs in self.kept for run in runs for key in run.keys}
+        return sorted({key for runs in self.previous for run in runs for key in run.keys} - kept)
 
 
 def shard_count(limit: int, committed: int, groups: int, shard_groups: int = SHARD_GROUPS) -> int:
