@@ -20,6 +20,7 @@ whole too. Pure of AWS: blocks come from a BlockReader over an ObjectStore.
 from __future__ import annotations
 
 import bisect
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -181,6 +182,11 @@ def _any_within(targets: list[tuple], first: tuple, last: tuple) -> bool:
     return i < len(targets) and targets[i] <= last
 
 
+# Shards read whole at once, across requests: each holds its shard merged in memory, so this bounds the API's
+# memory by two shards, not by the result, while the other threads read by range.
+_WHOLE_SHARDS = threading.BoundedSemaphore(2)
+
+
 def read_page(reader: BlockReader, plan: AggregationPlan, shards: Sequence[Sequence[Run]], sort_keys: list,
               order_by: str | None, desc: bool, after: list[Any] | None, prefix: str | None, keep: Filter,
               position_after: Callable[[pa.Table], int], limit: int) -> tuple[pa.Table, bool]:
@@ -196,10 +202,11 @@ def read_page(reader: BlockReader, plan: AggregationPlan, shards: Sequence[Seque
         else:
             table = shard_by_value(reader, plan, runs, sort_keys, position_after, want, keep)
         if table is None:
-            whole = merge_runs(plan, [reader.whole(reader.view(run.key)) for run in runs], includes_oldest=True)
-            values = keep(plan.finalize(whole))
-            values = values.take(pc.sort_indices(values, sort_keys=sort_keys))
-            table = values.slice(position_after(values), want)
+            with _WHOLE_SHARDS:
+                whole = merge_runs(plan, [reader.whole(reader.view(run.key)) for run in runs], includes_oldest=True)
+                values = keep(plan.finalize(whole))
+                values = values.take(pc.sort_indices(values, sort_keys=sort_keys))
+                table = values.slice(position_after(values), want)
         return table
 
     live = [runs for runs in shards if runs]
