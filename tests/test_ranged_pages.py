@@ -8,6 +8,7 @@ import pytest
 from chalicelib.aggregation import runfile
 from chalicelib.engine import boards
 from chalicelib.engine.results import ResultReader, ResultsQuery
+from chalicelib.errors import GroupNotFound
 from chalicelib.jobs import Job, JobCatalog
 from chalicelib.runtime import Runtime
 from chalicelib.settings import Settings
@@ -67,6 +68,28 @@ def assert_ranged_pages_are_whole_pages(runtime, limits=(30,)) -> None:
                 assert walk(ranged, job, params, limit) == walk(whole, job, params, limit), (job.name, params, limit)
 
 
+def assert_groups_are_whole_groups(runtime, absent: list[str]) -> None:
+    """A single group read from the blocks that can hold it is the group the whole read finds (or neither has it):
+    every served group, and groups never there or retracted to nothing (`absent`)."""
+    ranged = ResultReader(runtime.reducer, whole_rows=0)
+    whole = ResultReader(runtime.reducer, whole_rows=1 << 40)
+    for job in (JOB, HAVING):
+        served = whole.current(job)[1].column("ip").to_pylist()
+        keys = [*served, *absent]
+        hits = 0
+        for key in keys:
+            found = []
+            for reader in (ranged, whole):
+                try:
+                    found.append(reader.group(job, key))
+                except GroupNotFound:
+                    found.append(None)
+            assert found[0] == found[1], (job.name, key, found)
+            hits += found[0] is not None
+        assert hits == len(served)
+        assert served or job is HAVING  # nothing has two visits left there
+
+
 def test_pages_by_key_and_by_value_over_runs_deltas_retractions_and_compactions(runtime, uploads):
     put(runtime, uploads, "uservisits/a.csv", ips(0, 900) + ips(0, 300, 3))      # first commit: one run, a board
     put(runtime, uploads, "uservisits/b.csv", ips(850, 200, 5))                  # a delta over old and new groups
@@ -80,6 +103,7 @@ def test_pages_by_key_and_by_value_over_runs_deltas_retractions_and_compactions(
     runtime.reducer.compact(JOB, lambda runs: (1, len(runs)) if len(runs) > 2 else None)  # not from the oldest
     runtime.reducer.compact(HAVING, lambda runs: (0, len(runs)) if len(runs) > 1 else None)  # a new board
     assert_ranged_pages_are_whole_pages(runtime, limits=(9, 100))
+    assert_groups_are_whole_groups(runtime, absent=["10.0.0.1", "10.249.99.1"])  # retracted; never there
 
 
 def test_a_board_that_cannot_vouch_for_a_page_falls_back_to_the_shard(runtime, uploads, monkeypatch):
