@@ -88,13 +88,15 @@ def write_synthetic_object(input_store: ObjectStore, state: ObjectStore, job: Jo
 def build_result(input_store: ObjectStore, state: ObjectStore, job: Job, groups: int, batch: int,
                  seed: int = 42) -> Reducer:
     """A result of `groups` distinct groups, committed by Reducer.reduce_job in runs of at most `batch` groups
-    (its max_groups) until nothing is pending. Returns that (warm) reducer."""
+    (its max_groups) until nothing is pending, then compacted as reduce_all would. Returns that (warm) reducer."""
     spans = [(index, start, min(groups, start + PART_GROUPS)) for index, start in enumerate(range(0, groups,
                                                                                                    PART_GROUPS))]
     with ThreadPoolExecutor(2) as pool:  # Arrow's encode and the PUTs release the GIL
         list(pool.map(lambda span: write_synthetic_object(input_store, state, job, *span, seed), spans))
     reducer = Reducer(JobCatalog([job]), state, input_store, utc_now, max_groups=batch)
     while reducer.reduce_job(job).more_pending:
+        pass
+    while reducer.compact(job):  # as the scheduled reducer leaves a result once its inbox is drained
         pass
     return reducer
 
