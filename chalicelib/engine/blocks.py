@@ -121,3 +121,10 @@ class ByteCache:
             self.held += size
             while self.held > self.limit:
                 self.held -= self._entries.popitem(last=False)[1][1]
+
+    def discard(self, keys) -> None:
+        with self._lock:
+            for key in keys:
+                entry = self._entries.pop(key, None)
+                if entry is not None:
+                    self.held -= entry[1]

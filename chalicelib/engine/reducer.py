@@ -32,9 +32,7 @@ import binascii
 import json
 import logging
 import os
-import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -52,6 +50,7 @@ from ..errors import CommitConflict, ObjectMissing, PartialMismatch, ReduceFaile
 from ..jobs import Job, JobCatalog
 from ..storage import ObjectStore
 from . import boards, garbage, layout, scan
+from .blocks import ByteCache
 from .changes import ChangePlan, Current, IncompleteRanges, combine_ranges, marker_ids, plan_changes, released
 from .counts import ledger_totals
 from .runs import REWRITE_GROUPS, Run, board_key, merge_runs, pick_compaction, shard_rows
@@ -197,8 +196,7 @@ class Reducer:
         self.jobs, self.state, self.input, self.clock, self.batch = jobs, state_store, input_store, clock, batch
         self.parallelism, self.shard_groups, self.max_groups = parallelism, shard_groups, max_groups
         self.rewrite_groups, self.cache_bytes = rewrite_groups, cache_bytes
-        self._recent: OrderedDict[str, pa.Table] = OrderedDict()
-        self._lock = threading.Lock()  # jobs reduce in parallel threads
+        self._recent = ByteCache(cache_bytes)  # jobs reduce in parallel threads: it takes its own lock
 
     # -- reading committed state -------------------------------------------------------------------------
 
@@ -277,25 +275,17 @@ class Reducer:
     def _read_immutable(self, key: str, fingerprint: str) -> pa.Table:
         """Results and ledgers are never rewritten under a key, so the last ones read or written are kept:
         a warm reducer (a Lambda container, local mode) does not fetch and decode its own result every run."""
-        with self._lock:
-            table = self._recent.get(key)
+        table = self._recent.get(key)
         if table is None:
             table = decode_any(self.state.get(key)[0], fingerprint)  # a run of blocks, or as written before
             self._remember(key, table)
         return table
 
     def _remember(self, key: str, table: pa.Table) -> None:
-        with self._lock:
-            self._recent[key] = table
-            self._recent.move_to_end(key)
-            held = sum(table.nbytes for table in self._recent.values())
-            while held > self.cache_bytes and len(self._recent) > 1:
-                held -= self._recent.popitem(last=False)[1].nbytes
+        self._recent.put(key, table, table.nbytes)
 
     def _forget(self, keys: Iterable[str]) -> None:
-        with self._lock:
-            for key in keys:
-                self._recent.pop(key, None)
+        self._recent.discard(keys)
 
     def read_parts(self, job: Job, keys: list[str]) -> list[pa.Table]:
         with ThreadPoolExecutor(8) as pool:
