@@ -129,6 +129,12 @@ class Manifest:
         return "/".join(shard_id(runs) for runs in self.shards)
 
 
+def key_row(job: Job, key: dict) -> pa.Table:
+    """One group's key columns (`key`: their values by name), typed as the result's."""
+    types = job.plan.state_schema
+    return pa.table({name: pa.array([key[name]], types.field(name).type) for name in job.plan.key_names})
+
+
 def shard_id(runs: Iterable[Run]) -> str:
     """Names one shard's content."""
     return "|".join(run.key for run in runs)
@@ -255,9 +261,7 @@ class Reducer:
             return ()
         if len(manifest.shards) == 1:
             return manifest.shards[0]
-        types = job.plan.state_schema
-        row = pa.table({name: pa.array([key[name]], types.field(name).type) for name in job.plan.key_names})
-        return manifest.shards[int(shard_of(row, job.plan.key_names, len(manifest.shards))[0])]
+        return manifest.shards[int(shard_of(key_row(job, key), job.plan.key_names, len(manifest.shards))[0])]
 
     def read_shard(self, job: Job, runs: tuple[Run, ...]) -> pa.Table:
         """One committed shard: its runs merged, sorted by key."""

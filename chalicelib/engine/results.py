@@ -30,7 +30,7 @@ from ..errors import CommitConflict, GroupNotFound, InvalidQuery, ObjectMissing
 from ..jobs import Job
 from . import pages
 from .blocks import CACHE_BYTES, BlockReader, ByteCache
-from .reducer import Manifest, Reducer, shard_id
+from .reducer import Manifest, Reducer, key_row, shard_id
 from .runs import merge_runs
 
 MAX_LIMIT = 1000
@@ -241,15 +241,13 @@ class ResultReader:
         blocks that can hold its key in each run of its shard; below, its shard (read once, cached)."""
         for attempt in range(3):
             manifest, _ = self.reducer.read_manifest(job)
-            runs = self.reducer.shard_holding(job, manifest, dict(zip(job.plan.key_names, values)))
+            key = dict(zip(job.plan.key_names, values))
+            runs = self.reducer.shard_holding(job, manifest, key)
             if not runs:
                 return job.plan.finalize(job.plan.empty())
             try:
                 if manifest.rows > self.whole_rows:  # only the blocks whose key range can hold the group
-                    types = job.plan.state_schema
-                    wanted = pa.table({name: pa.array([value], types.field(name).type)
-                                       for name, value in zip(job.plan.key_names, values)})
-                    rows = pages.point_reads(self.blocks(job), job.plan, runs, wanted)
+                    rows = pages.point_reads(self.blocks(job), job.plan, runs, key_row(job, key))
                     return job.plan.finalize(merge_runs(job.plan, rows, includes_oldest=True))
                 return self._finalized_copy(job, shard_id(runs), lambda: self.reducer.read_shard(job, runs))
             except ObjectMissing:  # a commit replaced that shard between our two reads
